@@ -1,0 +1,157 @@
+"""`dataset.json`: the self-describing manifest that travels with TFRecord shards.
+
+    {
+      "format_version": 1,
+      "name": "pascal_voc_seg",
+      "num_classes": 21,
+      "ignore_label": 255,
+      "class_names": ["background", ...],
+      "colormap": [[0, 0, 0], ...],                 # one RGB triple per class
+      "splits": {
+        "train": {
+          "num_examples": 1464,
+          "shards": [{"file": "train-00000-of-00004.tfrecord", "num_examples": 366, "sha256": "..."}],
+          "label_histogram": [123, ...]              # pixels per class id (ignore label excluded)
+        }
+      },
+      "skipped": [{"split": "train", "id": "...", "reason": "..."}]
+    }
+
+TFRecords written by the original DeepLab tools have no manifest: `load_dataset` then builds one
+from a known dataset's description (`--dataset=<name>`) and the `{split}-NNNNN-of-NNNNN.tfrecord`
+shard names found in the folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+from typing import Dict, List, Optional
+
+from deeplab.errors import UserError
+
+MANIFEST_NAME = 'dataset.json'
+FORMAT_VERSION = 1
+_SHARD_RE = re.compile(r'^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$')
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  return f'{split}-{index:05d}-of-{count:05d}.tfrecord'
+
+
+@dataclasses.dataclass
+class SplitInfo:
+  num_examples: int
+  shards: List[dict]
+  label_histogram: Optional[List[int]] = None
+
+
+@dataclasses.dataclass
+class Manifest:
+  name: str
+  num_classes: int
+  ignore_label: int
+  class_names: List[str]
+  colormap: List[List[int]]
+  splits: Dict[str, SplitInfo]
+  skipped: List[dict] = dataclasses.field(default_factory=list)
+  folder: str = ''  # where the shards are; not serialized
+
+  def shard_paths(self, split: str) -> List[str]:
+    if split not in self.splits:
+      known = ', '.join(sorted(self.splits)) or 'none'
+      raise UserError(f'split {split!r} is not in the dataset {self.name!r} at {self.folder} '
+                      f'(splits found: {known})')
+    return [os.path.join(self.folder, s['file']) for s in self.splits[split].shards]
+
+  def to_json(self) -> dict:
+    return {
+        'format_version': FORMAT_VERSION,
+        'name': self.name,
+        'num_classes': self.num_classes,
+        'ignore_label': self.ignore_label,
+        'class_names': list(self.class_names),
+        'colormap': [list(map(int, c)) for c in self.colormap],
+        'splits': {k: dataclasses.asdict(v) for k, v in sorted(self.splits.items())},
+        'skipped': list(self.skipped),
+    }
+
+  def describe(self) -> dict:
+    """The dataset facts a trained model keeps in model.json (no shard list)."""
+    return {
+        'name': self.name,
+        'num_classes': self.num_classes,
+        'ignore_label': self.ignore_label,
+        'class_names': list(self.class_names),
+        'colormap': [list(map(int, c)) for c in self.colormap],
+        'split_sizes': {k: v.num_examples for k, v in sorted(self.splits.items())},
+    }
+
+  @classmethod
+  def from_json(cls, data: dict, folder: str = '') -> 'Manifest':
+    try:
+      splits = {k: SplitInfo(**v) for k, v in data['splits'].items()}
+      return cls(name=data['name'], num_classes=int(data['num_classes']),
+                 ignore_label=int(data['ignore_label']), class_names=list(data['class_names']),
+                 colormap=[list(c) for c in data['colormap']], splits=splits,
+                 skipped=list(data.get('skipped', [])), folder=folder)
+    except (KeyError, TypeError, ValueError) as e:
+      raise UserError(f'{os.path.join(folder, MANIFEST_NAME)}: malformed manifest ({e!r})') from None
+
+
+def write_manifest(manifest: Manifest, folder: str) -> str:
+  path = os.path.join(folder, MANIFEST_NAME)
+  with open(path, 'w') as f:
+    json.dump(manifest.to_json(), f, indent=2, sort_keys=True)
+    f.write('\n')
+  return path
+
+
+def read_manifest(folder: str) -> Manifest:
+  path = os.path.join(folder, MANIFEST_NAME)
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path}: not valid JSON ({e})') from None
+  return Manifest.from_json(data, folder)
+
+
+def find_shards(folder: str) -> Dict[str, List[str]]:
+  """Shard file names per split, from the original DeepLab naming `{split}-NNNNN-of-NNNNN.tfrecord`."""
+  splits: Dict[str, List[str]] = {}
+  for path in sorted(glob.glob(os.path.join(folder, '*.tfrecord'))):
+    match = _SHARD_RE.match(os.path.basename(path))
+    if match:
+      splits.setdefault(match.group('split'), []).append(os.path.basename(path))
+  return splits
+
+
+def load_dataset(folder: str, dataset: str = '') -> Manifest:
+  """The manifest of the TFRecords in `folder`.
+
+  With `dataset.json` present it is authoritative (a `dataset` name that disagrees is an error).
+  Without it (TFRecords from the original DeepLab tools), `dataset` must name a known dataset.
+  """
+  if os.path.exists(os.path.join(folder, MANIFEST_NAME)):
+    manifest = read_manifest(folder)
+    if dataset and dataset != manifest.name:
+      raise UserError(f'--dataset={dataset} disagrees with {os.path.join(folder, MANIFEST_NAME)}, '
+                      f'which says {manifest.name!r}; drop --dataset or pass the right TFRecords')
+    return manifest
+  shards = find_shards(folder)
+  if not shards:
+    raise UserError(f'{folder}: no {MANIFEST_NAME} and no shards named '
+                    '{split}-NNNNN-of-NNNNN.tfrecord; expected the output of build_data')
+  if not dataset:
+    raise UserError(f'{folder}: TFRecords without {MANIFEST_NAME} (made by the original DeepLab '
+                    'tools?): pass --dataset=<name> to say which dataset they hold')
+  from deeplab.datasets import registry
+  info = registry.get(dataset)
+  splits = {split: SplitInfo(num_examples=-1, shards=[{'file': f} for f in files])
+            for split, files in shards.items()}  # -1: unknown until read
+  return Manifest(name=info.name, num_classes=info.num_classes, ignore_label=info.ignore_label,
+                  class_names=list(info.class_names), colormap=[list(c) for c in info.colormap],
+                  splits=splits, folder=folder)

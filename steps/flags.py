@@ -1,0 +1,148 @@
+"""One definition of every step's flags.
+
+Each step module declares a `SPEC = StepSpec(...)` at import time (no TensorFlow import), and
+everything else is derived from it: the argparse parser here, and the consistency tests that hold
+valohai.yaml, params.yaml and the Kubeflow pipeline to the same names, types and defaults.
+
+Flag conventions (DESIGN.md section 2):
+- snake_case names, `--name=value` or `--name value`;
+- booleans accept `--name`, `--name=true|false|1|0|yes|no`;
+- multi-valued parameters accept a repeated flag and/or comma-separated values
+  (`--atrous_rates=6 --atrous_rates=12` == `--atrous_rates=6,12`); an empty value means "none".
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Optional, Sequence
+
+# Parameter types, named as valohai.yaml names them.
+STRING, INTEGER, FLOAT, FLAG = 'string', 'integer', 'float', 'flag'
+_CASTS = {STRING: str, INTEGER: int, FLOAT: float}
+_TRUE = {'1', 'true', 'yes', 'on'}
+_FALSE = {'0', 'false', 'no', 'off'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+  """A typed step parameter (a Valohai parameter, a params.yaml key, a KFP component input)."""
+  name: str
+  type: str
+  default: Any
+  description: str
+  choices: tuple = ()
+  multiple: bool = False  # a list of `type` values (default is then a tuple)
+  min: Optional[float] = None
+  max: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Path:
+  """A named input or output location (a Valohai input / output, a KFP artifact)."""
+  name: str
+  description: str
+  optional: bool = False
+  filename: str = ''  # outputs: the artifact's file name in the outputs folder
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  name: str  # the module name under steps/, e.g. 'build_data'
+  description: str
+  parameters: tuple = ()
+  inputs: tuple = ()
+  outputs: tuple = ()
+
+  def parameter(self, name: str) -> Parameter:
+    for p in self.parameters:
+      if p.name == name:
+        return p
+    raise KeyError(name)
+
+  def defaults(self) -> dict:
+    return {p.name: p.default for p in self.parameters}
+
+
+def parse_bool(text: str) -> bool:
+  lowered = str(text).strip().lower()
+  if lowered in _TRUE:
+    return True
+  if lowered in _FALSE:
+    return False
+  raise ValueError(f'expected true or false, got {text!r}')
+
+
+def _check_range(param: Parameter, value):
+  if param.min is not None and value < param.min:
+    raise ValueError(f'must be >= {param.min}, got {value}')
+  if param.max is not None and value > param.max:
+    raise ValueError(f'must be <= {param.max}, got {value}')
+  if param.choices and value not in param.choices:
+    raise ValueError(f'expected one of {", ".join(map(str, param.choices))}, got {value!r}')
+  return value
+
+
+def cast_value(param: Parameter, raw) -> Any:
+  """Casts one command-line value of `param`; raises ValueError with what was expected."""
+  if param.type == FLAG:
+    return parse_bool(raw)
+  if param.multiple:
+    items = []
+    for chunk in (raw if isinstance(raw, (list, tuple)) else [raw]):
+      items.extend(part.strip() for part in str(chunk).split(',') if part.strip())
+    return tuple(_check_range(param, _cast_scalar(param, item)) for item in items)
+  return _check_range(param, _cast_scalar(param, raw))
+
+
+def _cast_scalar(param: Parameter, raw):
+  try:
+    return _CASTS[param.type](raw)
+  except ValueError:
+    raise ValueError(f'expected {"an" if param.type == INTEGER else "a"} {param.type}, got {raw!r}') from None
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a bad flag as one line and exits 2 (no usage dump)."""
+
+  def error(self, message):
+    self.exit(2, f'error: {self.prog}: {message}\n')
+
+
+def build_parser(spec: StepSpec) -> argparse.ArgumentParser:
+  parser = _Parser(prog=f'python -m steps.{spec.name}', description=spec.description,
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  for path in spec.inputs:
+    parser.add_argument(f'--{path.name}', default=None, metavar='PATH',
+                        help=f'input: {path.description} (default: the Valohai input "{path.name}")')
+  for path in spec.outputs:
+    parser.add_argument(f'--{path.name}', default=None, metavar='PATH',
+                        help=f'output: {path.description} (default: {path.filename} in the Valohai outputs folder)')
+  for param in spec.parameters:
+    kwargs = dict(default=param.default, help=param.description)
+    if param.type == FLAG:
+      kwargs.update(nargs='?', const='true', metavar='BOOL')
+    elif param.multiple:
+      # argparse's append would extend the default; the default is applied after parsing instead.
+      kwargs.update(action='append', metavar='V[,V...]', default=None)
+    elif param.choices:
+      kwargs.update(metavar='{' + ','.join(map(str, param.choices)) + '}')
+    parser.add_argument(f'--{param.name}', **kwargs)
+  return parser
+
+
+def parse_flags(spec: StepSpec, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """Parses and casts the flags of `spec`; a bad value exits 2 with one line naming the flag."""
+  parser = build_parser(spec)
+  args = parser.parse_args(argv)
+  for param in spec.parameters:
+    raw = getattr(args, param.name)
+    if raw is None and param.multiple:
+      raw = param.default
+    if raw is param.default:  # untouched default: already typed
+      setattr(args, param.name, raw)
+      continue
+    try:
+      setattr(args, param.name, cast_value(param, raw))
+    except ValueError as e:
+      parser.error(f'--{param.name}: {e}')
+  return args
