@@ -1,0 +1,190 @@
+"""Generates valohai.yaml from the step SPECs, so its parameters cannot drift from the step flags.
+
+    python -m pipelines.valohai_yaml            # rewrite valohai.yaml
+    python -m pipelines.valohai_yaml --check    # exit 1 if valohai.yaml is not what this generates
+
+The image: Valohai pulls it for every execution, so it must be public. It is the official TensorFlow
+GPU image of the pinned TensorFlow version; each execution first installs the rest of the pinned
+requirements into it (pipelines/install_requirements.sh, the same script the Dockerfile runs) and
+then runs the step from the repository checkout. To run the prebuilt project image instead (faster
+start, no install), push it and regenerate with `--image=<registry>/deeplab-pipelines:<tag>`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from pipelines.step_specs import SPECS, dashed, output_filename
+from steps.flags import FLAG
+
+PUBLIC_IMAGE = 'tensorflow/tensorflow:2.21.0-gpu'
+SETUP_COMMAND = 'sh pipelines/install_requirements.sh'
+CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'valohai.yaml')
+
+# Public raw datasets for build-data variant steps: (step name, dataset, raw_data URL).
+VOC2012_URL = 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar'
+ADE20K_URL = 'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip'
+BUILD_DATA_VARIANTS = (
+    ('build-data-pascal-voc', 'pascal_voc_seg', VOC2012_URL),
+    ('build-data-ade20k', 'ade20k', ADE20K_URL),
+)
+# The three demo photos of the original DeepLab README: predict's default images.
+DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master/research/deeplab/'
+                    f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
+INPUT_DEFAULTS = {('predict', 'images'): list(DEMO_IMAGES)}
+
+# The sweep: a grid over these values feeds evaluate. Only variants that exist in deeplab.config.
+SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
+SWEEP_MODEL_VARIANTS = ('mobilenet_v2',)
+# Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
+PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
+
+
+def step_command(step: str) -> str:
+  # One command joined by &&: Valohai fails an execution only on its last command's exit code.
+  return f'{SETUP_COMMAND} && python -m steps.{step} {{parameters}}'
+
+
+def parameter_entry(param, default=None) -> dict:
+  """A Valohai parameter for a SPEC Parameter; `default` overrides the SPEC's (variant steps)."""
+  default = param.default if default is None else default
+  entry = {'name': param.name, 'type': param.type, 'description': param.description}
+  if param.type == FLAG:
+    # Explicit both ways: a false flag would otherwise send nothing and the step's default would win.
+    entry.update({'pass-true-as': f'--{param.name}=true', 'pass-false-as': f'--{param.name}=false'})
+  if param.multiple:
+    entry.update({'multiple': 'separate', 'multiple-separator': ','})
+  if default in ('', ()):
+    entry['optional'] = True  # empty: send nothing, the step decides (e.g. the preset's atrous rates)
+  else:
+    entry['default'] = list(default) if isinstance(default, tuple) else default
+  if param.choices:
+    entry['choices'] = list(param.choices)
+  if param.min is not None:
+    entry['min'] = param.min
+  if param.max is not None:
+    entry['max'] = param.max
+  return entry
+
+
+def step_entry(step: str, name: str = '', default_overrides: dict = None, input_defaults: dict = None) -> dict:
+  spec = SPECS[step]
+  default_overrides = default_overrides or {}
+  input_defaults = dict({key[1]: urls for key, urls in INPUT_DEFAULTS.items() if key[0] == step},
+                        **(input_defaults or {}))
+  inputs = []
+  for path in spec.inputs:
+    entry = {'name': path.name, 'description': path.description}
+    if path.optional:
+      entry['optional'] = True
+    if path.name in input_defaults:
+      entry['default'] = input_defaults[path.name]
+    inputs.append(entry)
+  (output,) = spec.outputs
+  return {'step': {
+      'name': name or dashed(step),
+      'image': PUBLIC_IMAGE,
+      'description': f'{spec.description} Writes {output.filename} to the outputs.',
+      'command': step_command(step),
+      'parameters': [parameter_entry(p, default_overrides.get(p.name)) for p in spec.parameters],
+      'inputs': inputs,
+  }}
+
+
+def _artifact_edge(source_step: str, target_node: str, input_name: str) -> list:
+  """An edge from the artifact of the node named after `source_step` to an input of `target_node`."""
+  return [f'{dashed(source_step)}.output.{output_filename(source_step)}', f'{target_node}.input.{input_name}']
+
+
+def _execution(name: str, step: str = '') -> dict:
+  return {'name': name, 'type': 'execution', 'step': step or name}
+
+
+def _knob_parameters(target_node: str) -> list:
+  train = SPECS['train']
+  return [{'name': knob, 'description': train.parameter(knob).description,
+           'default': train.parameter(knob).default, 'targets': [f'{target_node}.parameter.{knob}']}
+          for knob in PIPELINE_KNOBS]
+
+
+def train_evaluate_export_pipeline() -> dict:
+  """build-data (PASCAL VOC by default) -> train -> evaluate + export -> predict."""
+  return {'pipeline': {
+      'name': 'train-evaluate-export',
+      'parameters': _knob_parameters('train'),
+      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]), _execution('train'),
+                _execution('evaluate'), _execution('export'), _execution('predict')],
+      'edges': [
+          _artifact_edge('build_data', 'train', 'tfrecords'),
+          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
+          _artifact_edge('train', 'evaluate', 'checkpoint'),
+          _artifact_edge('train', 'export', 'checkpoint'),
+          _artifact_edge('export', 'predict', 'model'),
+      ],
+  }}
+
+
+def sweep_task() -> dict:
+  return {'task': {
+      'name': 'train-sweep',
+      'step': 'train',
+      'type': 'grid-search',
+      'parameters': [
+          {'name': 'base_learning_rate', 'style': 'multiple', 'rules': {'items': list(SWEEP_LEARNING_RATES)}},
+          {'name': 'model_variant', 'style': 'multiple', 'rules': {'items': list(SWEEP_MODEL_VARIANTS)}},
+      ],
+  }}
+
+
+def sweep_pipeline() -> dict:
+  """build-data -> a grid of train executions (task node) -> evaluate on every checkpoint."""
+  return {'pipeline': {
+      'name': 'train-sweep-evaluate',
+      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]),
+                {'name': 'train', 'type': 'task', 'task': 'train-sweep'},
+                _execution('evaluate')],
+      'edges': [
+          _artifact_edge('build_data', 'train', 'tfrecords'),
+          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
+          _artifact_edge('train', 'evaluate', 'checkpoint'),
+      ],
+  }}
+
+
+def config(image: str = PUBLIC_IMAGE) -> list:
+  entries = [step_entry(step) for step in SPECS]
+  entries[1:1] = [step_entry('build_data', name, {'dataset': dataset}, {'raw_data': url})
+                  for name, dataset, url in BUILD_DATA_VARIANTS]
+  for entry in entries:
+    entry['step']['image'] = image
+  return entries + [sweep_task(), train_evaluate_export_pipeline(), sweep_pipeline()]
+
+
+def render(image: str = PUBLIC_IMAGE) -> str:
+  header = '# Generated by `python -m pipelines.valohai_yaml` from the step SPECs (steps/*.py): do not edit.\n'
+  return header + yaml.safe_dump(config(image), sort_keys=False, width=110, allow_unicode=True)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m pipelines.valohai_yaml', description=__doc__.split('\n')[0])
+  parser.add_argument('--check', action='store_true', help='only check that valohai.yaml is up to date')
+  parser.add_argument('--image', default=PUBLIC_IMAGE, help='the Docker image of every step')
+  parser.add_argument('--output', default=CONFIG_PATH, help='where to write the config')
+  args = parser.parse_args(argv)
+  text = render(args.image)
+  if args.check:
+    with open(args.output) as f:
+      if f.read() != text:
+        print(f'error: {args.output} is out of date: run python -m pipelines.valohai_yaml', file=sys.stderr)
+        return 1
+    return 0
+  with open(args.output, 'w') as f:
+    f.write(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

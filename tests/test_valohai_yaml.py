@@ -1,0 +1,164 @@
+"""valohai.yaml agrees with the step SPECs, lints clean, and its pipelines wire real inputs and outputs.
+
+Lint does not check that an edge's target exists in the target step nor that an output glob can match
+a file the step writes: those are checked here, against the SPECs rather than the generator.
+"""
+import fnmatch
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import valohai_yaml
+from valohai_yaml.lint import lint_file
+
+from pipelines import valohai_yaml as generator
+from pipelines.step_specs import SPECS, dashed
+from steps.flags import FLAG, parse_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_PATH = os.path.join(ROOT, 'valohai.yaml')
+
+
+@pytest.fixture(scope='module')
+def config():
+  with open(CONFIG_PATH) as f:
+    return valohai_yaml.parse(f)
+
+
+def spec_of(step):
+  """The SPEC of the step module a Valohai step runs (`python -m steps.<module>`)."""
+  commands = [step.command] if isinstance(step.command, str) else step.command
+  (module,) = {m for c in commands for m in re.findall(r'python -m steps\.(\w+)', c)}
+  return SPECS[module]
+
+
+def rendered_argv(step, values=None):
+  """The step's flags as Valohai would pass them (defaults, flags included, then `values`)."""
+  parameters = dict(step.get_parameter_defaults(include_flags=True), **(values or {}))
+  (command,) = step.build_command(parameters)
+  words = shlex.split(command)
+  return words[words.index(f'steps.{spec_of(step).name}') + 1:]
+
+
+def test_lint_is_clean_with_strict_warnings():
+  result = lint_file(CONFIG_PATH)
+  assert not list(result.messages), [m['message'] for m in result.messages]
+  cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'valohai-yaml'), '--strict-warnings',
+                        CONFIG_PATH], capture_output=True, text=True)
+  assert cli.returncode == 0, cli.stdout + cli.stderr
+
+
+def test_generated_file_is_up_to_date():
+  with open(CONFIG_PATH) as f:
+    assert f.read() == generator.render(), 'run: python -m pipelines.valohai_yaml'
+
+
+def test_every_step_module_has_a_step_of_its_name(config):
+  for name in SPECS:
+    assert dashed(name) in config.steps
+    assert spec_of(config.steps[dashed(name)]).name == name
+
+
+def test_parameters_match_spec_names_types_and_limits(config):
+  for step in config.steps.values():
+    spec = spec_of(step)
+    assert list(step.parameters) == [p.name for p in spec.parameters], step.name
+    for param in spec.parameters:
+      declared = step.parameters[param.name]
+      assert declared.type == param.type, (step.name, param.name)
+      assert declared.description, (step.name, param.name)
+      assert bool(declared.multiple) == param.multiple, (step.name, param.name)
+      if param.type != FLAG:  # valohai-yaml gives every flag the choices [True, False]
+        assert (declared.choices or []) == list(param.choices), (step.name, param.name)
+      assert (declared.min, declared.max) == (param.min, param.max), (step.name, param.name)
+
+
+def test_every_step_flag_is_a_parameter_input_or_output(config):
+  for step in config.steps.values():
+    spec = spec_of(step)
+    flags = {p.name for p in spec.parameters + spec.inputs + spec.outputs}
+    declared = set(step.parameters) | set(step.inputs) | {o.name for o in spec.outputs}
+    assert declared == flags, step.name
+    for path in spec.inputs:
+      assert step.inputs[path.name].optional == path.optional, (step.name, path.name)
+
+
+def test_rendered_default_command_parses_to_the_spec_defaults(config):
+  """The round trip through Valohai's rendering and the step's parser keeps every default."""
+  for name, spec in SPECS.items():
+    step = config.steps[dashed(name)]
+    args = parse_flags(spec, rendered_argv(step))
+    assert {p.name: getattr(args, p.name) for p in spec.parameters} == spec.defaults(), name
+
+
+def test_build_data_variants_differ_only_in_dataset_and_a_public_raw_data_default(config):
+  spec = SPECS['build_data']
+  for name, dataset, url in generator.BUILD_DATA_VARIANTS:
+    step = config.steps[name]
+    args = parse_flags(spec, rendered_argv(step))
+    assert dict(spec.defaults(), dataset=dataset) == {p.name: getattr(args, p.name) for p in spec.parameters}
+    assert step.inputs['raw_data'].default == url
+
+
+def test_input_defaults_are_public_urls(config):
+  for step in config.steps.values():
+    for declared in step.inputs.values():
+      defaults = declared.default if isinstance(declared.default, list) else [declared.default]
+      for url in filter(None, defaults):
+        assert re.match(r'https?://', url), (step.name, declared.name, url)
+
+
+def test_multiple_and_flag_values_render_in_a_form_the_step_parses(config):
+  step = config.steps['train']
+  args = parse_flags(SPECS['train'], rendered_argv(step, {
+      'atrous_rates': [6, 12, 18], 'train_crop_size': [129, 129], 'fine_tune_batch_norm': False}))
+  assert args.atrous_rates == (6, 12, 18)
+  assert args.train_crop_size == (129, 129)
+  assert args.fine_tune_batch_norm is False
+
+
+def node_step(config, node):
+  return config.steps[config.tasks[node.task].step if node.type == 'task' else node.step]
+
+
+def test_pipeline_edges_connect_existing_outputs_to_existing_inputs(config):
+  for pipeline in config.pipelines.values():
+    nodes = pipeline.node_map
+    for edge in pipeline.edges:
+      source, target = node_step(config, nodes[edge.source_node]), node_step(config, nodes[edge.target_node])
+      if edge.source_type == 'output':
+        (output,) = spec_of(source).outputs
+        assert fnmatch.fnmatch(output.filename, edge.source_key), (pipeline.name, edge.source)
+      else:
+        assert edge.source_type == 'parameter' and edge.source_key in source.parameters, edge.source
+      assert edge.target_type in ('input', 'parameter'), edge.target
+      sockets = target.inputs if edge.target_type == 'input' else target.parameters
+      assert edge.target_key in sockets, (pipeline.name, edge.target)
+
+
+def test_pipeline_parameters_target_existing_parameters(config):
+  for pipeline in config.pipelines.values():
+    for parameter in pipeline.parameters:
+      for target in parameter.targets:
+        node, kind, key = target.split('.', 2)
+        assert kind == 'parameter' and key in node_step(config, pipeline.node_map[node]).parameters, target
+
+
+def test_every_required_input_of_a_pipeline_node_is_fed(config):
+  for pipeline in config.pipelines.values():
+    fed = {(e.target_node, e.target_key) for e in pipeline.edges if e.target_type == 'input'}
+    for node in pipeline.nodes:
+      for declared in node_step(config, node).inputs.values():
+        assert declared.optional or declared.default or (node.name, declared.name) in fed, \
+            (pipeline.name, node.name, declared.name)
+
+
+def test_sweep_task_values_are_valid_parameter_values(config):
+  for task in config.tasks.values():
+    step = config.steps[task.step]
+    for variant in task.parameters:
+      for value in variant.rules['items']:
+        assert step.parameters[variant.name].validate(value) == value, (task.name, variant.name, value)
