@@ -1,0 +1,124 @@
+"""tf.data input pipelines and preprocessing.
+
+Training: decode -> resize to range -> random scale -> pad (mean pixel / ignore label) to the crop
+size -> random crop -> random left-right flip -> [-1, 1]. Evaluation: whole images, one at a time,
+at their own size (the model resizes inside `model.predict_labels`).
+
+Images are padded with the mean pixel 127.5, which is 0 after normalisation; labels with the
+ignore label, so padding never counts in the loss.
+"""
+from deeplab.compat import tf
+from deeplab.datasets import tfrecord
+
+MEAN_PIXEL = 127.5
+
+
+def parse_example(serialized):
+  """A serialized example in the original DeepLab format -> dict of decoded tensors.
+
+  Returns: image uint8 [H, W, 3], label uint8 [H, W, 1], name string scalar.
+  """
+  features = tf.io.parse_single_example(serialized, {
+      tfrecord.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
+      tfrecord.IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=''),
+      tfrecord.LABEL_ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=''),
+  })
+  image = tf.io.decode_image(features[tfrecord.IMAGE_ENCODED], channels=3, expand_animations=False)
+  label = tf.io.decode_image(features[tfrecord.LABEL_ENCODED], channels=1, expand_animations=False)
+  image.set_shape([None, None, 3])
+  label.set_shape([None, None, 1])
+  return {'image': image, 'label': label, 'name': features[tfrecord.IMAGE_FILENAME]}
+
+
+def resize_to_range(image, min_size=0, max_size=0, method='bilinear'):
+  """Resizes [H, W, C] so the short side is >= min_size and the long side <= max_size.
+
+  0 disables a bound; with both 0 the image is returned unchanged. Sizes are floored, as the
+  original DeepLab does. `method` is 'bilinear' for images and 'nearest' for labels.
+  """
+  if not min_size and not max_size:
+    return image
+  size = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.constant(1.0)
+  if min_size:
+    scale = float(min_size) / tf.reduce_min(size)
+  if max_size:
+    scale = tf.minimum(scale, float(max_size) / tf.reduce_max(size))
+  new_size = tf.maximum(tf.cast(tf.floor(size * scale), tf.int32), 1)
+  return _resize(image, new_size, method)
+
+
+def _resize(image, size, method):
+  if method == 'nearest':
+    return tf.compat.v1.image.resize_nearest_neighbor(image[tf.newaxis], size, align_corners=True)[0]
+  return tf.compat.v1.image.resize_bilinear(image[tf.newaxis], size, align_corners=True)[0]
+
+
+def random_scale(image, label, min_scale, max_scale, step_size):
+  """Scales image (bilinear) and label (nearest) by one random factor.
+
+  With step_size > 0 the factor is drawn from min_scale, min_scale + step_size, ..., max_scale.
+  """
+  if min_scale == max_scale == 1.0:
+    return image, label
+  if step_size > 0:
+    count = int(round((max_scale - min_scale) / step_size)) + 1
+    factors = tf.linspace(float(min_scale), float(max_scale), count)
+    scale = tf.gather(factors, tf.random.uniform([], 0, count, dtype=tf.int32))
+  else:
+    scale = tf.random.uniform([], min_scale, max_scale)
+  size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
+  return _resize(image, size, 'bilinear'), _resize(label, size, 'nearest')
+
+
+def pad_and_random_crop(image, label, crop_size, ignore_label):
+  """Pads to at least crop_size (bottom/right) and crops a random crop_size window from both."""
+  crop_height, crop_width = crop_size
+  shape = tf.shape(image)
+  target_height = tf.maximum(shape[0], crop_height)
+  target_width = tf.maximum(shape[1], crop_width)
+  pad = [[0, target_height - shape[0]], [0, target_width - shape[1]], [0, 0]]
+  image = tf.pad(image - MEAN_PIXEL, pad) + MEAN_PIXEL
+  label = tf.pad(tf.cast(label, tf.int32) - ignore_label, pad) + ignore_label
+  stacked = tf.concat([image, tf.cast(label, tf.float32)], axis=2)
+  cropped = tf.image.random_crop(stacked, [crop_height, crop_width, 4])
+  return cropped[:, :, :3], tf.cast(cropped[:, :, 3:], tf.int32)
+
+
+def train_preprocess(example, crop_size, ignore_label, min_resize_value=0, max_resize_value=0,
+                     min_scale=0.5, max_scale=2.0, scale_step=0.25):
+  """One decoded example -> (float32 [h, w, 3] in [-1, 1], int32 [h, w] labels), h, w = crop_size."""
+  image = tf.cast(example['image'], tf.float32)
+  label = example['label']
+  image = resize_to_range(image, min_resize_value, max_resize_value)
+  label = resize_to_range(label, min_resize_value, max_resize_value, method='nearest')
+  image, label = random_scale(image, label, min_scale, max_scale, scale_step)
+  image, label = pad_and_random_crop(image, label, crop_size, ignore_label)
+  flip = tf.random.uniform([]) < 0.5
+  image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+  label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
+  image.set_shape([crop_size[0], crop_size[1], 3])
+  label.set_shape([crop_size[0], crop_size[1], 1])
+  return image / MEAN_PIXEL - 1.0, label[:, :, 0]
+
+
+def train_dataset(shard_paths, batch_size, crop_size, ignore_label, seed=0, min_resize_value=0,
+                  max_resize_value=0, min_scale=0.5, max_scale=2.0, scale_step=0.25):
+  """Endless shuffled, augmented batches: (images [B, h, w, 3] float32, labels [B, h, w] int32)."""
+  autotune = tf.data.AUTOTUNE
+  files = tf.data.Dataset.from_tensor_slices(list(shard_paths)).shuffle(len(shard_paths), seed=seed)
+  dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shard_paths)),
+                             num_parallel_calls=autotune)
+  dataset = dataset.shuffle(256, seed=seed).repeat()
+  dataset = dataset.map(parse_example, num_parallel_calls=autotune)
+  dataset = dataset.map(
+      lambda ex: train_preprocess(ex, crop_size, ignore_label, min_resize_value, max_resize_value,
+                                  min_scale, max_scale, scale_step),
+      num_parallel_calls=autotune)
+  return dataset.batch(batch_size, drop_remainder=True).prefetch(autotune)
+
+
+def eval_dataset(shard_paths):
+  """Whole examples in file order, one at a time (any size): dicts of image, label, name."""
+  dataset = tf.data.TFRecordDataset(list(shard_paths))
+  return dataset.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

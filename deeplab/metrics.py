@@ -1,0 +1,37 @@
+"""Segmentation metrics from a confusion matrix (numpy; rows = truth, columns = prediction)."""
+import numpy as np
+
+
+def confusion_matrix(labels, predictions, num_classes, ignore_label):
+  """Counts [num_classes, num_classes] over pixels whose label is not `ignore_label`.
+
+  Labels must already be checked to be classes or the ignore label.
+  """
+  labels = np.asarray(labels, dtype=np.int64).ravel()
+  predictions = np.asarray(predictions, dtype=np.int64).ravel()
+  keep = labels != ignore_label
+  index = labels[keep] * num_classes + predictions[keep]
+  return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def summarize(confusion, class_names):
+  """mIoU, per-class IoU, pixel accuracy and the matrix itself, as JSON-ready values.
+
+  A class absent from both truth and prediction has no IoU (None) and does not count in the mean,
+  rather than counting as 0 or 1.
+  """
+  confusion = np.asarray(confusion, dtype=np.float64)
+  true_positive = np.diag(confusion)
+  union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
+  present = union > 0
+  iou = np.where(present, true_positive / np.maximum(union, 1), np.nan)
+  total = confusion.sum()
+  per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)}
+  return {
+      'miou': float(np.nanmean(iou)) if present.any() else None,
+      'pixel_accuracy': float(true_positive.sum() / total) if total else None,
+      'per_class_iou': per_class,
+      'absent_classes': [name for name, p in zip(class_names, present) if not p],
+      'num_pixels': int(total),
+      'confusion_matrix': confusion.astype(np.int64).tolist(),
+  }

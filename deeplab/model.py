@@ -1,0 +1,173 @@
+"""The DeepLab model builder: backbone -> ASPP head (-> decoder) -> logits, and prediction.
+
+One builder serves training (`logits` on crops), evaluation and export (`predict` on whole images,
+single- or multi-scale, optionally with flipped copies). Scope names are those of the published
+DeepLab checkpoints:
+
+    image_pooling/*, aspp0/*, aspp{i}/* or aspp{i}_depthwise/* + aspp{i}_pointwise/*,
+    concat_projection/*, decoder/feature_projection0/*, decoder/decoder_conv{0,1}[_depthwise,
+    _pointwise]/*, logits/semantic/{weights,biases}
+
+All bilinear resizing uses corner alignment, as the original DeepLab does, so that crops of size
+k * output_stride + 1 map exactly onto their feature grid.
+"""
+from deeplab.compat import slim, tf
+from deeplab.config import ModelConfig
+from deeplab.input import resize_to_range
+from deeplab.nets import mobilenet_v2
+from deeplab.nets.batch_norm import batch_norm
+
+ASPP_DEPTH = 256
+DECODER_PROJECTION_DEPTH = 48
+LOGITS_SCOPE = 'logits'
+# Scopes that are new when fine-tuning to another class count without the last layers.
+LOGITS_SCOPES = ('logits',)
+LAST_LAYER_SCOPES = ('logits', 'image_pooling', 'aspp', 'concat_projection', 'decoder')
+
+_BACKBONES = {
+    'mobilenet_v2': (mobilenet_v2.mobilenet_v2, mobilenet_v2.mobilenet_v2_arg_scope,
+                     mobilenet_v2.DECODER_END_POINT),
+}
+
+
+def preprocess(images):
+  """uint8 or float RGB in [0, 255] -> float32 in [-1, 1]."""
+  return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def resize_bilinear(images, size):
+  """Bilinear resize with aligned corners; keeps the dtype float32. `size` is [height, width]."""
+  return tf.compat.v1.image.resize_bilinear(images, size, align_corners=True)
+
+
+def _spatial_size(tensor):
+  return tf.shape(tensor)[1:3]
+
+
+def _separable_conv(net, depth, rate, scope, weight_decay):
+  """3x3 depthwise (`<scope>_depthwise`) + 1x1 pointwise (`<scope>_pointwise`), each with BN+ReLU."""
+  net = slim.separable_conv2d(
+      net, None, 3, depth_multiplier=1, rate=rate,
+      weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.33),
+      weights_regularizer=None, scope=scope + '_depthwise')
+  return slim.conv2d(
+      net, depth, 1, weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.06),
+      weights_regularizer=slim.l2_regularizer(weight_decay), scope=scope + '_pointwise')
+
+
+def _head_arg_scope(config: ModelConfig, is_training: bool, train_batch_norm: bool):
+  with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
+                      weights_regularizer=slim.l2_regularizer(config.weight_decay),
+                      activation_fn=tf.nn.relu, normalizer_fn=batch_norm, padding='SAME', stride=1):
+    with slim.arg_scope([batch_norm], is_training=is_training and train_batch_norm,
+                        decay=config.batch_norm_decay, epsilon=config.batch_norm_epsilon,
+                        center=True, scale=True) as scope:
+      return scope
+
+
+def aspp(features, config: ModelConfig, is_training: bool):
+  """Atrous spatial pyramid pooling: [N, h, w, C] -> [N, h, w, 256]."""
+  branches = []
+  if config.add_image_level_feature:
+    pooled = tf.reduce_mean(features, axis=[1, 2], keepdims=True)
+    pooled = slim.conv2d(pooled, ASPP_DEPTH, 1, scope='image_pooling')
+    branches.append(resize_bilinear(pooled, _spatial_size(features)))
+  branches.append(slim.conv2d(features, ASPP_DEPTH, 1, scope='aspp0'))
+  for i, rate in enumerate(config.atrous_rates, start=1):
+    scope = f'aspp{i}'
+    if config.aspp_with_separable_conv:
+      branches.append(_separable_conv(features, ASPP_DEPTH, rate, scope, config.weight_decay))
+    else:
+      branches.append(slim.conv2d(features, ASPP_DEPTH, 3, rate=rate, scope=scope))
+  net = tf.concat(branches, axis=3)
+  net = slim.conv2d(net, ASPP_DEPTH, 1, scope='concat_projection')
+  return slim.dropout(net, keep_prob=config.dropout_keep_prob, is_training=is_training,
+                      scope='concat_projection_dropout')
+
+
+def decoder(features, low_level_features, config: ModelConfig):
+  """DeepLabv3+ decoder: ASPP output + projected stride-4 features -> [N, h4, w4, 256]."""
+  with tf.compat.v1.variable_scope('decoder'):
+    size = _spatial_size(low_level_features)
+    projected = slim.conv2d(low_level_features, DECODER_PROJECTION_DEPTH, 1,
+                            scope='feature_projection0')
+    net = tf.concat([resize_bilinear(features, size), projected], axis=3)
+    if config.decoder_use_separable_conv:
+      net = _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv0', config.weight_decay)
+      return _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv1', config.weight_decay)
+    return slim.repeat(net, 2, slim.conv2d, ASPP_DEPTH, 3, scope='decoder_conv0')
+
+
+def logits(images, config: ModelConfig, is_training: bool = False, train_batch_norm: bool = False):
+  """Builds the network on preprocessed images.
+
+  Args:
+    images: float32 [N, H, W, 3] in [-1, 1].
+    is_training: dropout on, batch norm in training mode when `train_batch_norm` too.
+    train_batch_norm: update batch norm statistics (DeepLab's fine_tune_batch_norm).
+  Returns:
+    float32 [N, ceil(H / s), ceil(W / s), num_classes], s = decoder_output_stride or output_stride.
+  """
+  backbone, backbone_arg_scope, decoder_end_point = _BACKBONES[config.model_variant]
+  with slim.arg_scope(backbone_arg_scope(is_training=is_training and train_batch_norm,
+                                         weight_decay=config.weight_decay,
+                                         batch_norm_decay=config.batch_norm_decay)):
+    features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
+                                    output_stride=config.output_stride)
+  with slim.arg_scope(_head_arg_scope(config, is_training, train_batch_norm)):
+    net = aspp(features, config, is_training)
+    if config.decoder_output_stride:
+      net = decoder(net, end_points[decoder_end_point], config)
+  with tf.compat.v1.variable_scope(LOGITS_SCOPE):
+    return slim.conv2d(net, config.num_classes, 1, activation_fn=None, normalizer_fn=None,
+                       weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01),
+                       weights_regularizer=slim.l2_regularizer(config.weight_decay),
+                       scope='semantic')
+
+
+def predict_probabilities(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False):
+  """Class probabilities at the input resolution, averaged over scales (and flips).
+
+  Args:
+    images: float32 [N, H, W, 3] in [0, 255] (any H, W).
+  Returns:
+    float32 [N, H, W, num_classes] softmax probabilities.
+  """
+  size = _spatial_size(images)
+  outputs = []
+  for scale in scales:
+    scaled = images
+    if scale != 1.0:
+      scaled_size = tf.cast(tf.math.ceil(tf.cast(size, tf.float32) * scale), tf.int32)
+      scaled = resize_bilinear(images, scaled_size)
+    variants = [(scaled, False)] + ([(tf.reverse(scaled, [2]), True)] if add_flipped_images else [])
+    for variant, flipped in variants:
+      with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
+                                       reuse=tf.compat.v1.AUTO_REUSE):
+        scores = logits(preprocess(variant), config, is_training=False)
+      scores = resize_bilinear(scores, size)
+      if flipped:
+        scores = tf.reverse(scores, [2])
+      outputs.append(tf.nn.softmax(scores))
+  return outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / float(len(outputs))
+
+
+def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False):
+  """Whole-image prediction, as evaluate and the exported graph do it.
+
+  The image is resized to the model's range (min/max_resize_value), predicted, and the
+  probabilities are resized back to the input size before the argmax, so predictions and
+  probabilities always agree and have the input's size.
+
+  Args:
+    images: uint8 or float [1, H, W, 3] RGB in [0, 255], any H and W.
+  Returns:
+    predictions int32 [1, H, W], probabilities float32 [1, H, W, num_classes].
+  """
+  images = tf.cast(images, tf.float32)
+  size = _spatial_size(images)
+  resized = resize_to_range(images[0], config.min_resize_value, config.max_resize_value)[tf.newaxis]
+  probabilities = predict_probabilities(resized, config, scales, add_flipped_images)
+  if config.min_resize_value or config.max_resize_value:
+    probabilities = resize_bilinear(probabilities, size)
+  return tf.argmax(probabilities, axis=3, output_type=tf.int32), probabilities

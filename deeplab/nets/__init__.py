@@ -1,0 +1,1 @@
+"""Backbones (one network per module) and the batch norm they share."""

@@ -1,0 +1,123 @@
+"""MobileNetV2 feature extractor for DeepLab (Sandler et al., 2018).
+
+The network stops after the last inverted-residual block (`expanded_conv_16`, end point
+`layer_18`); DeepLab puts its ASPP head there instead of the classifier's 1x1 `Conv_1`. Scope and
+variable names are those of the published MobileNetV2 / DeepLab checkpoints:
+
+    MobilenetV2/Conv/{weights, BatchNorm/*}
+    MobilenetV2/expanded_conv[_N]/expand/{weights, BatchNorm/*}          (absent in block 0)
+    MobilenetV2/expanded_conv[_N]/depthwise/{depthwise_weights, BatchNorm/*}
+    MobilenetV2/expanded_conv[_N]/project/{weights, BatchNorm/*}
+
+Output stride: once the running stride reaches `output_stride`, later strided blocks keep the
+resolution and dilate their depthwise convolutions instead (atrous convolution).
+
+End points: `layer_1` (Conv) ... `layer_18` (expanded_conv_16), and for each block
+`layer_N/expansion_output`, `layer_N/depthwise_output`, `layer_N/output`. The decoder reads
+`layer_4/depthwise_output` (stride 4).
+"""
+from deeplab.compat import slim, tf
+from deeplab.nets.batch_norm import batch_norm
+
+SCOPE = 'MobilenetV2'
+# Inverted residual blocks: (expansion factor t, output channels c, repeats n, first stride s).
+BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+FIRST_CONV_CHANNELS = 32
+DECODER_END_POINT = 'layer_4/depthwise_output'
+
+
+def make_divisible(value, divisor, min_value):
+  """Rounds `value` to the nearest multiple of `divisor` (>= min_value), never more than 10% down."""
+  rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * value:
+    rounded += divisor
+  return rounded
+
+
+def channels(base, depth_multiplier):
+  """Channels of a layer of `base` channels at `depth_multiplier`.
+
+  At the full width channels stay multiples of 8; thinner published models (e.g. 0.5) round to 1,
+  which is how DeepLab's MobileNetV2 checkpoints were trained.
+  """
+  if depth_multiplier == 1.0:
+    return make_divisible(base, 8, 8)
+  return make_divisible(base * depth_multiplier, 1, 1)
+
+
+def mobilenet_v2_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
+                           batch_norm_epsilon=1e-3, stddev=0.09):
+  """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU6."""
+  with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
+                      weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=stddev),
+                      normalizer_fn=batch_norm, activation_fn=tf.nn.relu6, padding='SAME'):
+    with slim.arg_scope([batch_norm], is_training=is_training, decay=batch_norm_decay,
+                        epsilon=batch_norm_epsilon, center=True, scale=True):
+      with slim.arg_scope([slim.conv2d],
+                          weights_regularizer=slim.l2_regularizer(weight_decay)):
+        with slim.arg_scope([slim.separable_conv2d], weights_regularizer=None) as scope:
+          return scope
+
+
+def _inverted_residual(net, expansion, out_channels, stride, rate, end_points, layer, scope):
+  """One block: 1x1 expand (if t > 1) -> 3x3 depthwise -> 1x1 linear project (+ residual)."""
+  in_channels = net.shape[-1]
+  block_input = net
+  with tf.compat.v1.variable_scope(scope):
+    expanded = make_divisible(in_channels * expansion, 8, 8)
+    if expanded > in_channels:
+      net = slim.conv2d(net, expanded, 1, scope='expand')
+    end_points[f'{layer}/expansion_output'] = net
+    net = slim.separable_conv2d(net, None, 3, depth_multiplier=1, stride=stride, rate=rate,
+                                scope='depthwise')
+    end_points[f'{layer}/depthwise_output'] = net
+    net = slim.conv2d(net, out_channels, 1, activation_fn=None, scope='project')
+    if stride == 1 and in_channels == out_channels:
+      net += block_input
+  end_points[f'{layer}/output'] = net
+  end_points[layer] = net
+  return net
+
+
+def mobilenet_v2(images, depth_multiplier=1.0, output_stride=16, scope=SCOPE, reuse=None):
+  """Builds the feature extractor.
+
+  Args:
+    images: float32 [N, H, W, 3], preprocessed to [-1, 1].
+    depth_multiplier: width multiplier of every layer.
+    output_stride: 8, 16 or 32: H / feature height (rounded up with SAME padding).
+  Returns:
+    features: [N, ceil(H / output_stride), ceil(W / output_stride), channels(320)].
+    end_points: dict of named activations (see the module docstring).
+  """
+  end_points = {}
+  current_stride, rate = 1, 1
+  with tf.compat.v1.variable_scope(scope, SCOPE, [images], reuse=reuse):
+    net = slim.conv2d(images, channels(FIRST_CONV_CHANNELS, depth_multiplier), 3, stride=2,
+                      scope='Conv')
+    current_stride = 2
+    end_points['layer_1'] = net
+    block_index = 0
+    for expansion, base_channels, repeats, first_stride in BLOCKS:
+      for repeat in range(repeats):
+        stride = first_stride if repeat == 0 else 1
+        if current_stride == output_stride:  # keep the resolution, dilate from here on
+          layer_stride, layer_rate = 1, rate
+          rate *= stride
+        else:
+          layer_stride, layer_rate = stride, 1
+          current_stride *= stride
+        block_scope = 'expanded_conv' + (f'_{block_index}' if block_index else '')
+        net = _inverted_residual(net, expansion, channels(base_channels, depth_multiplier),
+                                 layer_stride, layer_rate, end_points, f'layer_{block_index + 2}',
+                                 block_scope)
+        block_index += 1
+  return net, end_points
