@@ -1,0 +1,245 @@
+"""Runs valohai.yaml steps and pipelines on this machine the way Valohai runs them.
+
+    python -m pipelines.valohai_local step train -p training_number_of_steps=10 -i tfrecords=out/tfrecords.tar.gz
+    python -m pipelines.valohai_local pipeline train-evaluate-export \
+        -i build-data.raw_data=data/raw -p build-data.dataset=folder -p train.training_number_of_steps=10
+
+Commands are rendered by valohai-yaml from the parameter defaults (flags included, as the Valohai CLI
+sends them) plus the given values, and run from the repository root with the /valohai folders of each
+execution laid out under the run directory (default `.valohai/runs/<timestamp>/<node>/`):
+`inputs/<name>/` (files from an upstream node's outputs by edge, or a local path), `outputs/`, and
+`config/parameters.json`; valohai-utils finds them through VH_INPUTS_DIR, VH_OUTPUTS_DIR and
+VH_CONFIG_DIR. Every stdout line that is a JSON object is collected as the execution's metadata (as
+on Valohai); `summary.json` in the run directory holds it with each node's outputs. Pipeline values
+are `node.name=...`; a name without a node is a pipeline parameter. Task (sweep) nodes are not run
+locally. Exit status: 0, or 1 with an `error:` line naming the node whose command failed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from typing import Optional
+
+import valohai_yaml
+from valohai_yaml.excs import ValidationErrors
+
+from steps.flags import parse_bool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RunError(Exception):
+  """A failed execution or a bad request; the message is one line."""
+
+
+def parse_assignments(items) -> dict:
+  """['a=1', 'b.c=x'] -> {'a': '1', 'b.c': 'x'}."""
+  values = {}
+  for item in items or ():
+    name, sep, value = item.partition('=')
+    if not sep or not name:
+      raise RunError(f'expected NAME=VALUE, got {item!r}')
+    values[name] = value
+  return values
+
+
+def cast_parameter(step, name: str, raw):
+  """A command-line string (or an upstream value) as the typed value Valohai would store."""
+  if name not in step.parameters:
+    raise RunError(f'step {step.name} has no parameter {name!r}')
+  parameter = step.parameters[name]
+  if parameter.type == 'flag':
+    return raw if isinstance(raw, bool) else parse_bool(raw)
+  if parameter.multiple and isinstance(raw, str):
+    raw = [part for part in raw.split(',') if part]
+  try:
+    return parameter.validate(raw)
+  except ValidationErrors as e:
+    raise RunError(f'{step.name}: parameter {name}: {e}') from None
+
+
+def _place(source: str, folder: str) -> None:
+  """Puts a local file, a folder's files, or a URL's download into an input folder."""
+  os.makedirs(folder, exist_ok=True)
+  if source.startswith(('http://', 'https://')):
+    target = os.path.join(folder, os.path.basename(source.split('?')[0]))
+    try:
+      urllib.request.urlretrieve(source, target)
+    except OSError as e:
+      raise RunError(f'cannot download {source}: {e}') from None
+    return
+  source = os.path.abspath(source)
+  if not os.path.exists(source):
+    raise RunError(f'input {source} does not exist')
+  entries = [os.path.join(source, e) for e in sorted(os.listdir(source))] if os.path.isdir(source) else [source]
+  for entry in entries:
+    # Symlinks: inputs are read-only to the steps, so there is no need to copy datasets.
+    os.symlink(entry, os.path.join(folder, os.path.basename(entry)))
+
+
+def run_execution(step, exec_dir: str, parameters: dict, inputs: dict) -> dict:
+  """Runs one execution of `step` in `exec_dir`; `inputs` maps names to lists of paths or URLs.
+
+  Returns {'step', 'parameters', 'exit_code', 'metadata', 'outputs'}; raises RunError when the command
+  fails.
+  """
+  values = dict(step.get_parameter_defaults(include_flags=True))
+  values.update({name: cast_parameter(step, name, raw) for name, raw in parameters.items()})
+  unknown = set(inputs) - set(step.inputs)
+  if unknown:
+    raise RunError(f'step {step.name} has no input {sorted(unknown)[0]!r}')
+  folders = {kind: os.path.join(exec_dir, kind) for kind in ('inputs', 'outputs', 'config')}
+  for folder in folders.values():
+    os.makedirs(folder, exist_ok=True)
+  for name, declared in step.inputs.items():
+    sources = inputs.get(name)
+    if sources is None:
+      sources = declared.default if isinstance(declared.default, list) else list(filter(None, [declared.default]))
+    if not sources and not declared.optional:
+      raise RunError(f'{step.name}: input {name!r} has no source: pass it as NAME=PATH with -i')
+    for source in sources:
+      _place(source, os.path.join(folders['inputs'], name))
+  with open(os.path.join(folders['config'], 'parameters.json'), 'w') as f:
+    json.dump(values, f, indent=2, sort_keys=True)
+  command = ' && '.join(step.build_command(values))
+  env = dict(os.environ, VH_INPUTS_DIR=folders['inputs'], VH_OUTPUTS_DIR=folders['outputs'],
+             VH_CONFIG_DIR=folders['config'], VH_REPOSITORY_DIR=ROOT)
+  print(f'[{step.name}] {command}', file=sys.stderr, flush=True)
+  metadata = []
+  with subprocess.Popen(['sh', '-c', command], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as proc:
+    for line in proc.stdout:
+      sys.stdout.write(line)
+      sys.stdout.flush()
+      record = _json_object(line)
+      if record is not None:
+        metadata.append(record)
+  outputs = sorted(os.path.relpath(os.path.join(d, f), folders['outputs'])
+                   for d, _, files in os.walk(folders['outputs']) for f in files)
+  result = {'step': step.name, 'parameters': values, 'exit_code': proc.returncode, 'metadata': metadata, 'outputs': outputs}
+  with open(os.path.join(exec_dir, 'result.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  if proc.returncode != 0:
+    raise RunError(f'{step.name}: command failed with exit code {proc.returncode} (logs above; {exec_dir})')
+  return result
+
+
+def _json_object(line: str) -> Optional[dict]:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) else None
+
+
+def _ordered_nodes(pipeline) -> list:
+  """The pipeline's nodes, each after every node it has an edge from."""
+  ordered, remaining = [], list(pipeline.nodes)
+  while remaining:
+    done = {n.name for n in ordered}
+    ready = [n for n in remaining
+             if all(e.source_node in done for e in pipeline.edges if e.target_node == n.name)]
+    if not ready:
+      raise RunError(f'pipeline {pipeline.name} has a cycle')
+    ordered.extend(ready)
+    remaining = [n for n in remaining if n not in ready]
+  return ordered
+
+
+def run_pipeline(config, name: str, run_dir: str, parameters: dict, inputs: dict) -> dict:
+  """Runs every node of pipeline `name` in order, wiring edges; returns {node: result}."""
+  if name not in config.pipelines:
+    raise RunError(f'no pipeline {name!r} in valohai.yaml (have: {", ".join(config.pipelines)})')
+  pipeline = config.pipelines[name]
+  node_values = {node.name: {} for node in pipeline.nodes}
+  pipeline_values = {p.name: p.default for p in pipeline.parameters}
+  for key, value in parameters.items():
+    node, sep, param = key.partition('.')
+    if sep:
+      _check_node(pipeline, node)
+      node_values[node][param] = value
+    elif key in pipeline_values:
+      pipeline_values[key] = value
+    else:
+      raise RunError(f'pipeline {name} has no parameter {key!r} (use NODE.{key}=... for a node parameter)')
+  # A pipeline parameter (given or its default) sets its targets, unless a node value was given.
+  for parameter in pipeline.parameters:
+    for target in parameter.targets if pipeline_values[parameter.name] is not None else ():
+      target_node, _, target_param = target.split('.', 2)
+      node_values[target_node].setdefault(target_param, pipeline_values[parameter.name])
+  node_inputs = {node.name: {} for node in pipeline.nodes}
+  for key, path in inputs.items():
+    node, sep, input_name = key.partition('.')
+    if not sep:
+      raise RunError(f'pipeline inputs are NODE.INPUT=PATH, got {key!r}')
+    _check_node(pipeline, node)
+    node_inputs[node][input_name] = [path]
+  results = {}
+  for node in _ordered_nodes(pipeline):
+    if node.type != 'execution':
+      raise RunError(f'node {node.name} is a {node.type} node; only execution nodes run locally')
+    for edge in (e for e in pipeline.edges if e.target_node == node.name):
+      upstream = results[edge.source_node]
+      if edge.source_type == 'output':
+        wired = [os.path.join(run_dir, edge.source_node, 'outputs', f)
+                 for f in upstream['outputs'] if fnmatch.fnmatch(f, edge.source_key)]
+        if not wired:
+          raise RunError(f'edge {edge.source} -> {edge.target}: {edge.source_node} wrote no matching output')
+        node_inputs[node.name].setdefault(edge.target_key, []).extend(wired)
+      elif edge.source_type == 'parameter':
+        node_values[node.name][edge.target_key] = upstream['parameters'][edge.source_key]
+    step = config.steps[node.step]
+    results[node.name] = run_execution(step, os.path.join(run_dir, node.name), node_values[node.name],
+                                       node_inputs[node.name])
+  return results
+
+
+def _check_node(pipeline, node: str) -> None:
+  if node not in pipeline.node_map:
+    raise RunError(f'pipeline {pipeline.name} has no node {node!r}')
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m pipelines.valohai_local',
+                                   description='Run valohai.yaml steps and pipelines locally, as Valohai would.')
+  parser.add_argument('kind', choices=('step', 'pipeline'))
+  parser.add_argument('name', help='the step or pipeline name in valohai.yaml')
+  parser.add_argument('-p', '--param', action='append', metavar='NAME=VALUE',
+                      help='a parameter value (pipelines: NODE.NAME=VALUE, or a pipeline parameter)')
+  parser.add_argument('-i', '--input', action='append', metavar='NAME=PATH',
+                      help='an input file or folder (pipelines: NODE.NAME=PATH)')
+  parser.add_argument('--run-dir', help='where the executions lay out their /valohai folders '
+                      '(default: .valohai/runs/<timestamp>)')
+  parser.add_argument('--config', default=os.path.join(ROOT, 'valohai.yaml'))
+  args = parser.parse_args(argv)
+  run_dir = os.path.abspath(args.run_dir or os.path.join(
+      ROOT, '.valohai', 'runs', datetime.datetime.now().strftime('%Y%m%d-%H%M%S')))
+  with open(args.config) as f:
+    config = valohai_yaml.parse(f)
+  try:
+    parameters, inputs = parse_assignments(args.param), parse_assignments(args.input)
+    if os.path.exists(run_dir) and os.listdir(run_dir):
+      raise RunError(f'run directory {run_dir} is not empty')
+    if args.kind == 'step':
+      if args.name not in config.steps:
+        raise RunError(f'no step {args.name!r} in valohai.yaml (have: {", ".join(config.steps)})')
+      results = {args.name: run_execution(config.steps[args.name], os.path.join(run_dir, args.name), parameters,
+                                          {name: [path] for name, path in inputs.items()})}
+    else:
+      results = run_pipeline(config, args.name, run_dir, parameters, inputs)
+  except RunError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 1
+  with open(os.path.join(run_dir, 'summary.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  print(f'[valohai_local] done: {run_dir}/summary.json', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
