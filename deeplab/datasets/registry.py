@@ -106,6 +106,17 @@ CITYSCAPES_LABEL_TO_TRAIN_ID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 
+
+def _lookup_table(mapping: Dict[int, int], default: int) -> np.ndarray:
+  table = np.full(256, default, np.uint8)
+  for source, target in mapping.items():
+    table[source] = target
+  return table
+
+
+# uint8[256]: Cityscapes label id -> train id.
+CITYSCAPES_TRAIN_ID_TABLE = _lookup_table(CITYSCAPES_LABEL_TO_TRAIN_ID, 255)
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 
@@ -304,9 +315,6 @@ class Cityscapes(Dataset):
 
   def __init__(self):
     super().__init__(19, 255, CITYSCAPES_CLASS_NAMES, colormaps.cityscapes_colormap())
-    self._label_id_table = np.full(256, 255, np.uint8)
-    for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN_ID.items():
-      self._label_id_table[label_id] = train_id
 
   def _is_root(self, folder):
     return (os.path.isdir(os.path.join(folder, 'leftImg8bit'))
@@ -335,7 +343,7 @@ class Cityscapes(Dataset):
                  (pattern, f'gtFine/{split}/<city>/<id>{self.TRAIN_ID_SUFFIX} or {self.LABEL_ID_SUFFIX}'))
 
   def label_table(self, label_path):
-    return self._label_id_table if label_path.endswith(self.LABEL_ID_SUFFIX) else None
+    return CITYSCAPES_TRAIN_ID_TABLE if label_path.endswith(self.LABEL_ID_SUFFIX) else None
 
 
 _SHARED_SUFFIX_RE = re.compile(r'_[A-Za-z][A-Za-z0-9]*$')
