@@ -9,6 +9,8 @@ while_loop/Assert` and `variable_scope.variable`. Each is restored from its publ
 tf-slim's `batch_norm` is not used at all (it reaches a Keras module no package ships); the
 library's own `deeplab.nets.batch_norm` replaces it with the same variable names.
 """
+import warnings
+
 import tensorflow as tf
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import array_ops, control_flow_ops, variable_scope
@@ -38,3 +40,6 @@ tf.compat.v1.disable_eager_execution()
 import tf_slim as slim  # noqa: E402  (must come after the patch)
 
 __all__ = ['tf', 'slim']
+
+# tf-slim's layers go through Keras' legacy `layer.apply`, which warns on every layer built.
+warnings.filterwarnings('ignore', message='`layer.apply` is deprecated')

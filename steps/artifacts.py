@@ -39,6 +39,7 @@ def setup_logging() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ banner off stderr
   logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                       format='%(asctime)s %(name)s %(levelname)s %(message)s')
+  logging.getLogger('tensorflow').setLevel(logging.ERROR)  # tf.compat.v1 deprecation notices
 
 
 def run_step(main: Callable[[], None]) -> None:

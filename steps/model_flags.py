@@ -22,3 +22,21 @@ MODEL_PARAMETERS = (
     Parameter('max_resize_value', INTEGER, 0, 'resize images so the long side is at most this '
               '(0 = off)', min=0),
 )
+
+
+def model_config_from_flags(args, num_classes: int, **extra):
+  """The ModelConfig the flags ask for: the variant's preset, overridden by the given flags."""
+  from deeplab.config import preset_config
+  rates = args.atrous_rates
+  if rates == (0,):  # "0": explicitly no atrous branches
+    rates = ()
+  elif rates == ():  # not given: the preset's rates
+    rates = None
+  return preset_config(
+      args.model_variant, output_stride=args.output_stride, num_classes=num_classes,
+      depth_multiplier=args.depth_multiplier, atrous_rates=rates,
+      decoder_output_stride=args.decoder_output_stride,
+      add_image_level_feature=args.add_image_level_feature,
+      aspp_with_separable_conv=args.aspp_with_separable_conv,
+      decoder_use_separable_conv=args.decoder_use_separable_conv,
+      min_resize_value=args.min_resize_value, max_resize_value=args.max_resize_value, **extra)

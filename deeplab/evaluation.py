@@ -1,0 +1,68 @@
+"""The evaluator: one pass over a split, whole images at their own size -> confusion -> metrics.
+
+It never waits for new checkpoints (unlike the original eval loop): one checkpoint, one pass.
+Predictions are made by `model.predict_labels`, the same function the exported graph runs, so the
+two agree pixel for pixel.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+
+from deeplab import input as model_input
+from deeplab import metrics, model
+from deeplab.compat import tf
+from deeplab.config import ModelConfig
+from deeplab.datasets.manifest import Manifest
+from deeplab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def check_labels(label, name, num_classes, ignore_label, split):
+  """A label value that is neither a class nor the ignore label is an error naming the example."""
+  values = np.unique(label)
+  bad = values[(values >= num_classes) & (values != ignore_label)]
+  if bad.size:
+    raise UserError(f'split {split!r}, example {name!r}: label out of range: values '
+                    f'{bad[:5].tolist()} are neither a class (0..{num_classes - 1}) nor the ignore '
+                    f'label {ignore_label}')
+
+
+def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest, split: str,
+             scales=(1.0,), add_flipped_images=False,
+             progress: Callable[[int], None] = lambda count: None) -> dict:
+  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `split`."""
+  shards = manifest.shard_paths(split)
+  num_classes, ignore_label = config.num_classes, manifest.ignore_label
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  count = 0
+  started = time.perf_counter()
+  with tf.Graph().as_default():
+    example = tf.compat.v1.data.make_one_shot_iterator(model_input.eval_dataset(shards)).get_next()
+    predictions, _ = model.predict_labels(example['image'][tf.newaxis], config, scales,
+                                          add_flipped_images)
+    with tf.compat.v1.Session() as session:
+      tf.compat.v1.train.Saver().restore(session, checkpoint_prefix)
+      while True:
+        try:
+          predicted, label, name = session.run([predictions, example['label'], example['name']])
+        except tf.errors.OutOfRangeError:
+          break
+        except tf.errors.InvalidArgumentError as e:
+          raise UserError(f'split {split!r}: example {count} cannot be decoded '
+                          f'({e.message.splitlines()[0]})') from None
+        label = label[:, :, 0]
+        check_labels(label, name.decode(), num_classes, ignore_label, split)
+        confusion += metrics.confusion_matrix(label, predicted[0], num_classes, ignore_label)
+        count += 1
+        progress(count)
+  if not count:
+    raise UserError(f'split {split!r} of {manifest.folder} has no examples')
+  result = metrics.summarize(confusion, manifest.class_names)
+  result.update(split=split, num_images=count,
+                images_per_sec=count / max(time.perf_counter() - started, 1e-9))
+  return result

@@ -1,0 +1,60 @@
+"""The exporter: checkpoint -> frozen inference graph, like the model-zoo graphs.
+
+    ImageTensor:0            uint8 [1, H, W, 3], any H and W
+    SemanticPredictions:0    int32 [1, H, W]     class ids
+    SemanticProbabilities:0  float32 [1, H, W, num_classes]
+
+Inside the graph: resize to the model's range, predict (optionally multi-scale / flipped), resize
+back. It is `model.predict_labels`, the function evaluate uses, with the variables frozen in.
+"""
+from __future__ import annotations
+
+from deeplab import model
+from deeplab.compat import tf
+from deeplab.config import ModelConfig
+
+INPUT_TENSOR = 'ImageTensor'
+PREDICTIONS_TENSOR = 'SemanticPredictions'
+PROBABILITIES_TENSOR = 'SemanticProbabilities'
+FROZEN_GRAPH = 'frozen_inference_graph.pb'
+
+
+def freeze(config: ModelConfig, checkpoint_prefix: str, scales=(1.0,), add_flipped_images=False):
+  """Returns the frozen GraphDef of the inference graph of `checkpoint_prefix`."""
+  with tf.Graph().as_default() as graph:
+    images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_TENSOR)
+    predictions, probabilities = model.predict_labels(images, config, scales, add_flipped_images)
+    tf.identity(predictions, name=PREDICTIONS_TENSOR)
+    tf.identity(probabilities, name=PROBABILITIES_TENSOR)
+    with tf.compat.v1.Session(graph=graph) as session:
+      tf.compat.v1.train.Saver().restore(session, checkpoint_prefix)
+      return tf.compat.v1.graph_util.convert_variables_to_constants(
+          session, graph.as_graph_def(), [PREDICTIONS_TENSOR, PROBABILITIES_TENSOR])
+
+
+def write_frozen_graph(graph_def, path: str) -> None:
+  with open(path, 'wb') as f:
+    f.write(graph_def.SerializeToString())
+
+
+class FrozenModel:
+  """A loaded frozen graph: `predict(image uint8 [H, W, 3]) -> (labels [H, W], probs [H, W, C])`."""
+
+  def __init__(self, path: str):
+    graph_def = tf.compat.v1.GraphDef()
+    with open(path, 'rb') as f:
+      graph_def.ParseFromString(f.read())
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      tf.compat.v1.import_graph_def(graph_def, name='')
+    self.session = tf.compat.v1.Session(graph=self.graph)
+    self._fetches = [self.graph.get_tensor_by_name(PREDICTIONS_TENSOR + ':0'),
+                     self.graph.get_tensor_by_name(PROBABILITIES_TENSOR + ':0')]
+    self._input = self.graph.get_tensor_by_name(INPUT_TENSOR + ':0')
+
+  def predict(self, image):
+    predictions, probabilities = self.session.run(self._fetches, {self._input: image[None]})
+    return predictions[0], probabilities[0]
+
+  def close(self):
+    self.session.close()
