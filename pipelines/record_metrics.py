@@ -11,39 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-from typing import Iterable, List
+from typing import List
 
-
-def metric_records(lines: Iterable[str], only_with: str = '') -> List[dict]:
-  """The JSON objects among `lines` (other lines are logs), optionally only those with key `only_with`."""
-  records = []
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(record, dict) and (not only_with or only_with in record):
-      records.append(record)
-  return records
+from pipelines.metric_lines import run_passing_through
 
 
 def run_and_record(command: List[str], to: str, only_with: str = '') -> int:
-  """Runs `command`, echoing its stdout; writes its metric records to `to`; returns its exit code."""
-  lines = []
-  with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
-    for line in proc.stdout:
-      sys.stdout.write(line)
-      sys.stdout.flush()
-      lines.append(line)
+  """Runs `command`, echoing its stdout; writes its metric records (those with key `only_with`, if
+  given) to `to`; returns its exit code."""
+  exit_code, records = run_passing_through(command)
   os.makedirs(os.path.dirname(os.path.abspath(to)), exist_ok=True)
   partial = to + '.partial'
   with open(partial, 'w') as f:
-    json.dump(metric_records(lines, only_with), f, indent=1)
+    json.dump([r for r in records if not only_with or only_with in r], f, indent=1)
     f.write('\n')
   os.replace(partial, to)
-  return proc.returncode
+  return exit_code
 
 
 def main(argv=None) -> int:

@@ -21,14 +21,12 @@ import datetime
 import fnmatch
 import json
 import os
-import subprocess
 import sys
 import urllib.request
-from typing import Optional
-
 import valohai_yaml
 from valohai_yaml.excs import ValidationErrors
 
+from pipelines.metric_lines import run_passing_through
 from steps.flags import parse_bool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,30 +109,15 @@ def run_execution(step, exec_dir: str, parameters: dict, inputs: dict) -> dict:
   env = dict(os.environ, VH_INPUTS_DIR=folders['inputs'], VH_OUTPUTS_DIR=folders['outputs'],
              VH_CONFIG_DIR=folders['config'], VH_REPOSITORY_DIR=ROOT)
   print(f'[{step.name}] {command}', file=sys.stderr, flush=True)
-  metadata = []
-  with subprocess.Popen(['sh', '-c', command], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as proc:
-    for line in proc.stdout:
-      sys.stdout.write(line)
-      sys.stdout.flush()
-      record = _json_object(line)
-      if record is not None:
-        metadata.append(record)
+  exit_code, metadata = run_passing_through(['sh', '-c', command], cwd=ROOT, env=env)
   outputs = sorted(os.path.relpath(os.path.join(d, f), folders['outputs'])
                    for d, _, files in os.walk(folders['outputs']) for f in files)
-  result = {'step': step.name, 'parameters': values, 'exit_code': proc.returncode, 'metadata': metadata, 'outputs': outputs}
+  result = {'step': step.name, 'parameters': values, 'exit_code': exit_code, 'metadata': metadata, 'outputs': outputs}
   with open(os.path.join(exec_dir, 'result.json'), 'w') as f:
     json.dump(result, f, indent=2)
-  if proc.returncode != 0:
-    raise RunError(f'{step.name}: command failed with exit code {proc.returncode} (logs above; {exec_dir})')
+  if exit_code != 0:
+    raise RunError(f'{step.name}: command failed with exit code {exit_code} (logs above; {exec_dir})')
   return result
-
-
-def _json_object(line: str) -> Optional[dict]:
-  try:
-    record = json.loads(line)
-  except ValueError:
-    return None
-  return record if isinstance(record, dict) else None
 
 
 def _ordered_nodes(pipeline) -> list:
