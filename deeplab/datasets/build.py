@@ -48,6 +48,8 @@ _CHANNELS = {'1': 1, 'L': 1, 'I': 1, 'I;16': 1, 'LA': 2, 'P': 3, 'RGB': 3, 'YCbC
              'CMYK': 4}
 # Encoded examples in flight per worker: enough to keep workers busy, bounded for memory.
 _WINDOW_PER_WORKER = 8
+# Runs shorter than this many examples take seconds: no progress bar to clutter the log.
+_PROGRESS_MIN_EXAMPLES = 1000
 
 
 @dataclasses.dataclass
@@ -110,7 +112,8 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
   encode = functools.partial(encode_files, dataset=dataset)
   workers = num_workers or default_num_workers()
   with _ordered_map(encode, ordered, workers) as results, \
-      tqdm.tqdm(total=total, unit='img', file=sys.stderr, disable=not progress,
+      tqdm.tqdm(total=total, unit='img', file=sys.stderr,
+                disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
                 mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
     for split in split_names:
       for index, count in enumerate(_shard_sizes(len(examples[split]), num_shards)):
