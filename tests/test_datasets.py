@@ -168,21 +168,23 @@ def _original_features(tf):
   }
 
 
-def test_our_shards_parse_with_the_original_key_set(tmp_path):
+@pytest.mark.parametrize('layout', ['folder', 'pascal_voc_seg'])  # grey and palette masks
+def test_our_shards_parse_with_the_original_key_set(tmp_path, layout):
   tf = pytest.importorskip('tensorflow')
-  raw = synthetic.write_dataset('folder', str(tmp_path / 'raw'), seed=0, num_train=2, num_val=3,
+  raw = synthetic.write_dataset(layout, str(tmp_path / 'raw'), seed=0, num_train=2, num_val=3,
                                 image_size=(24, 32))
   out = tmp_path / 'out'
   out.mkdir()
-  built, _ = build.build(registry.get('folder'), raw, str(out), num_workers=1, progress=False)
-  dataset = tf.data.TFRecordDataset(built.shard_paths('val'))
-  for serialized, example_id in zip(dataset, ('val_00000', 'val_00001', 'val_00002')):
+  dataset = registry.get(layout)
+  built, _ = build.build(dataset, raw, str(out), splits=['val'], num_workers=1, progress=False)
+  sources, _ = dataset.scan(dataset.locate(raw), 'val')
+  for serialized, source in zip(tf.data.TFRecordDataset(built.shard_paths('val')), sources):
     parsed = tf.io.parse_single_example(serialized, _original_features(tf))
     image = tf.io.decode_image(parsed[tfrecord.IMAGE_ENCODED], channels=3).numpy()
     label = tf.io.decode_png(parsed[tfrecord.LABEL_ENCODED], channels=1).numpy()[..., 0]
-    assert parsed[tfrecord.IMAGE_FILENAME].numpy().decode() == example_id
+    assert parsed[tfrecord.IMAGE_FILENAME].numpy().decode() == source.id
     assert image.shape[:2] == (parsed[tfrecord.IMAGE_HEIGHT], parsed[tfrecord.IMAGE_WIDTH])
-    np.testing.assert_array_equal(label, np.asarray(Image.open(f'{raw}/masks/{example_id}.png')))
+    np.testing.assert_array_equal(label, np.asarray(Image.open(source.label)))
 
 
 @pytest.mark.skipif(not (FIXTURES / 'deeplab_testing').is_dir(),

@@ -55,30 +55,39 @@ LAYOUTS = ('folder', 'pascal_voc_seg', 'ade20k', 'cityscapes')
 # Hue range (0..1) of each object class: far apart, so colour alone nearly separates them.
 _HUES = {1: (0.97, 1.05), 2: (0.27, 0.39), 3: (0.57, 0.67)}
 _SPLITS = ('train', 'val')
-_BORDER = -1  # the border band in `render_example`'s raw label, before a layout maps it
 _JPEG_QUALITY = 90
+_MAX_DRAW_SIDE = 256
 
 
 def render_example(seed: int, split: str, index: int, height: int, width: int
                    ) -> Tuple[np.ndarray, np.ndarray]:
   """(image uint8 [H, W, 3], label uint8 [H, W] of 0..3 and IGNORE_LABEL) of one example."""
   rng = np.random.default_rng([seed, _SPLITS.index(split), index])
-  ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-  yn, xn = ys / height, xs / width
+  # The scene is smooth: large images are drawn smaller and upscaled, which keeps generating
+  # thousands of VOC-sized images (the benchmark) fast.
+  scale = min(1.0, _MAX_DRAW_SIDE / max(height, width))
+  draw_height, draw_width = max(1, round(height * scale)), max(1, round(width * scale))
+  ys, xs = np.mgrid[0:draw_height, 0:draw_width].astype(np.float32)
+  yn, xn = ys / draw_height, xs / draw_width
   image = _background(rng, yn, xn)
-  label = np.zeros((height, width), np.int16)
-  side = min(height, width)
+  label = np.zeros((draw_height, draw_width), np.uint8)
+  side = min(draw_height, draw_width)
   for _ in range(rng.integers(1, 4)):
     cls = int(rng.integers(1, NUM_CLASSES))
     inside = _shape(rng, ys, xs, side)
     image[inside] = _object(rng, cls, ys, xs, side)[inside]
     label[inside] = cls
-  # Scene lighting over everything, then sensor noise.
+  # Scene lighting over everything, soft lens-like edges, then sensor noise.
   light = 0.85 + 0.25 * (rng.uniform(-1, 1) * (yn - 0.5) + rng.uniform(-1, 1) * (xn - 0.5) + 0.5)
-  image = image * light[..., None] + rng.normal(0, 5, image.shape).astype(np.float32)
-  image = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-  image = np.asarray(image.filter(ImageFilter.GaussianBlur(0.7)))  # soft, lens-like edges
-  return image, _with_border(label, IGNORE_LABEL)
+  picture = Image.fromarray(np.clip(image * light[..., None], 0, 255).astype(np.uint8))
+  picture = picture.filter(ImageFilter.GaussianBlur(0.7 * scale))
+  label_image = Image.fromarray(label)
+  if scale < 1:
+    picture = picture.resize((width, height), Image.BICUBIC)
+    label_image = label_image.resize((width, height), Image.NEAREST)
+  noise = rng.standard_normal((height, width, 3), np.float32) * 5
+  image = np.clip(np.asarray(picture, np.float32) + noise, 0, 255).astype(np.uint8)
+  return image, _with_border(np.asarray(label_image), IGNORE_LABEL)
 
 
 def _background(rng, yn, xn) -> np.ndarray:
@@ -147,7 +156,7 @@ def _with_border(label: np.ndarray, border_value: int) -> np.ndarray:
   edge[:-1] |= vertical
   edge[:, 1:] |= horizontal
   edge[:, :-1] |= horizontal
-  out = label.astype(np.uint8)
+  out = label.copy()
   out[edge] = border_value
   return out
 

@@ -1,0 +1,139 @@
+"""Benchmark of the TFRecord builder against the cost of just reading the data, in one run.
+
+    python bench/build_data.py [--num_images=2000] [--image_size=375,500] [--keep=DIR]
+
+Writes a synthetic PASCAL VOC layout of `num_images` VOC-sized images (90% train, 10% val) into a
+temporary folder, then measures, on the same files:
+- the floor: one process reading every raw file and decoding every label (the least any builder
+  must do);
+- the builder (deeplab.datasets.build, train + val) with 1 worker and with one worker per core;
+- the deterministic tarball the step writes from the shards (gzip), for the end-to-end picture.
+Prints images/s, the ratio of each build to the floor (target: >= 0.5 on all cores) and the peak
+resident memory of the process tree (this process + workers, sampled; target: < 1 GB).
+"""
+import argparse
+import io
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from deeplab.datasets import build, registry, synthetic  # noqa: E402
+from steps import artifacts  # noqa: E402
+
+
+class PeakMemory:
+  """Samples the summed RSS of this process and all its descendants until stopped."""
+
+  def __init__(self, interval: float = 0.05):
+    self.peak = 0
+    self._interval = interval
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+  def _run(self):
+    while not self._stop.is_set():
+      self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(os.getpid())))
+      self._stop.wait(self._interval)
+
+
+def _tree(pid):
+  pids = [pid]
+  for task in _listdir(f'/proc/{pid}/task'):
+    try:
+      with open(f'/proc/{pid}/task/{task}/children') as f:
+        for child in f.read().split():
+          pids.extend(_tree(int(child)))
+    except OSError:
+      pass
+  return pids
+
+
+def _listdir(path):
+  try:
+    return os.listdir(path)
+  except OSError:
+    return []
+
+
+def _rss(pid) -> int:
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 0
+
+
+def floor(examples) -> float:
+  """Seconds to read every raw file and decode every label, in one process."""
+  start = time.monotonic()
+  for example in examples:
+    with open(example.image, 'rb') as f:
+      f.read()
+    with open(example.label, 'rb') as f:
+      np.asarray(Image.open(io.BytesIO(f.read())))
+  return time.monotonic() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--num_images', type=int, default=2000)
+  parser.add_argument('--image_size', default='375,500', help='height,width')
+  parser.add_argument('--keep', default='', help='generate into (or reuse) this folder')
+  args = parser.parse_args()
+  height, width = (int(v) for v in args.image_size.split(','))
+  num_val = args.num_images // 10
+  with tempfile.TemporaryDirectory(prefix='bench-build-data-') as tmp:
+    raw = args.keep or os.path.join(tmp, 'raw')
+    voc = registry.get('pascal_voc_seg')
+    if not os.path.isdir(raw):
+      start = time.monotonic()
+      synthetic.write_dataset('pascal_voc_seg', raw, seed=0, num_train=args.num_images - num_val,
+                              num_val=num_val, image_size=(height, width))
+      print(f'generated {args.num_images} images of about {width}x{height} in '
+            f'{time.monotonic() - start:.1f} s', flush=True)
+    root = voc.locate(raw)
+    examples = [e for split in ('train', 'val') for e in voc.scan(root, split)[0]]
+    raw_bytes = sum(os.path.getsize(e.image) + os.path.getsize(e.label) for e in examples)
+    floor(examples[:50])  # warm the page cache for every contender alike
+    floor(examples)
+    floor_ips = len(examples) / floor(examples)
+    print(f'floor (read all files, decode labels; 1 process): {floor_ips:8.1f} images/s '
+          f'({raw_bytes / 2 ** 20:.0f} MiB raw)', flush=True)
+    cores = build.default_num_workers()
+    for workers in sorted({1, cores}):
+      out = os.path.join(tmp, f'out{workers}')
+      os.makedirs(out)
+      with PeakMemory() as memory:
+        _, stats = build.build(voc, raw, out, splits=('train', 'val'), num_workers=workers,
+                               progress=False)
+      print(f'build, {workers} worker{"s" if workers > 1 else ""}:{" " * (22 - len(str(workers)))}'
+            f'{stats.images_per_sec:8.1f} images/s  ratio to floor {stats.images_per_sec / floor_ips:.2f}'
+            f'  peak RSS {memory.peak / 2 ** 20:.0f} MiB ({stats.bytes_written / 2 ** 20:.0f} MiB '
+            'of TFRecords)', flush=True)
+    start = time.monotonic()
+    artifacts.write_tarball(out, os.path.join(tmp, 'tfrecords.tar.gz'))
+    seconds = time.monotonic() - start
+    print(f'tarball (gzip, step output):        {len(examples) / seconds:8.1f} images/s '
+          f'({seconds:.1f} s)', flush=True)
+
+
+if __name__ == '__main__':
+  main()
