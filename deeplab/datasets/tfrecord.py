@@ -50,14 +50,14 @@ def encode_example(image: bytes, image_format: str, filename: str, height: int, 
       LABEL_FORMAT: b'png', IMAGE_HEIGHT: height, IMAGE_WIDTH: width, IMAGE_CHANNELS: channels,
   }
   entries = []
-  for key in sorted(features):
+  for key in _SORTED_KEYS:
     value = features[key]
     if isinstance(value, bytes):  # Feature.bytes_list = BytesList{repeated bytes value = 1}
       feature = _field(_FEATURE_BYTES_LIST, _field(1, value))
     else:  # Feature.int64_list = Int64List{repeated int64 value = 1 [packed]}
       feature = _field(_FEATURE_INT64_LIST, _field(1, _varint(value)))
     # Features.feature is map<string, Feature> = 1: entries {key = 1, value = 2}.
-    entries.append(_field(1, _field(1, key.encode('utf-8')) + _field(2, feature)))
+    entries.append(_field(1, _KEY_FIELDS[key] + _field(2, feature)))
   return _field(1, b''.join(entries))  # Example.features = 1
 
 
@@ -99,6 +99,11 @@ def _varint(value: int) -> bytes:
 def _field(number: int, payload: bytes) -> bytes:
   """A length-delimited field."""
   return _varint((number << 3) | _LEN) + _varint(len(payload)) + payload
+
+
+# The map-entry key field of each feature, encoded once.
+_SORTED_KEYS = sorted(EXAMPLE_KEYS)
+_KEY_FIELDS = {key: _field(1, key.encode('utf-8')) for key in EXAMPLE_KEYS}
 
 
 def _read_varint(data: bytes, pos: int):
