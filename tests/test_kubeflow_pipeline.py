@@ -1,0 +1,91 @@
+"""The Kubeflow components mirror the step SPECs, the compiled pipeline is current, and the IR asks for
+what a cluster needs (GPU, resources, retries, the sweep). The local run is in test_orchestrators_e2e.py."""
+import inspect
+import os
+import types
+
+import pytest
+import yaml
+
+from pipelines import deeplab_pipeline, kfp_codegen, kfp_components
+from pipelines.kfp_step import flag_arguments, last_numbers
+from pipelines.step_specs import SPECS
+from steps.flags import FLAG, FLOAT, INTEGER, STRING, parse_flags
+
+KFP_TYPES = {STRING: 'String', INTEGER: 'Integer', FLOAT: 'Float', FLAG: 'Boolean'}
+
+
+@pytest.fixture(scope='module')
+def compiled():
+  with open(deeplab_pipeline.COMPILED_PATH) as f:
+    return f.read()
+
+
+def test_generated_components_are_up_to_date():
+  with open(kfp_codegen.COMPONENTS_PATH) as f:
+    assert f.read() == kfp_codegen.render(), 'run: python -m pipelines.kfp_codegen'
+
+
+def test_compiled_pipeline_is_up_to_date(compiled):
+  assert compiled == deeplab_pipeline.compile_text(), 'run: python -m pipelines.deeplab_pipeline'
+
+
+@pytest.mark.parametrize('step', list(SPECS))
+def test_component_inputs_are_the_step_flags(step):
+  spec, component = SPECS[step], getattr(kfp_components, step).component_spec
+  parameters = {name: i for name, i in component.inputs.items() if not i.type.startswith('system.')}
+  artifacts = {name: i for name, i in component.inputs.items() if i.type.startswith('system.')}
+  assert list(parameters) == [p.name for p in spec.parameters]
+  for param in spec.parameters:
+    declared = parameters[param.name]
+    scalar = {STRING: 'str', INTEGER: 'int', FLOAT: 'float'}.get(param.type)
+    assert declared.type == (f'typing.List[{scalar}]' if param.multiple else KFP_TYPES[param.type]), param.name
+    assert declared.default == (list(param.default) if param.multiple else param.default), param.name
+  assert {name: i.optional for name, i in artifacts.items()} == {p.name: p.optional for p in spec.inputs}
+  assert set(component.outputs) == {o.name for o in spec.outputs} | {'metrics'}
+
+
+@pytest.mark.parametrize('step', list(SPECS))
+def test_component_defaults_become_flags_that_parse_to_the_spec_defaults(step, tmp_path):
+  spec = SPECS[step]
+  values = {name: p.default for name, p in inspect.signature(getattr(kfp_components, step).python_func).parameters.items()}
+  for path in spec.inputs + spec.outputs:
+    values[path.name] = types.SimpleNamespace(path=str(tmp_path / path.name))
+  args = parse_flags(spec, flag_arguments(step, values))
+  assert {p.name: getattr(args, p.name) for p in spec.parameters} == spec.defaults()
+  for path in spec.inputs + spec.outputs:
+    assert getattr(args, path.name) == str(tmp_path / path.name)
+
+
+def test_list_items_that_kfp_turns_into_floats_are_integers_again():
+  argv = flag_arguments('train', {'train_crop_size': [65.0, 97.0], 'atrous_rates': [], 'checkpoint': None})
+  assert argv == ['--train_crop_size=65,97', '--atrous_rates=']
+  assert parse_flags(SPECS['train'], argv).train_crop_size == (65, 97)
+
+
+def test_metrics_are_the_last_number_of_each_key():
+  records = [{'step': 2, 'loss': 0.5, 'note': 'x'}, {'step': 4, 'loss': 0.25, 'done': True}]
+  assert last_numbers(records) == {'step': 4, 'loss': 0.25}
+
+
+def _tasks(ir):
+  """Every task of the IR by name, from the root DAG and the sub-DAGs (the ParallelFor body)."""
+  dags = [ir['root']['dag']] + [c['dag'] for c in ir['components'].values() if 'dag' in c]
+  return {name: task for dag in dags for name, task in dag['tasks'].items()}
+
+
+def test_ir_has_the_sweep_resources_retries_and_the_image_parameter(compiled):
+  ir = yaml.safe_load(compiled)
+  tasks = _tasks(ir)
+  assert {'build-data', 'train', 'evaluate', 'select-best', 'export', 'predict'} <= set(tasks)
+  loop = next(t for t in tasks.values() if 'parameterIterator' in t)
+  assert loop['parameterIterator']['items']['inputParameter'].endswith('base_learning_rates')
+  assert tasks['train']['retryPolicy']['maxRetryCount'] == 2
+  executors = ir['deploymentSpec']['executors']
+  train = executors[tasks['train']['componentRef']['name'].replace('comp-', 'exec-')]['container']
+  assert train['resources']['accelerator']['resourceType'] == 'nvidia.com/gpu'
+  assert train['resources']['cpuRequest'] and train['resources']['memoryRequest']
+  for executor in (e for e in executors.values() if 'container' in e):  # the others are importers
+    assert executor['container']['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"
+  assert {'raw_data_uri', 'images_uri', 'image', 'base_learning_rates'} <= set(
+      ir['root']['inputDefinitions']['parameters'])
