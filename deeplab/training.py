@@ -105,7 +105,11 @@ def _excluded_scopes(train_config: TrainConfig):
 
 def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, images, labels,
                       ignore_label: int):
-  """The training ops over a batch: returns dict(train_op, loss, total_loss, learning_rate, step)."""
+  """The training ops over a batch.
+
+  Returns a dict: train_op (runs one step and yields the new step count), loss, total_loss,
+  learning_rate, global_step.
+  """
   global_step = tf.compat.v1.train.get_or_create_global_step()
   scores = model.logits(images, model_config, is_training=True,
                         train_batch_norm=train_config.fine_tune_batch_norm)
@@ -122,10 +126,13 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   # Batch norm moving averages update with every step.
   with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
     train_op = optimizer.minimize(total_loss, global_step=global_step)
+  # The step count after this step's update (reading global_step beside train_op could race it).
+  with tf.control_dependencies([train_op]):
+    step_after_update = tf.identity(global_step)
   tf.compat.v1.summary.scalar('loss', loss)
   tf.compat.v1.summary.scalar('total_loss', total_loss)
   tf.compat.v1.summary.scalar('learning_rate', learning_rate)
-  return {'train_op': train_op, 'loss': loss, 'total_loss': total_loss,
+  return {'train_op': step_after_update, 'loss': loss, 'total_loss': total_loss,
           'learning_rate': learning_rate, 'global_step': global_step}
 
 
@@ -190,19 +197,18 @@ def run_training(ops, train_config: TrainConfig, work_dir: str, initial_checkpoi
     last_saved = step if ckpt.latest_prefix(work_dir) else None
     window_start, window_steps = time.perf_counter(), 0
     while step < total:
-      fetches = [ops['train_op'], ops['global_step'], ops['loss'], ops['total_loss'],
-                 ops['learning_rate']]
+      fetches = [ops['train_op'], ops['loss'], ops['total_loss'], ops['learning_rate']]
       log_now = (step + 1) % train_config.log_steps == 0 or step + 1 == total
       if log_now:
         fetches.append(summaries)
       results = session.run(fetches)
-      step = int(results[1])
+      step = int(results[0])
       window_steps += 1
       if log_now:
-        writer.add_summary(results[5], step)
+        writer.add_summary(results[4], step)
         elapsed = time.perf_counter() - window_start
-        report({'step': step, 'loss': float(results[2]), 'total_loss': float(results[3]),
-                'learning_rate': float(results[4]),
+        report({'step': step, 'loss': float(results[1]), 'total_loss': float(results[2]),
+                'learning_rate': float(results[3]),
                 'images_per_sec': window_steps * train_config.train_batch_size / max(elapsed, 1e-9)})
         window_start, window_steps = time.perf_counter(), 0
       if step % train_config.save_interval_steps == 0:

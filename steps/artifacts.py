@@ -208,6 +208,16 @@ def _tarinfo(arcname: str, size: int, is_dir: bool) -> tarfile.TarInfo:
   return info
 
 
+def _sorted_members(src_dir: str):
+  """(archive name, path) of every folder and file under src_dir, sorted by archive name."""
+  members = []
+  for dirpath, dirnames, filenames in os.walk(src_dir):
+    for name in dirnames + filenames:
+      full = os.path.join(dirpath, name)
+      members.append((os.path.relpath(full, src_dir).replace(os.sep, '/'), full))
+  return sorted(members)
+
+
 def write_tarball(src_dir: str, out_path: str) -> str:
   """Packs `src_dir` into a deterministic `out_path` (.tar.gz), atomically. Returns out_path."""
   out_dir = os.path.dirname(os.path.abspath(out_path))
@@ -219,14 +229,10 @@ def write_tarball(src_dir: str, out_path: str) -> str:
       with gzip.GzipFile(filename='', mode='wb', fileobj=raw, mtime=0,
                          compresslevel=_GZIP_LEVEL) as gz:
         with tarfile.open(fileobj=gz, mode='w', format=tarfile.PAX_FORMAT) as tar:
-          for dirpath, dirnames, filenames in os.walk(src_dir):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, src_dir)
-            if rel_dir != '.':
-              tar.addfile(_tarinfo(rel_dir.replace(os.sep, '/'), 0, True))
-            for filename in sorted(filenames):
-              full = os.path.join(dirpath, filename)
-              arcname = os.path.normpath(os.path.join(rel_dir, filename)).replace(os.sep, '/')
+          for arcname, full in _sorted_members(src_dir):
+            if os.path.isdir(full):
+              tar.addfile(_tarinfo(arcname, 0, True))
+            else:
               with open(full, 'rb') as f:
                 tar.addfile(_tarinfo(arcname, os.path.getsize(full), False), f)
       raw.flush()

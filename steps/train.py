@@ -139,6 +139,9 @@ def main():
   out_path = artifacts.output_location('train', 'output', args.output, 'checkpoint.tar.gz')
 
   from deeplab import training
+  train_config = training.TrainConfig(
+      train_crop_size=tuple(args.train_crop_size),
+      **{name: getattr(args, name) for name in _TRAIN_OPTIONS})
   from deeplab.datasets.manifest import load_dataset
   with contextlib.ExitStack() as stack:
     data_dir = stack.enter_context(artifacts.open_input(tfrecords, marker='dataset.json'))
@@ -147,9 +150,6 @@ def main():
     model_config = model_config_from_flags(args, manifest.num_classes,
                                            weight_decay=args.weight_decay,
                                            batch_norm_decay=args.batch_norm_decay)
-    train_config = training.TrainConfig(
-        train_crop_size=tuple(args.train_crop_size),
-        **{name: getattr(args, name) for name in _TRAIN_OPTIONS})
     resume_from = resume_path and _resume_checkpoint(stack, resume_path, model_config)
     initial = initial_path and _initial_checkpoint(stack, initial_path)
     if not (resume_from or initial) and train_config.training_number_of_steps == 0:

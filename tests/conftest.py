@@ -1,0 +1,77 @@
+"""Shared test helpers: running steps as users do, the shared fixtures folder, a tiny dataset."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / 'shared' / 'fixtures'
+
+
+def require_fixtures(*relative):
+  """The path of a file in ../shared/fixtures; skips the test when it is absent."""
+  path = FIXTURES.joinpath(*relative)
+  if not path.exists():
+    pytest.skip(f'shared fixture {path} is absent (a clone without ../shared/fixtures)')
+  return path
+
+
+class StepResult:
+  def __init__(self, completed):
+    self.returncode = completed.returncode
+    self.stdout = completed.stdout
+    self.stderr = completed.stderr
+    self.metrics = [json.loads(line) for line in completed.stdout.splitlines()
+                    if line.startswith('{')]
+
+  def last(self, key):
+    """The value of `key` in the last metric line that has it."""
+    return next(m[key] for m in reversed(self.metrics) if key in m)
+
+  def error_line(self):
+    lines = [l for l in self.stderr.splitlines() if l.startswith('error:')]
+    return lines[-1] if lines else ''
+
+
+def run_module(module, *args, cwd=None, check=True, timeout=600, env=None):
+  """Runs `python -m <module> args...` like a user; check=True asserts a zero exit."""
+  environment = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
+  completed = subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=cwd,
+                             capture_output=True, text=True, timeout=timeout, env=environment)
+  result = StepResult(completed)
+  if check and result.returncode != 0:
+    raise AssertionError(f'{module} exited {result.returncode}:\n{result.stderr[-3000:]}')
+  return result
+
+
+def run_step(name, *args, **kwargs):
+  return run_module(f'steps.{name}', *args, **kwargs)
+
+
+# Small enough for seconds per step on 2 cores; the demo (params.yaml) trains the real thing.
+TINY_TRAIN_FLAGS = ('--depth_multiplier=0.25', '--train_crop_size=65,65', '--train_batch_size=2',
+                    '--base_learning_rate=0.01', '--log_steps=1', '--batch_norm_decay=0.9',
+                    '--min_scale_factor=1', '--max_scale_factor=1')
+
+
+@pytest.fixture(scope='session')
+def tiny_tfrecords(tmp_path_factory):
+  """tfrecords.tar.gz of a small synthetic folder dataset (4 classes, ignore 255)."""
+  folder = tmp_path_factory.mktemp('tiny')
+  run_module('deeplab.datasets.synthetic', '--layout=folder', f'--output={folder / "raw"}',
+             '--seed=1', '--num_train=8', '--num_val=3', '--image_size=72,88')
+  run_step('build_data', '--dataset=folder', f'--raw_data={folder / "raw"}',
+           f'--output={folder / "tfrecords.tar.gz"}', '--num_shards=1', '--num_workers=1')
+  return folder / 'tfrecords.tar.gz'
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tiny_tfrecords, tmp_path_factory):
+  """checkpoint.tar.gz of a few training steps on `tiny_tfrecords`."""
+  folder = tmp_path_factory.mktemp('tiny_ckpt')
+  run_step('train', f'--tfrecords={tiny_tfrecords}', f'--output={folder / "checkpoint.tar.gz"}',
+           '--training_number_of_steps=3', *TINY_TRAIN_FLAGS, cwd=folder)
+  return folder / 'checkpoint.tar.gz'

@@ -1,0 +1,108 @@
+"""The step contract: deterministic atomic tarballs, safe extraction, inputs detected by content."""
+import io
+import os
+import tarfile
+import zipfile
+
+import pytest
+
+from deeplab.errors import UserError
+from steps import artifacts
+
+
+def _folder(tmp_path, files):
+  root = tmp_path / 'src'
+  for name, data in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(data)
+  return root
+
+
+def test_tarball_is_deterministic_and_round_trips(tmp_path):
+  src = _folder(tmp_path, {'b.txt': b'b', 'a/c.bin': b'\x00' * 10, 'model.json': b'{}'})
+  first = artifacts.write_tarball(str(src), str(tmp_path / 'one.tar.gz'))
+  os.utime(src / 'b.txt', (1, 1))  # mtimes must not matter
+  second = artifacts.write_tarball(str(src), str(tmp_path / 'two'))  # suffix-less, as KFP names it
+  assert open(first, 'rb').read() == open(second, 'rb').read()
+  with tarfile.open(first) as tar:
+    assert tar.getnames() == ['a', 'a/c.bin', 'b.txt', 'model.json']
+  with artifacts.open_input(second, marker='model.json') as folder:
+    assert open(os.path.join(folder, 'a', 'c.bin'), 'rb').read() == b'\x00' * 10
+
+
+def test_failed_write_leaves_no_partial_artifact(tmp_path, monkeypatch):
+  src = _folder(tmp_path, {'x': b'x'})
+  monkeypatch.setattr(tarfile.TarFile, 'addfile', lambda *a, **k: (_ for _ in ()).throw(OSError('disk full')))
+  with pytest.raises(OSError):
+    artifacts.write_tarball(str(src), str(tmp_path / 'out' / 'a.tar.gz'))
+  assert os.listdir(tmp_path / 'out') == []
+
+
+def _tar_with(tmp_path, member, data=b'', **attributes):
+  path = tmp_path / 'evil.tar'
+  with tarfile.open(path, 'w') as tar:
+    info = tarfile.TarInfo(member)
+    for key, value in attributes.items():
+      setattr(info, key, value)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data) if data else None)
+  return path
+
+
+@pytest.mark.parametrize('member, attributes, message', [
+    ('/etc/passwd', {}, 'absolute path'),
+    ('../escape.txt', {}, 'points outside'),
+    ('a/../../escape.txt', {}, 'points outside'),
+    ('link', {'type': tarfile.SYMTYPE, 'linkname': '/etc/passwd'}, 'points outside'),
+    ('sub/link', {'type': tarfile.SYMTYPE, 'linkname': '../../x'}, 'points outside'),
+    ('hard', {'type': tarfile.LNKTYPE, 'linkname': '../x'}, 'points outside'),
+    ('dev', {'type': tarfile.CHRTYPE}, 'device'),
+])
+def test_unsafe_archives_are_rejected_before_writing(tmp_path, member, attributes, message):
+  archive = _tar_with(tmp_path, member, **attributes)
+  with pytest.raises(UserError, match=message):
+    with artifacts.open_input(str(archive)):
+      pass
+  assert not (tmp_path / 'escape.txt').exists()
+
+
+def test_zip_with_parent_entry_is_rejected_and_plain_zip_works(tmp_path):
+  bad = tmp_path / 'bad.zip'
+  with zipfile.ZipFile(bad, 'w') as zf:
+    zf.writestr('../x.txt', 'x')
+  with pytest.raises(UserError, match='points outside'):
+    artifacts.safe_extract(str(bad), str(tmp_path / 'out'))
+  good = tmp_path / 'good'  # no suffix: detected by content
+  with zipfile.ZipFile(good, 'w') as zf:
+    zf.writestr('top/model.json', '{}')
+  with artifacts.open_input(str(good), marker='model.json') as folder:
+    assert os.path.basename(folder) == 'top'
+
+
+def test_a_folder_holding_one_archive_is_opened(tmp_path):
+  src = _folder(tmp_path, {'dataset.json': b'{}'})
+  inputs = tmp_path / 'valohai_input'
+  inputs.mkdir()
+  artifacts.write_tarball(str(src), str(inputs / 'tfrecords.tar.gz'))
+  with artifacts.open_input(str(inputs)) as folder:
+    assert os.listdir(folder) == ['dataset.json']
+
+
+def test_a_plain_file_is_not_an_input(tmp_path):
+  path = tmp_path / 'notes.txt'
+  path.write_text('hello')
+  with pytest.raises(UserError, match='expected a folder or a .tar/.tar.gz/.zip archive'):
+    with artifacts.open_input(str(path)):
+      pass
+
+
+def test_missing_input_names_the_flag_and_the_valohai_folder(tmp_path, monkeypatch):
+  monkeypatch.setenv('VH_INPUTS_DIR', str(tmp_path / 'inputs'))
+  with pytest.raises(UserError, match="input 'tfrecords' not given: pass --tfrecords=PATH"):
+    artifacts.input_location('train', 'tfrecords', None)
+  (tmp_path / 'inputs' / 'tfrecords').mkdir(parents=True)
+  (tmp_path / 'inputs' / 'tfrecords' / 'x.tar.gz').write_bytes(b'')
+  assert artifacts.input_location('train', 'tfrecords', None) == str(tmp_path / 'inputs' / 'tfrecords')
+  monkeypatch.setenv('VH_OUTPUTS_DIR', str(tmp_path / 'outputs'))
+  assert artifacts.output_location('train', 'output', None, 'checkpoint.tar.gz') == \
+      str(tmp_path / 'outputs' / 'checkpoint.tar.gz')

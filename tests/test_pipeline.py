@@ -1,0 +1,91 @@
+"""End-to-end smoke run of the steps on tiny data, as a user chains them."""
+import json
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+from deeplab import metrics
+from deeplab.compat import tf
+from deeplab.export import FrozenModel
+from tests.conftest import run_step
+
+
+def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_path):
+  metrics_path = tmp_path / 'metrics.json'
+  evaluated = run_step('evaluate', f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}',
+                       f'--output={metrics_path}')
+  result = json.loads(metrics_path.read_text())
+  assert result['num_images'] == 3 and 0.0 <= result['miou'] <= 1.0
+  assert evaluated.last('miou') == result['miou']
+  assert set(result['per_class_iou']) == {'background', 'red_striped', 'green_spotted',
+                                          'blue_checkered'}
+  model_path = tmp_path / 'model.tar.gz'
+  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={model_path}')
+  with tarfile.open(model_path) as tar:
+    assert sorted(tar.getnames()) == ['frozen_inference_graph.pb', 'model.json']
+  images = tmp_path / 'images'
+  (images / 'nested').mkdir(parents=True)
+  Image.new('RGB', (120, 90), (200, 30, 30)).save(images / 'red.jpg')
+  Image.new('RGB', (64, 64), (30, 30, 200)).save(images / 'nested' / 'blue.png')
+  predictions_path = tmp_path / 'predictions.tar.gz'
+  predicted = run_step('predict', f'--model={model_path}', f'--images={images}',
+                       f'--output={predictions_path}')
+  assert predicted.last('images') == 2
+  with tarfile.open(predictions_path) as tar:
+    names = sorted(n for n in tar.getnames() if n.endswith('.png'))
+    assert names == ['labels/nested/blue.png', 'labels/red.png', 'overlays/nested/blue.png',
+                     'overlays/red.png']
+    label = Image.open(tar.extractfile('labels/red.png'))
+    assert label.mode == 'L' and label.size == (120, 90)
+  shares = [v for k, v in predicted.metrics[-1].items() if k.startswith('share_')]
+  assert abs(sum(shares) - 1.0) < 1e-6
+
+
+def _single_image_dataset(folder, height, width):
+  rng = np.random.RandomState(3)
+  (folder / 'images').mkdir(parents=True)
+  (folder / 'masks').mkdir()
+  (folder / 'splits').mkdir()
+  image = rng.randint(0, 255, (height, width, 3)).astype(np.uint8)
+  mask = rng.randint(0, 4, (height, width)).astype(np.uint8)
+  mask[:, :7] = 255
+  Image.fromarray(image).save(folder / 'images' / 'big.png')
+  Image.fromarray(mask).save(folder / 'masks' / 'big.png')
+  (folder / 'splits' / 'val.txt').write_text('big\n')
+  return image, mask
+
+
+def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint, tmp_path):
+  image, mask = _single_image_dataset(tmp_path / 'raw', 333, 500)
+  run_step('build_data', '--dataset=folder', f'--raw_data={tmp_path / "raw"}', '--num_classes=4',
+           '--num_shards=1', '--num_workers=1', f'--output={tmp_path / "val.tar.gz"}')
+  run_step('evaluate', f'--tfrecords={tmp_path / "val.tar.gz"}', f'--checkpoint={tiny_checkpoint}',
+           f'--output={tmp_path / "metrics.json"}')
+  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={tmp_path / "model.tar.gz"}')
+  with tarfile.open(tmp_path / 'model.tar.gz') as tar:
+    tar.extractall(tmp_path / 'model')
+  frozen = FrozenModel(str(tmp_path / 'model' / 'frozen_inference_graph.pb'))
+  predictions, probabilities = frozen.session.run(
+      ['SemanticPredictions:0', 'SemanticProbabilities:0'], {'ImageTensor:0': image[None]})
+  frozen.close()
+  assert predictions.shape == (1, 333, 500) and predictions.dtype == np.int32
+  assert probabilities.shape == (1, 333, 500, 4) and probabilities.dtype == np.float32
+  evaluated = json.loads((tmp_path / 'metrics.json').read_text())['confusion_matrix']
+  exported = metrics.confusion_matrix(mask, predictions[0], 4, 255)
+  assert exported.tolist() == evaluated
+
+
+def test_evaluate_rejects_labels_out_of_range_in_original_deeplab_tfrecords(tmp_path):
+  from tests.conftest import require_fixtures, TINY_TRAIN_FLAGS
+  shard = require_fixtures('deeplab_testing', 'val-00000-of-00001.tfrecord')
+  # A 21-class checkpoint; training ignores labels that are not classes, evaluation must not.
+  run_step('train', f'--tfrecords={shard.parent}', '--dataset=pascal_voc_seg', '--train_split=val',
+           '--training_number_of_steps=1', f'--output={tmp_path / "ckpt.tar.gz"}',
+           *TINY_TRAIN_FLAGS, cwd=tmp_path)
+  result = run_step('evaluate', f'--tfrecords={shard.parent}', '--dataset=pascal_voc_seg',
+                    f'--checkpoint={tmp_path / "ckpt.tar.gz"}', f'--output={tmp_path / "m.json"}',
+                    check=False)
+  assert result.returncode == 1
+  assert "example '2007_000033': label out of range" in result.error_line()
+  assert not (tmp_path / 'm.json').exists()
