@@ -18,5 +18,5 @@ if [ "$installed" != "$pinned" ]; then
 fi
 filtered=$(mktemp)
 grep -v '^tensorflow-cpu==' requirements.txt > "$filtered"
-pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore -r "$filtered"
+python -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore -r "$filtered"
 rm -f "$filtered"
