@@ -35,7 +35,7 @@ BUILD_DATA_VARIANTS = (
 # The three demo photos of the original DeepLab README: predict's default images.
 DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master/research/deeplab/'
                     f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
-INPUT_DEFAULTS = {('predict', 'images'): list(DEMO_IMAGES)}
+STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
 
 # The sweep: a grid over these values feeds evaluate. Only variants that exist in deeplab.config.
 SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
@@ -71,11 +71,12 @@ def parameter_entry(param, default=None) -> dict:
   return entry
 
 
-def step_entry(step: str, name: str = '', default_overrides: dict = None, input_defaults: dict = None) -> dict:
+def step_entry(step: str, image: str, name: str = '', default_overrides: dict = None,
+               input_defaults: dict = None) -> dict:
+  """The Valohai step running steps/<step>.py; a variant step has its own name and defaults."""
   spec = SPECS[step]
   default_overrides = default_overrides or {}
-  input_defaults = dict({key[1]: urls for key, urls in INPUT_DEFAULTS.items() if key[0] == step},
-                        **(input_defaults or {}))
+  input_defaults = dict(STEP_INPUT_DEFAULTS.get(step, {}), **(input_defaults or {}))
   inputs = []
   for path in spec.inputs:
     entry = {'name': path.name, 'description': path.description}
@@ -87,7 +88,7 @@ def step_entry(step: str, name: str = '', default_overrides: dict = None, input_
   (output,) = spec.outputs
   return {'step': {
       'name': name or dashed(step),
-      'image': BASE_IMAGE,
+      'image': image,
       'description': f'{spec.description} Writes {output.filename} to the outputs.',
       'command': step_command(step),
       'parameters': [parameter_entry(p, default_overrides.get(p.name)) for p in spec.parameters],
@@ -156,11 +157,9 @@ def sweep_pipeline() -> dict:
 
 
 def config(image: str = BASE_IMAGE) -> list:
-  entries = [step_entry(step) for step in SPECS]
-  entries[1:1] = [step_entry('build_data', name, {'dataset': dataset}, {'raw_data': url})
+  entries = [step_entry(step, image) for step in SPECS]
+  entries[1:1] = [step_entry('build_data', image, name, {'dataset': dataset}, {'raw_data': url})
                   for name, dataset, url in BUILD_DATA_VARIANTS]
-  for entry in entries:
-    entry['step']['image'] = image
   return entries + [sweep_task(), train_evaluate_export_pipeline(), sweep_pipeline()]
 
 
