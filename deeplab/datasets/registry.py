@@ -141,6 +141,9 @@ class Dataset:
   """A dataset's classes and raw layout; subclasses define the layout."""
   name = ''
   layout_help = ''  # what `locate` looks for, for the error message
+  root_candidates: Tuple[str, ...] = ()  # subfolders of the given path where the root may be
+  # What the builder says when a label file is RGB instead of class ids.
+  rgb_label_hint = 'expected a single-channel PNG of class ids (mode L, or P with ids as indices)'
 
   def __init__(self, num_classes: int, ignore_label: int, class_names: Sequence[str],
                colormap: Sequence[Sequence[int]]):
@@ -156,8 +159,6 @@ class Dataset:
   def _is_root(self, folder: str) -> bool:
     raise NotImplementedError
 
-  _root_candidates: Tuple[str, ...] = ()
-
   def splits(self, root: str) -> List[str]:
     raise NotImplementedError
 
@@ -169,9 +170,6 @@ class Dataset:
     del label_path
     return None
 
-  # What the builder says when a label file is RGB instead of class ids.
-  rgb_label_hint = 'expected a single-channel PNG of class ids (mode L, or P with ids as indices)'
-
   def with_root(self, root: str) -> 'Dataset':
     """This dataset with whatever the root folder says about its classes (folder layout)."""
     del root
@@ -181,7 +179,7 @@ class Dataset:
     """The dataset root inside `path`: itself, a known subfolder, or through single wrapping folders."""
     current = path
     while True:
-      for candidate in ('',) + self._root_candidates:
+      for candidate in ('',) + self.root_candidates:
         folder = os.path.join(current, candidate) if candidate else current
         if os.path.isdir(folder) and self._is_root(folder):
           return folder
@@ -207,9 +205,12 @@ def _read_id_list(path: str, split: str) -> List[str]:
 
 
 def _pair(split: str, ids: Sequence[str], image_of: Callable[[str], Optional[str]],
-          label_of: Callable[[str], Optional[str]], where: str, label_where: str
+          label_of: Callable[[str], Optional[str]], where: str, expected: Tuple[str, str]
           ) -> Tuple[List[Example], List[Problem]]:
-  """Examples for `ids` in order; missing files and repeated ids become Problems."""
+  """Examples for `ids` in order; missing files and repeated ids become Problems.
+
+  `where` names the id list in messages; `expected` says where an image and a label belong.
+  """
   examples, problems, seen = [], [], set()
   for example_id in ids:
     if example_id in seen:
@@ -220,10 +221,10 @@ def _pair(split: str, ids: Sequence[str], image_of: Callable[[str], Optional[str
     image, label = image_of(example_id), label_of(example_id)
     if image is None:
       problems.append(Problem(split, example_id, f'{where}: no image for id {example_id!r} '
-                              f'(split {split!r}); expected it in {label_where[0]}'))
+                              f'(split {split!r}); expected it in {expected[0]}'))
     elif label is None:
       problems.append(Problem(split, example_id, f'{image}: label missing (split {split!r}, id '
-                              f'{example_id!r}); expected it in {label_where[1]}'))
+                              f'{example_id!r}); expected it in {expected[1]}'))
     else:
       examples.append(Example(split, example_id, image, label))
   return examples, problems
@@ -238,7 +239,7 @@ class PascalVoc(Dataset):
   name = 'pascal_voc_seg'
   layout_help = ('VOCdevkit/VOC2012/ (or VOC2012/) with JPEGImages/, SegmentationClass/ and '
                  'ImageSets/Segmentation/<split>.txt')
-  _root_candidates = ('VOC2012', os.path.join('VOCdevkit', 'VOC2012'))
+  root_candidates = ('VOC2012', os.path.join('VOCdevkit', 'VOC2012'))
   AUG_SPLIT = 'train_aug'
 
   def __init__(self):
@@ -275,7 +276,7 @@ class Ade20k(Dataset):
   """ADE20K SceneParsing (ADEChallengeData2016): 150 classes + 0 'other', which is ignored."""
   name = 'ade20k'
   layout_help = 'ADEChallengeData2016/ with images/{training,validation}/ and annotations/...'
-  _root_candidates = ('ADEChallengeData2016',)
+  root_candidates = ('ADEChallengeData2016',)
   SPLIT_FOLDERS = {'train': 'training', 'val': 'validation'}
   rgb_label_hint = ('expected a mode L annotation of class ids 0..150 as in ADEChallengeData2016 '
                     '(RGB-encoded annotations of the full ADE20K index are not supported)')
@@ -308,7 +309,7 @@ class Cityscapes(Dataset):
   name = 'cityscapes'
   layout_help = ('leftImg8bit/<split>/<city>/*_leftImg8bit.png and '
                  'gtFine/<split>/<city>/*_gtFine_labelTrainIds.png (or _labelIds.png)')
-  _root_candidates = ('cityscapes',)
+  root_candidates = ('cityscapes',)
   IMAGE_SUFFIX = '_leftImg8bit.png'
   TRAIN_ID_SUFFIX = '_gtFine_labelTrainIds.png'
   LABEL_ID_SUFFIX = '_gtFine_labelIds.png'
@@ -441,11 +442,12 @@ class Folder(Dataset):
       ids, where = sorted(images), image_dir
       if not ids:
         raise UserError(f'{image_dir}: no images; expected <id>.jpg or <id>.png files')
-    problems = [Problem(split, i, f'{image_dir}: several images for id {i!r} (split {split!r}); '
-                        'expected one') for i in ids if i in images and images[i] is None]
-    examples, more = _pair(split, ids, images.get, masks.get, where,
-                           (f'{image_dir}/<id>.jpg|png', f'{mask_dir}/<id>.png'))
-    return examples, problems + [p for p in more if not any(q.id == p.id for q in problems)]
+    ambiguous = [Problem(split, i, f'{image_dir}: several images for id {i!r} (split {split!r}); '
+                         'expected one') for i in dict.fromkeys(ids) if i in images and images[i] is None]
+    examples, problems = _pair(split, ids, images.get, masks.get, where,
+                               (f'{image_dir}/<id>.jpg|png', f'{mask_dir}/<id>.png'))
+    ambiguous_ids = {p.id for p in ambiguous}
+    return examples, ambiguous + [p for p in problems if p.id not in ambiguous_ids]
 
 
 def default_class_names(num_classes: int) -> List[str]:
