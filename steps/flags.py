@@ -6,7 +6,7 @@ valohai.yaml, params.yaml and the Kubeflow pipeline to the same names, types and
 
 Flag conventions (DESIGN.md section 2):
 - snake_case names, `--name=value` or `--name value`;
-- booleans accept `--name`, `--name=true|false|1|0|yes|no`;
+- booleans accept `--name`, `--no-name`, `--name=true|false|1|0|yes|no`;
 - multi-valued parameters accept a repeated flag and/or comma-separated values
   (`--atrous_rates=6 --atrous_rates=12` == `--atrous_rates=6,12`); an empty value means "none".
 """
@@ -127,6 +127,9 @@ def build_parser(spec: StepSpec) -> argparse.ArgumentParser:
     elif param.choices:
       kwargs.update(metavar='{' + ','.join(map(str, param.choices)) + '}')
     parser.add_argument(f'--{param.name}', **kwargs)
+    if param.type == FLAG:  # --no-<name>, as DVC renders false booleans (boolean_optional)
+      parser.add_argument(f'--no-{param.name}', dest=param.name, action='store_const',
+                          const='false', help=argparse.SUPPRESS)
   return parser
 
 

@@ -18,6 +18,7 @@ def test_lists_accept_repeated_and_comma_separated_values():
   assert args.train_crop_size == (321, 321)
   assert args.fine_tune_batch_norm is False and args.add_image_level_feature is True
   assert flags.parse_flags(train.SPEC, []).train_crop_size == (513, 513)
+  assert flags.parse_flags(train.SPEC, ['--no-fine_tune_batch_norm']).fine_tune_batch_norm is False
 
 
 @pytest.mark.parametrize('argv, message', [
