@@ -40,13 +40,13 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest, sp
   num_classes, ignore_label = config.num_classes, manifest.ignore_label
   confusion = np.zeros((num_classes, num_classes), np.int64)
   count = 0
-  started = time.perf_counter()
   with tf.Graph().as_default():
     example = tf.compat.v1.data.make_one_shot_iterator(model_input.eval_dataset(shards)).get_next()
     predictions, _ = model.predict_labels(example['image'][tf.newaxis], config, scales,
                                           add_flipped_images)
     with tf.compat.v1.Session() as session:
       tf.compat.v1.train.Saver().restore(session, checkpoint_prefix)
+      started = time.perf_counter()
       while True:
         try:
           predicted, label, name = session.run([predictions, example['label'], example['name']])
