@@ -131,3 +131,17 @@ def test_unknown_model_variant_is_one_line_and_leaves_nothing(tmp_path, tiny_tfr
   assert result.stderr.strip() == ("error: python -m steps.train: --model_variant: expected one of "
                                    "mobilenet_v2, got 'resnet_v9'")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_training_continues_from_a_checkpoint_artifact(tmp_path, tiny_tfrecords, tiny_checkpoint):
+  common = (f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}', *TINY_TRAIN_FLAGS)
+  continued = run_step('train', *common, '--training_number_of_steps=5',
+                       f'--output={tmp_path / "more.tar.gz"}', cwd=tmp_path)
+  assert continued.metrics[0] == {'resumed_from_step': 3}
+  assert continued.last('global_step') == 5
+  other_model = run_step('train', *common, '--training_number_of_steps=5', '--output_stride=8',
+                         f'--output={tmp_path / "other.tar.gz"}', cwd=tmp_path, check=False)
+  assert other_model.returncode == 1
+  assert 'was trained with other model options: output_stride=16 (flags: 8)' in \
+      other_model.error_line()
+  assert not (tmp_path / 'other.tar.gz').exists()
