@@ -88,9 +88,8 @@ def _negated_flags(section: dict, spec) -> dict:
   return dict(section, **{p.name: not p.default for p in spec.parameters if p.type == FLAG})
 
 
-@pytest.mark.xfail(strict=True, reason='steps/flags.py does not accept --no-<flag> yet, which DVC renders '
-                   'for a false boolean with [parsing] bool = boolean_optional')
 def test_false_booleans_render_to_flags_the_steps_parse(repo, params):
+  """[parsing] bool = boolean_optional renders false as --no-<flag>; plain store_true would drop it."""
   parsing = repo.config['parsing']
   for step, spec in SPECS.items():
     section = _negated_flags(params[step], spec)
