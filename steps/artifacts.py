@@ -218,6 +218,12 @@ def _sorted_members(src_dir: str):
   return sorted(members)
 
 
+def _publish(tmp_path: str, out_path: str) -> None:
+  # mkstemp files are 0600; artifacts are read by other users (non-root images, shared volumes).
+  os.chmod(tmp_path, 0o644)
+  os.replace(tmp_path, out_path)
+
+
 def write_tarball(src_dir: str, out_path: str) -> str:
   """Packs `src_dir` into a deterministic `out_path` (.tar.gz), atomically. Returns out_path."""
   out_dir = os.path.dirname(os.path.abspath(out_path))
@@ -237,7 +243,7 @@ def write_tarball(src_dir: str, out_path: str) -> str:
                 tar.addfile(_tarinfo(arcname, os.path.getsize(full), False), f)
       raw.flush()
       os.fsync(raw.fileno())
-    os.replace(tmp_path, out_path)
+    _publish(tmp_path, out_path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp_path)
@@ -254,7 +260,7 @@ def write_json_atomic(obj, out_path: str) -> str:
     with os.fdopen(fd, 'w') as f:
       json.dump(obj, f, indent=2, sort_keys=True)
       f.write('\n')
-    os.replace(tmp_path, out_path)
+    _publish(tmp_path, out_path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp_path)

@@ -106,3 +106,9 @@ def test_missing_input_names_the_flag_and_the_valohai_folder(tmp_path, monkeypat
   monkeypatch.setenv('VH_OUTPUTS_DIR', str(tmp_path / 'outputs'))
   assert artifacts.output_location('train', 'output', None, 'checkpoint.tar.gz') == \
       str(tmp_path / 'outputs' / 'checkpoint.tar.gz')
+
+
+def test_artifacts_are_readable_by_other_users(tmp_path):
+  src = _folder(tmp_path, {'x': b'x'})
+  assert os.stat(artifacts.write_tarball(str(src), str(tmp_path / 'a.tar.gz'))).st_mode & 0o777 == 0o644
+  assert os.stat(artifacts.write_json_atomic({}, str(tmp_path / 'm.json'))).st_mode & 0o777 == 0o644
