@@ -219,15 +219,14 @@ def run_step(tmp_path, raw, *flags, output=None):
       env={**os.environ, 'PYTHONPATH': str(REPO)})
 
 
-def _truncate(path):
+def _truncate(path, keep=0.8):
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[:int(len(data) * keep)])
 
 
-def _corrupt(path):
+def _corrupt(path, offset):
   data = bytearray(path.read_bytes())
-  data[len(data) // 3:len(data) // 3 + 200] = b'\x00' * 200  # inside the JPEG scan data
-  data[-2:] = b'\x00\x00'
+  data[offset:offset + 16] = b'\x00' * 16
   path.write_bytes(bytes(data))
 
 
@@ -248,9 +247,19 @@ def _value(path, value=7):
 # (layout, change to the synthetic raw folder, a fragment of the one-line error)
 BAD_INPUTS = {
     'truncated_image': ('folder', lambda r: _truncate(r / 'images' / 'train_00001.jpg'),
-                        'train_00001.jpg: corrupt or truncated image'),
-    'corrupt_image': ('folder', lambda r: _corrupt(r / 'images' / 'train_00002.jpg'),
-                      'train_00002.jpg: corrupt or truncated image'),
+                        "train_00001.jpg: truncated JPEG (no end-of-image marker after the image "
+                        "data) (split 'train', id 'train_00001')"),
+    'truncated_header': ('folder', lambda r: _truncate(r / 'images' / 'train_00001.jpg', 0.1),
+                         'train_00001.jpg: truncated JPEG'),
+    'corrupt_image': ('folder', lambda r: _corrupt(r / 'images' / 'train_00002.jpg', 4),
+                      'train_00002.jpg: corrupt JPEG (invalid segment length at byte 4)'),
+    'corrupt_png_image': (
+        'cityscapes',
+        lambda r: _corrupt(r / 'leftImg8bit/val/frankfurt/frankfurt_000000_000001_leftImg8bit.png', 200),
+        "frankfurt_000000_000001_leftImg8bit.png: corrupt PNG (CRC mismatch in chunk b'IDAT') "
+        "(split 'val'"),
+    'truncated_mask': ('folder', lambda r: _truncate(r / 'masks' / 'val_00000.png', 0.7),
+                       "val_00000.png: corrupt or truncated label PNG (split 'val', id 'val_00000')"),
     'not_an_image': ('folder', lambda r: (r / 'images' / 'train_00002.jpg').write_text('hello'),
                      'train_00002.jpg: not a JPEG or PNG image'),
     'missing_mask': ('folder', lambda r: (r / 'masks' / 'val_00001.png').unlink(),

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from deeplab import colormaps
-from deeplab.datasets import build, manifest, registry, synthetic, tfrecord
+from deeplab.datasets import build, imagefile, manifest, registry, synthetic, tfrecord
 from deeplab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +208,43 @@ def test_original_deeplab_tfrecords_load_and_decode():
                                                       example[tfrecord.IMAGE_HEIGHT])
     assert label.shape == (example[tfrecord.IMAGE_HEIGHT], example[tfrecord.IMAGE_WIDTH])
     assert label.max() > 20  # random labels: a format fixture, not a learnable one (its info.md)
+
+
+# ----------------------------------------------------------------------------- image headers
+
+def _encoded(image, fmt, **options):
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **options)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('mode, fmt, options, channels', [
+    ('RGB', 'JPEG', {}, 3), ('RGB', 'JPEG', {'progressive': True}, 3), ('L', 'JPEG', {}, 1),
+    ('RGB', 'PNG', {}, 3), ('RGBA', 'PNG', {}, 4), ('L', 'PNG', {}, 1), ('P', 'PNG', {}, 3),
+    ('P', 'PNG', {'transparency': 0}, 4)])
+def test_image_headers(mode, fmt, options, channels):
+  noise = np.random.default_rng(0).integers(0, 255, (37, 53, 4), np.uint8)
+  image = Image.fromarray(noise[..., :3], 'RGB').convert(mode) if mode != 'RGBA' else \
+      Image.fromarray(noise, 'RGBA')
+  info = imagefile.inspect(_encoded(image, fmt, **options))
+  assert (info.format, info.height, info.width, info.channels) == (fmt.lower(), 37, 53, channels)
+
+
+@pytest.mark.skipif(not (FIXTURES / 'raw').is_dir(), reason='real samples absent')
+def test_image_headers_of_real_files():
+  for path in sorted((FIXTURES / 'raw').rglob('*')):
+    if path.suffix in ('.jpg', '.png'):
+      info = imagefile.inspect(path.read_bytes())
+      with Image.open(path) as image:
+        assert (info.width, info.height) == image.size, path
+
+
+def test_damaged_images_are_named():
+  data = _encoded(Image.new('RGB', (40, 30), (10, 200, 30)), 'PNG')
+  with pytest.raises(imagefile.BadImage, match='truncated PNG'):
+    imagefile.inspect(data[:-5])
+  jpeg = _encoded(Image.new('RGB', (40, 30)), 'JPEG')
+  with pytest.raises(imagefile.BadImage, match='no end-of-image marker'):
+    imagefile.inspect(jpeg[:-2])
+  with pytest.raises(imagefile.BadImage, match='not a JPEG or PNG'):
+    imagefile.inspect(b'GIF89a')

@@ -7,9 +7,11 @@ shards and the manifest into `output_dir`.
 - Each example keeps its image's original file bytes (no re-encoding); `image/format` says what
   the bytes are ('jpeg' or 'png', by content), `image/filename` is the example id, and height,
   width and channels come from the image header. The label is a single-channel PNG of class ids:
-  the original file when it already is one (8-bit grey, no value mapping), else re-encoded.
-- Every image is fully decoded once to catch corrupt or truncated files; labels are checked for
-  mode (class ids, not colours), size (the image's) and values (< num_classes or the ignore label).
+  the original file when it already is one (8-bit grey, no value mapping), the pixel data of an
+  8-bit palette PNG under a greyscale header, else re-encoded.
+- Images are checked for being whole JPEG/PNG files from their structure (`imagefile`), without
+  decoding pixels; labels are decoded and checked for mode (class ids, not colours), size (the
+  image's) and values (< num_classes or the ignore label).
   A bad example is a UserError naming the file, split and id, unless `skip_invalid`, which leaves it
   out and lists it in the manifest's `skipped`.
 - Examples are encoded by `num_workers` processes and written by this one in dataset order, so the
@@ -38,17 +40,16 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from deeplab.datasets import imagefile
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import registry
 from deeplab.datasets import tfrecord
 from deeplab.errors import UserError
 
-_JPEG_MAGIC = b'\xff\xd8\xff'
-_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-_PNG_GREY, _PNG_PALETTE = 0, 3  # IHDR colour types
-# Channels of a decoded image per PIL mode (a palette image decodes to RGB).
-_CHANNELS = {'1': 1, 'L': 1, 'I': 1, 'I;16': 1, 'LA': 2, 'P': 3, 'RGB': 3, 'YCbCr': 3, 'RGBA': 4,
-             'CMYK': 4}
+# Label histograms: every how-many-th pixel is sampled for the values present, and how many
+# values are counted one by one before a full bincount is cheaper.
+_HISTOGRAM_SAMPLE_STRIDE = 7
+_HISTOGRAM_MAX_COMPARES = 8
 # Encoded examples in flight per worker: enough to keep workers busy, bounded for memory.
 _WINDOW_PER_WORKER = 8
 _CHUNK_SIZE = 4  # examples per message to a worker: fewer, larger messages
@@ -190,42 +191,29 @@ def encode_files(example: registry.Example, dataset: registry.Dataset) -> Union[
 def _encode(example: registry.Example, dataset: registry.Dataset) -> _Encoded:
   where = f'(split {example.split!r}, id {example.id!r})'
   image = _read(example.image, where)
-  if image.startswith(_JPEG_MAGIC):
-    image_format = 'jpeg'
-  elif image.startswith(_PNG_MAGIC):
-    image_format = 'png'
-  else:
-    raise _Invalid(f'{example.image}: not a JPEG or PNG image {where}')
   try:
-    with Image.open(io.BytesIO(image)) as im:
-      width, height, mode = im.width, im.height, im.mode
-      if image_format == 'jpeg':
-        # Decoding at 1/8 scale still entropy-decodes every block (so a corrupt or truncated file
-        # fails) but skips most of the inverse DCT: about 3x faster than a full decode.
-        im.draft(mode, (width // 8, height // 8))
-      im.load()
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise _Invalid(f'{example.image}: corrupt or truncated image {where}: {e}') from None
-  if mode not in _CHANNELS:
-    raise _Invalid(f'{example.image}: image mode {mode} {where}; expected RGB or greyscale')
+    info = imagefile.inspect(image)
+  except imagefile.BadImage as e:
+    raise _Invalid(f'{example.image}: {e} {where}; expected a whole JPEG or PNG image') from None
 
   label_bytes = _read(example.label, where)
-  if not label_bytes.startswith(_PNG_MAGIC):
+  if not label_bytes.startswith(imagefile.PNG_MAGIC):
     raise _Invalid(f'{example.label}: label is not a PNG {where}; expected a PNG of class ids')
   try:
-    label = Image.open(io.BytesIO(label_bytes))
-    label.load()
+    with Image.open(io.BytesIO(label_bytes)) as label:
+      label.load()
+      mode = label.mode
+      ids = np.asarray(label)  # palette images give their indices, which are the class ids
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise _Invalid(f'{example.label}: corrupt or truncated label PNG {where}: {e}') from None
-  if label.mode not in ('L', 'P'):
-    kind = 'colours (RGB)' if label.mode in ('RGB', 'RGBA') else f'mode {label.mode}'
+  if mode not in ('L', 'P'):
+    kind = 'colours (RGB)' if mode in ('RGB', 'RGBA') else f'mode {mode}'
     raise _Invalid(f'{example.label}: label holds {kind}, not class ids {where}; '
                    f'{dataset.rgb_label_hint}')
-  if label.size != (width, height):
-    raise _Invalid(f'{example.label}: label is {label.width}x{label.height} but image '
-                   f'{example.image} is {width}x{height} {where}; expected the same size')
-  # Palette images count their indices, which are the class ids.
-  histogram = np.asarray(label.histogram(), np.int64)
+  if ids.shape != (info.height, info.width):
+    raise _Invalid(f'{example.label}: label is {ids.shape[1]}x{ids.shape[0]} but image '
+                   f'{example.image} is {info.width}x{info.height} {where}; expected the same size')
+  histogram = _histogram(ids)
   table = dataset.label_table(example.label)
   if table is not None:
     histogram = np.bincount(table, weights=histogram, minlength=256).astype(np.int64)
@@ -235,9 +223,9 @@ def _encode(example: registry.Example, dataset: registry.Dataset) -> _Encoded:
     if bad:
       raise _Invalid(f'{example.label}: label values {_list(bad)} out of range {where}; expected '
                      f'0..{dataset.num_classes - 1} or the ignore label {dataset.ignore_label}')
-  label_png = _class_id_png(label_bytes, label, table)
-  record = tfrecord.encode_example(image, image_format, example.id, height, width,
-                                   _CHANNELS[mode], label_png)
+  label_png = _class_id_png(label_bytes, ids, table)
+  record = tfrecord.encode_example(image, info.format, example.id, info.height, info.width,
+                                   info.channels, label_png)
   return _Encoded(record, histogram)
 
 
@@ -249,41 +237,47 @@ def _read(path: str, where: str) -> bytes:
     raise _Invalid(f'{path}: cannot read {where}: {e.strerror}') from None
 
 
-def _class_id_png(data: bytes, label: Image.Image, table: Optional[np.ndarray]) -> bytes:
+def _histogram(ids: np.ndarray) -> np.ndarray:
+  """int64[256]: pixels per value of a uint8 label map.
+
+  A label map holds a few values: those seen in a sparse sample are counted exactly with
+  vectorised compares, several times faster than a full bincount, which remains the answer when
+  the sample missed a value (the counts then fall short of the pixel count) or saw many.
+  """
+  flat = ids.reshape(-1)
+  seen = np.flatnonzero(np.bincount(flat[::_HISTOGRAM_SAMPLE_STRIDE], minlength=256))
+  histogram = np.zeros(256, np.int64)
+  if len(seen) <= _HISTOGRAM_MAX_COMPARES:
+    for value in seen:
+      histogram[value] = np.count_nonzero(flat == value)
+    if histogram.sum() == flat.size:
+      return histogram
+  return np.bincount(flat, minlength=256).astype(np.int64)
+
+
+def _class_id_png(data: bytes, ids: np.ndarray, table: Optional[np.ndarray]) -> bytes:
   """The label as an 8-bit greyscale PNG of class ids, re-encoding only when it must.
 
   An 8-bit greyscale PNG is kept as is. An 8-bit palette PNG stores one index byte per pixel, as an
   8-bit greyscale PNG stores one value byte: its pixel data is kept and only the header says
-  greyscale (the palette and the other optional chunks go). Anything else is decoded and encoded.
+  greyscale (the palette and the other optional chunks go). Anything else is encoded anew.
   """
   if table is None and len(data) > 26 and data[12:16] == b'IHDR' and data[24] == 8:
-    if data[25] == _PNG_GREY:
+    if data[25] == imagefile.PNG_GREY:
       return data
-    if data[25] == _PNG_PALETTE:
-      chunks = _png_chunks(data)
-      if chunks is not None:
-        ihdr = bytearray(chunks[0][1])
-        ihdr[9] = _PNG_GREY
-        kept = [(b'IHDR', bytes(ihdr))] + [c for c in chunks if c[0] in (b'IDAT', b'IEND')]
-        return _PNG_MAGIC + b''.join(
-            struct.pack('>I', len(body)) + kind + body
-            + struct.pack('>I', zlib.crc32(kind + body) & 0xffffffff) for kind, body in kept)
-  ids = np.asarray(label) if table is None else table[np.asarray(label)]
+    if data[25] == imagefile.PNG_PALETTE:
+      kept = []
+      for kind, body in imagefile.png_chunks(data):
+        if kind == b'IHDR':
+          body = bytearray(body)
+          body[9] = imagefile.PNG_GREY
+        if kind in (b'IHDR', b'IDAT', b'IEND'):
+          kept.append(struct.pack('>I', len(body)) + kind + bytes(body)
+                      + struct.pack('>I', zlib.crc32(kind + bytes(body))))
+      return imagefile.PNG_MAGIC + b''.join(kept)
   buffer = io.BytesIO()
-  Image.fromarray(ids, 'L').save(buffer, 'PNG')
+  Image.fromarray(ids if table is None else table[ids], 'L').save(buffer, 'PNG')
   return buffer.getvalue()
-
-
-def _png_chunks(data: bytes) -> Optional[List[Tuple[bytes, bytes]]]:
-  """(type, body) of each chunk of a PNG, or None if the chunk structure is broken."""
-  chunks, pos = [], len(_PNG_MAGIC)
-  while pos + 12 <= len(data):
-    length, kind = struct.unpack('>I4s', data[pos:pos + 8])
-    chunks.append((kind, data[pos + 8:pos + 8 + length]))
-    pos += 12 + length
-    if kind == b'IEND':
-      return chunks if chunks[0][0] == b'IHDR' else None
-  return None
 
 
 def _list(values: Sequence[int], limit: int = 5) -> str:
