@@ -107,7 +107,7 @@ def output_location(step: str, name: str, flag: Optional[str], filename: str) ->
 
 # ----------------------------------------------------------------------------- reading inputs
 
-def _is_archive(path: str) -> bool:
+def is_archive(path: str) -> bool:
   return os.path.isfile(path) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
 
 
@@ -170,10 +170,10 @@ def open_input(path: str, marker: Optional[str] = None) -> Iterator[str]:
     root = path
     if os.path.isdir(path):
       entries = [e for e in os.listdir(path) if not e.startswith('.')]
-      if len(entries) == 1 and _is_archive(os.path.join(path, entries[0])):
+      if len(entries) == 1 and is_archive(os.path.join(path, entries[0])):
         root = os.path.join(path, entries[0])
     if os.path.isfile(root):
-      if not _is_archive(root):
+      if not is_archive(root):
         raise UserError(f'{root}: expected a folder or a .tar/.tar.gz/.zip archive, '
                         'got a file of another kind')
       safe_extract(root, tmp)

@@ -1,6 +1,7 @@
 """evaluate: tfrecords + checkpoint -> metrics.json (mIoU, per-class IoU, pixel accuracy, confusion)."""
 import contextlib
 import logging
+import os
 
 from deeplab.errors import UserError
 from steps import artifacts
@@ -13,7 +14,8 @@ SPEC = StepSpec(
     description='Evaluate a checkpoint on a split in one pass over whole images.',
     inputs=(
         Path('tfrecords', 'TFRecords from build_data (or original DeepLab shards + --dataset)'),
-        Path('checkpoint', 'checkpoint.tar.gz from train'),
+        Path('checkpoint', 'checkpoint.tar.gz from train; a folder of several (a sweep) evaluates '
+             'each and reports the best'),
     ),
     outputs=(Path('output', 'metrics JSON', filename='metrics.json'),),
     parameters=(
@@ -26,38 +28,70 @@ SPEC = StepSpec(
 )
 
 
-def open_checkpoint(stack, step, flag):
-  """(model.json dict, checkpoint prefix) of the checkpoint input; shared by evaluate and export."""
+def open_checkpoint(stack, path):
+  """(model.json dict, checkpoint prefix) of a checkpoint input; shared by evaluate and export."""
   from deeplab import checkpoint
-  path = artifacts.input_location(step, 'checkpoint', flag)
   folder = stack.enter_context(artifacts.open_input(path, marker=checkpoint.MODEL_JSON))
   return checkpoint.read_model_json(folder), checkpoint.resolve_checkpoint_path(folder)
+
+
+def sweep_checkpoints(path):
+  """The checkpoint archives of a sweep when `path` is a folder holding several (how Valohai
+  delivers the outputs of a task's executions to one input); else [path]."""
+  if os.path.isdir(path):
+    archives = sorted(os.path.join(dirpath, name)
+                      for dirpath, _, names in os.walk(path) for name in names
+                      if artifacts.is_archive(os.path.join(dirpath, name)))
+    if len(archives) > 1:
+      return archives
+  return [path]
+
+
+def evaluate_checkpoint(stack, path, data_dir, args):
+  from deeplab import evaluation
+  from deeplab.datasets.manifest import load_dataset
+  info, prefix = open_checkpoint(stack, path)
+  config = info['model']
+  manifest = load_dataset(data_dir, args.dataset)
+  if manifest.num_classes != config.num_classes:
+    raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
+                    f'classes but the checkpoint {path} was trained for {config.num_classes}')
+  result = evaluation.evaluate(config, prefix, manifest, args.eval_split, args.eval_scales,
+                               args.add_flipped_images)
+  result.update(eval_scales=list(args.eval_scales), add_flipped_images=args.add_flipped_images,
+                dataset=manifest.name, training=info.get('training'))
+  return result
 
 
 def main():
   args = parse_flags(SPEC)
   tfrecords = artifacts.input_location('evaluate', 'tfrecords', args.tfrecords)
+  checkpoint_path = artifacts.input_location('evaluate', 'checkpoint', args.checkpoint)
   out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json')
-  from deeplab import evaluation
-  from deeplab.datasets.manifest import load_dataset
   with contextlib.ExitStack() as stack:
-    info, prefix = open_checkpoint(stack, 'evaluate', args.checkpoint)
-    config = info['model']
     data_dir = stack.enter_context(artifacts.open_input(tfrecords, marker='dataset.json'))
-    manifest = load_dataset(data_dir, args.dataset)
-    if manifest.num_classes != config.num_classes:
-      raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
-                      f'classes but the checkpoint was trained for {config.num_classes}')
-    result = evaluation.evaluate(config, prefix, manifest, args.eval_split, args.eval_scales,
-                                 args.add_flipped_images)
-  result.update(eval_scales=list(args.eval_scales), add_flipped_images=args.add_flipped_images,
-                dataset=manifest.name)
-  artifacts.write_json_atomic(result, out_path)
-  artifacts.emit_metrics(miou=result['miou'], pixel_accuracy=result['pixel_accuracy'],
-                         num_images=result['num_images'], images_per_sec=result['images_per_sec'],
-                         **{f'iou_{name}': value for name, value in result['per_class_iou'].items()})
-  log.info('mIoU %.4f on %d images of split %r; wrote %s', result['miou'] or 0.0,
-           result['num_images'], args.eval_split, out_path)
+    candidates = sweep_checkpoints(checkpoint_path)
+    results = []
+    for index, path in enumerate(candidates):
+      result = evaluate_checkpoint(stack, path, data_dir, args)
+      name = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
+              else os.path.basename(os.path.normpath(path)))
+      results.append(dict(result, checkpoint=name))
+      if len(candidates) > 1:
+        artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
+                               pixel_accuracy=result['pixel_accuracy'])
+  # Several checkpoints: the best by mIoU is reported at the top level, all of them under
+  # "checkpoints", so one metrics.json shape serves a single run and a sweep.
+  best = max(results, key=lambda r: -1.0 if r['miou'] is None else r['miou'])
+  if len(results) > 1:
+    best = dict(best, checkpoints=[{k: r[k] for k in ('checkpoint', 'miou', 'pixel_accuracy',
+                                                      'training')} for r in results])
+  artifacts.write_json_atomic(best, out_path)
+  artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
+                         num_images=best['num_images'], images_per_sec=best['images_per_sec'],
+                         **{f'iou_{name}': value for name, value in best['per_class_iou'].items()})
+  log.info('mIoU %.4f on %d images of split %r (%s); wrote %s', best['miou'] or 0.0,
+           best['num_images'], args.eval_split, best['checkpoint'], out_path)
 
 
 if __name__ == '__main__':

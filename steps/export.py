@@ -28,7 +28,8 @@ def main():
   out_path = artifacts.output_location('export', 'output', args.output, 'model.tar.gz')
   from deeplab import checkpoint, export
   with contextlib.ExitStack() as stack:
-    info, prefix = open_checkpoint(stack, 'export', args.checkpoint)
+    info, prefix = open_checkpoint(
+        stack, artifacts.input_location('export', 'checkpoint', args.checkpoint))
     graph_def = export.freeze(info['model'], prefix, args.inference_scales, args.add_flipped_images)
     with artifacts.staging_dir('model') as staging:
       export.write_frozen_graph(graph_def, os.path.join(staging, export.FROZEN_GRAPH))

@@ -89,3 +89,20 @@ def test_evaluate_rejects_labels_out_of_range_in_original_deeplab_tfrecords(tmp_
   assert result.returncode == 1
   assert "example '2007_000033': label out of range" in result.error_line()
   assert not (tmp_path / 'm.json').exists()
+
+
+def test_evaluate_scores_every_checkpoint_of_a_sweep(tiny_tfrecords, tiny_checkpoint, tmp_path):
+  # Valohai hands evaluate the checkpoint.tar.gz of each execution of a task in one input folder.
+  inputs = tmp_path / 'inputs'
+  for trial in ('trial-a', 'trial-b'):
+    (inputs / trial).mkdir(parents=True)
+    (inputs / trial / 'checkpoint.tar.gz').write_bytes(tiny_checkpoint.read_bytes())
+  result = run_step('evaluate', f'--tfrecords={tiny_tfrecords}', f'--checkpoint={inputs}',
+                    f'--output={tmp_path / "metrics.json"}')
+  assert [m['checkpoint_index'] for m in result.metrics if 'checkpoint_index' in m] == [0, 1]
+  saved = json.loads((tmp_path / 'metrics.json').read_text())
+  assert [c['checkpoint'] for c in saved['checkpoints']] == ['trial-a/checkpoint.tar.gz',
+                                                             'trial-b/checkpoint.tar.gz']
+  assert saved['miou'] == max(c['miou'] for c in saved['checkpoints'])
+  assert saved['checkpoint'] == 'trial-a/checkpoint.tar.gz'
+  assert result.last('miou') == saved['miou']
