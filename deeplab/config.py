@@ -15,7 +15,9 @@ from typing import Optional, Tuple
 from deeplab.errors import UserError
 
 # Backbones this library builds. A variant is listed only once its network exists.
-MODEL_VARIANTS = ('mobilenet_v2',)
+MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta', 'resnet_v1_101_beta')
+# Backbones with a width multiplier; the others have one published width (depth_multiplier 1).
+WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +26,7 @@ class ModelConfig:
   model_variant: str = 'mobilenet_v2'
   num_classes: int = 21
   # Backbone.
-  depth_multiplier: float = 1.0  # MobileNetV2 width multiplier
+  depth_multiplier: float = 1.0  # MobileNetV2 width multiplier; 1 for the other backbones
   output_stride: int = 16  # input size / feature size; 8, 16 or 32 (atrous convolution below 32)
   # ASPP head (DeepLabv3).
   atrous_rates: Tuple[int, ...] = ()  # one 3x3 atrous branch `aspp{i}` per rate; () = 1x1 branch only
@@ -57,6 +59,9 @@ class ModelConfig:
       raise UserError(f'num_classes={self.num_classes}: expected at least 2 classes')
     if self.depth_multiplier <= 0:
       raise UserError(f'--depth_multiplier={self.depth_multiplier}: expected a positive number')
+    if self.depth_multiplier != 1.0 and self.model_variant not in WIDTH_MULTIPLIED_VARIANTS:
+      raise UserError(f'--depth_multiplier={self.depth_multiplier}: {self.model_variant} has no '
+                      'width multiplier; expected 1')
     if any(r < 1 for r in self.atrous_rates):
       raise UserError(f'--atrous_rates={",".join(map(str, self.atrous_rates))}: expected positive rates')
     if self.max_resize_value and self.min_resize_value > self.max_resize_value:
@@ -89,8 +94,12 @@ class ModelConfig:
 
 # Model-zoo settings per backbone (DeepLab's published configurations). `atrous_rates` for a preset
 # are given at output stride 16; at output stride 8 they double (as the model zoo does).
+# The ResNets' multi-grid (block4 unit rates 1, 2, 4) is part of the network, not an option here;
+# they get no decoder unless asked for (--decoder_output_stride=4).
 PRESETS = {
     'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0, output_stride=16),
+    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0, output_stride=16),
+    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0, output_stride=16),
 }
 
 

@@ -14,7 +14,7 @@ k * output_stride + 1 map exactly onto their feature grid.
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig
 from deeplab.input import resize_to_range
-from deeplab.nets import mobilenet_v2
+from deeplab.nets import mobilenet_v2, resnet_v1_beta
 from deeplab.nets.batch_norm import batch_norm
 
 ASPP_DEPTH = 256
@@ -27,6 +27,12 @@ LAST_LAYER_SCOPES = ('logits', 'image_pooling', 'aspp', 'concat_projection', 'de
 _BACKBONES = {
     'mobilenet_v2': (mobilenet_v2.mobilenet_v2, mobilenet_v2.mobilenet_v2_arg_scope,
                      mobilenet_v2.DECODER_END_POINT),
+    'resnet_v1_50_beta': (resnet_v1_beta.resnet_v1_50_beta,
+                          resnet_v1_beta.resnet_v1_beta_arg_scope,
+                          resnet_v1_beta.DECODER_END_POINT),
+    'resnet_v1_101_beta': (resnet_v1_beta.resnet_v1_101_beta,
+                           resnet_v1_beta.resnet_v1_beta_arg_scope,
+                           resnet_v1_beta.DECODER_END_POINT),
 }
 
 
