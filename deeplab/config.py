@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 from deeplab.errors import UserError
 
 # Backbones this library builds. A variant is listed only once its network exists.
-MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta', 'resnet_v1_101_beta')
+MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta', 'resnet_v1_101_beta', 'xception_65')
 # Backbones with a width multiplier; the others have one published width (depth_multiplier 1).
 WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
 
@@ -95,11 +95,13 @@ class ModelConfig:
 # Model-zoo settings per backbone (DeepLab's published configurations). `atrous_rates` for a preset
 # are given at output stride 16; at output stride 8 they double (as the model zoo does).
 # The ResNets' multi-grid (block4 unit rates 1, 2, 4) is part of the network, not an option here;
-# they get no decoder unless asked for (--decoder_output_stride=4).
+# they get no decoder unless asked for (--decoder_output_stride=4). Xception-65 is the DeepLabv3+
+# model-zoo setting, with the stride-4 decoder.
 PRESETS = {
     'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0, output_stride=16),
     'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0, output_stride=16),
     'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0, output_stride=16),
+    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4, output_stride=16),
 }
 
 

@@ -14,7 +14,7 @@ k * output_stride + 1 map exactly onto their feature grid.
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig
 from deeplab.input import resize_to_range
-from deeplab.nets import mobilenet_v2, resnet_v1_beta
+from deeplab.nets import mobilenet_v2, resnet_v1_beta, xception
 from deeplab.nets.batch_norm import batch_norm
 
 ASPP_DEPTH = 256
@@ -33,6 +33,7 @@ _BACKBONES = {
     'resnet_v1_101_beta': (resnet_v1_beta.resnet_v1_101_beta,
                            resnet_v1_beta.resnet_v1_beta_arg_scope,
                            resnet_v1_beta.DECODER_END_POINT),
+    'xception_65': (xception.xception_65, xception.xception_arg_scope, xception.DECODER_END_POINT),
 }
 
 

@@ -1,6 +1,6 @@
 """Backbones other than MobileNetV2: published variable names and shapes, strides, the whole model.
 
-Sizes are tiny (33x50 inputs) so that the ResNets build and run in seconds on 2 cores.
+Sizes are tiny (33x50 inputs) so that the ResNets and Xception build and run in seconds on 2 cores.
 """
 import math
 import re
@@ -12,8 +12,8 @@ from deeplab import model, training
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig, preset_config
 from deeplab.errors import UserError
-from deeplab.nets import resnet_v1_beta
-from tf_slim.nets import resnet_utils, resnet_v1
+from deeplab.nets import resnet_v1_beta, xception
+from tf_slim.nets import resnet_utils, resnet_v1  # after deeplab.compat, which patches tf-slim
 
 HEIGHT, WIDTH = 33, 50
 # variant -> (scope, units in block1..block4)
@@ -32,20 +32,20 @@ def _build_backbone(variant, output_stride):
                     depth_multiplier=1.0, output_stride=output_stride)
 
 
-def _conv_rate(graph, conv_scope):
-  """The dilation rate of the conv `conv_scope`, whichever way TensorFlow implemented it."""
-  dilations = graph.get_operation_by_name(f'{conv_scope}/Conv2D').get_attr('dilations')
+def _conv_rate(graph, conv_op):
+  """The dilation rate of the (depthwise) conv op `conv_op`, however TensorFlow implemented it."""
+  dilations = graph.get_operation_by_name(conv_op).get_attr('dilations')
   if max(dilations) > 1:
     return dilations[1]
-  try:  # a dilated conv done as SpaceToBatchND -> Conv2D -> BatchToSpaceND
-    block_shape = graph.get_operation_by_name(f'{conv_scope}/Conv2D/SpaceToBatchND/block_shape')
+  try:  # a dilated conv done as SpaceToBatchND -> conv -> BatchToSpaceND
+    block_shape = graph.get_operation_by_name(f'{conv_op}/SpaceToBatchND/block_shape')
   except KeyError:
     return 1
   return int(tf.make_ndarray(block_shape.get_attr('value'))[0])
 
 
-def _conv_stride(graph, conv_scope):
-  return graph.get_operation_by_name(f'{conv_scope}/Conv2D').get_attr('strides')[1]
+def _conv_stride(graph, conv_op):
+  return graph.get_operation_by_name(conv_op).get_attr('strides')[1]
 
 
 @pytest.mark.parametrize('variant', sorted(RESNETS))
@@ -94,7 +94,7 @@ def test_resnet_published_variable_names_and_shapes(variant, output_stride):
 def test_resnet_atrous_rates_and_multi_grid(output_stride, block3_rate, block4_rates):
   with tf.Graph().as_default() as graph:
     _build_backbone('resnet_v1_50_beta', output_stride)
-  unit = 'resnet_v1_50/block{}/unit_{}/bottleneck_v1/conv2'
+  unit = 'resnet_v1_50/block{}/unit_{}/bottleneck_v1/conv2/Conv2D'
   # The last unit of block1 always subsamples (stride 8); block3's last one only at stride 32.
   assert _conv_stride(graph, unit.format(1, 3)) == 2
   assert _conv_stride(graph, unit.format(3, 6)) == (2 if output_stride == 32 else 1)
@@ -151,14 +151,14 @@ def test_resnet_presets_and_depth_multiplier():
     ModelConfig(model_variant='resnet_v1_50_beta', depth_multiplier=0.5)
 
 
-@pytest.mark.parametrize('variant', sorted(RESNETS))
-def test_resnet_deeplab_predicts_at_a_tiny_size(variant):
+@pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
+def test_deeplab_predicts_at_a_tiny_size(variant):
   config = preset_config(variant, num_classes=3, decoder_output_stride=4)
   with tf.Graph().as_default():
     scores = model.logits(tf.zeros([1, HEIGHT, WIDTH, 3]), config)
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3])
     predictions, probabilities = model.predict_labels(images, config)  # reuses the variables
-    names = {v.op.name for v in tf.compat.v1.global_variables()}
+    names = {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       labels, probs = session.run([predictions, probabilities],
@@ -166,13 +166,17 @@ def test_resnet_deeplab_predicts_at_a_tiny_size(variant):
   assert scores.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 3]
   assert labels.shape == (1, HEIGHT, WIDTH) and probs.shape == (1, HEIGHT, WIDTH, 3)
   np.testing.assert_allclose(probs.sum(axis=3), 1.0, rtol=1e-5)
-  # The decoder projects block1/unit_2's 256 channels; the ASPP has three separable branches.
-  assert 'decoder/feature_projection0/weights' in names
-  assert 'aspp3_depthwise/depthwise_weights' in names
+  # The decoder projects the 256 channels of the stride-4 end point; the ASPP has three separable
+  # branches on the backbone's 2048 channels.
+  assert names['decoder/feature_projection0/weights'] == [1, 1, 256, 48]
+  assert names['aspp3_depthwise/depthwise_weights'] == [3, 3, 2048, 1]
 
 
-def test_resnet_trains_a_step():
-  model_config = preset_config('resnet_v1_50_beta', num_classes=3)
+@pytest.mark.parametrize('variant, first_conv', [
+    ('resnet_v1_50_beta', 'resnet_v1_50/conv1_1'),
+    ('xception_65', 'xception_65/entry_flow/conv1_1')])
+def test_trains_a_step(variant, first_conv):
+  model_config = preset_config(variant, num_classes=3)
   train_config = training.TrainConfig(training_number_of_steps=2, train_batch_size=1,
                                       train_crop_size=(HEIGHT, HEIGHT), base_learning_rate=0.01)
   random = np.random.default_rng(0)
@@ -181,7 +185,7 @@ def test_resnet_trains_a_step():
     labels = tf.constant(random.integers(0, 3, [1, HEIGHT, HEIGHT]), tf.int32)
     ops = training.build_train_graph(model_config, train_config, images, labels, ignore_label=255)
     moving_mean, = [v for v in tf.compat.v1.global_variables()
-                    if v.op.name == 'resnet_v1_50/conv1_1/BatchNorm/moving_mean']
+                    if v.op.name == f'{first_conv}/BatchNorm/moving_mean']
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       steps_and_losses = [session.run([ops['train_op'], ops['total_loss']]) for _ in range(2)]
@@ -189,3 +193,93 @@ def test_resnet_trains_a_step():
   assert [step for step, _ in steps_and_losses] == [1, 2]
   assert all(np.isfinite(loss) for _, loss in steps_and_losses)
   assert np.any(moved != 0)  # batch norm statistics update with the train op
+
+
+XCEPTION_BLOCKS = {  # block -> (units, separable conv depths, has a shortcut conv)
+    'entry_flow/block1': (1, (128, 128, 128), True),
+    'entry_flow/block2': (1, (256, 256, 256), True),
+    'entry_flow/block3': (1, (728, 728, 728), True),
+    'middle_flow/block1': (16, (728, 728, 728), False),
+    'exit_flow/block1': (1, (728, 1024, 1024), True),
+    'exit_flow/block2': (1, (1536, 1536, 2048), False),
+}
+
+
+@pytest.mark.parametrize('output_stride', [8, 16])
+def test_xception_published_variable_names_and_shapes(output_stride):
+  with tf.Graph().as_default():
+    features, end_points = _build_backbone('xception_65', output_stride)
+    names = {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
+    regularized = tf.compat.v1.losses.get_regularization_losses()
+
+  assert all(name.startswith('xception_65/') for name in names)
+  assert not any(name.endswith('/biases') for name in names)
+  units = {re.match(r'xception_65/(\w+/block\d/unit_\d+)/', n).group(1) for n in names
+           if '/unit_' in n}
+  assert units == {f'{block}/unit_{u}' for block, (count, _, _) in XCEPTION_BLOCKS.items()
+                   for u in range(1, count + 1)}
+  # 5 variables per conv: 2 root convs, 6 per module (3 depthwise + 3 pointwise), 4 shortcuts.
+  assert len(names) == 5 * (2 + 6 * 21 + 4)
+  assert names['xception_65/entry_flow/conv1_1/weights'] == [3, 3, 3, 32]
+  assert names['xception_65/entry_flow/conv1_2/weights'] == [3, 3, 32, 64]
+  assert names['xception_65/entry_flow/conv1_2/BatchNorm/gamma'] == [64]
+  depth_in = 64
+  for block, (count, depths, has_shortcut) in XCEPTION_BLOCKS.items():
+    for unit in range(1, count + 1):
+      prefix = f'xception_65/{block}/unit_{unit}/xception_module'
+      for index, depth in enumerate(depths, start=1):
+        conv = f'{prefix}/separable_conv{index}'
+        assert names[f'{conv}_depthwise/depthwise_weights'] == [3, 3, depth_in, 1]
+        assert names[f'{conv}_pointwise/weights'] == [1, 1, depth_in, depth]
+        for var in BATCH_NORM_VARIABLES:
+          assert names[f'{conv}_depthwise/BatchNorm/{var}'] == [depth_in]
+          assert names[f'{conv}_pointwise/BatchNorm/{var}'] == [depth]
+        depth_in = depth
+      assert (f'{prefix}/shortcut/weights' in names) == (has_shortcut and unit == 1)
+  assert names['xception_65/entry_flow/block1/unit_1/xception_module/shortcut/weights'] == \
+      [1, 1, 64, 128]
+  assert names['xception_65/exit_flow/block1/unit_1/xception_module/shortcut/BatchNorm/beta'] == \
+      [1024]
+  # L2 weight decay on the regular convs only: 2 root, 21 * 3 pointwise, 4 shortcuts.
+  assert len(regularized) == 2 + 21 * 3 + 4
+  assert not any('depthwise' in loss.name for loss in regularized)
+
+  assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
+                                      math.ceil(WIDTH / output_stride), 2048]
+  low_level = end_points[xception.DECODER_END_POINT]
+  assert low_level.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256]
+
+
+@pytest.mark.parametrize('output_stride, rates', [
+    (8, {'entry_flow/block3': 1, 'middle_flow/block1': 2, 'exit_flow/block1': 2,
+         'exit_flow/block2': 4}),
+    (16, {'entry_flow/block3': 1, 'middle_flow/block1': 1, 'exit_flow/block1': 1,
+          'exit_flow/block2': 2}),
+    (32, {'entry_flow/block3': 1, 'middle_flow/block1': 1, 'exit_flow/block1': 1,
+          'exit_flow/block2': 1})])
+def test_xception_atrous_rates_strides_and_activations(output_stride, rates):
+  with tf.Graph().as_default() as graph:
+    _build_backbone('xception_65', output_stride)
+  module = 'xception_65/{}/unit_1/xception_module/separable_conv{}_depthwise'
+  for block, rate in rates.items():
+    assert [_conv_rate(graph, f'{module.format(block, i)}/depthwise') for i in (1, 2, 3)] == \
+        [rate] * 3
+  # A module's stride is on its third separable conv, while the running stride is below the target.
+  strided = {'entry_flow/block3': output_stride > 8, 'exit_flow/block1': output_stride > 16}
+  for block, is_strided in strided.items():
+    assert _conv_stride(graph, f'{module.format(block, 3)}/depthwise') == (2 if is_strided else 1)
+    assert _conv_stride(graph, f'{module.format(block, 2)}/depthwise') == 1
+  # ReLU before each separable conv (linear depthwise) except in exit_flow/block2 (ReLU after BN).
+  ops = {op.name for op in graph.get_operations()}
+  assert module.format('middle_flow/block1', 1) + '/Relu' not in ops
+  assert module.format('exit_flow/block2', 1) + '/Relu' in ops
+
+
+def test_xception_preset():
+  config = preset_config('xception_65', num_classes=3)
+  assert (config.atrous_rates, config.output_stride, config.decoder_output_stride) == \
+      ((6, 12, 18), 16, 4)
+  assert preset_config('xception_65', output_stride=8).atrous_rates == (12, 24, 36)
+  assert ModelConfig.from_json(config.to_json()) == config
+  with pytest.raises(UserError, match='xception_65 has no width multiplier'):
+    ModelConfig(model_variant='xception_65', depth_multiplier=0.5)

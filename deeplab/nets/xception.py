@@ -1,0 +1,159 @@
+"""Xception-65 feature extractor for DeepLab: the modified, aligned Xception of DeepLabv3+.
+
+Chollet's Xception (2017), made deeper and fully convolutional by Dai et al. (MSRA, COCO 2017) and
+DeepLab (Chen et al., 2018): every max pooling is a stride-2 separable convolution, so the output
+stride can be set by atrous convolution, and each separable convolution is split into a depthwise
+and a pointwise conv, each with batch norm. Scope and variable names are those of the published
+DeepLab xception_65 checkpoints, so they restore:
+
+    xception_65/entry_flow/conv1_{1,2}/{weights, BatchNorm/*}                    (32, 64 channels)
+    xception_65/<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_depthwise/
+        {depthwise_weights, BatchNorm/*}
+    xception_65/<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_pointwise/
+        {weights, BatchNorm/*}
+    xception_65/<flow>/blockB/unit_1/xception_module/shortcut/{weights, BatchNorm/*}  ("conv" skips)
+
+BatchNorm/* is {beta, gamma, moving_mean, moving_variance}; convolutions have no biases.
+
+    block                 separable conv depths   units   skip    stride   ReLU
+    entry_flow/block1     128, 128, 128            1      conv    2        before each sep. conv
+    entry_flow/block2     256, 256, 256            1      conv    2        before each sep. conv
+    entry_flow/block3     728, 728, 728            1      conv    2        before each sep. conv
+    middle_flow/block1    728, 728, 728           16      sum     1        before each sep. conv
+    exit_flow/block1      728, 1024, 1024          1      conv    2        before each sep. conv
+    exit_flow/block2      1536, 1536, 2048         1      none    1        after each BN
+
+A module's stride is on its third separable conv; a "conv" skip is a strided 1x1 conv + batch norm
+of the module's input (no ReLU), a "sum" skip the input itself. Where the ReLU comes before each
+separable conv (on its input), the depthwise and pointwise convs are linear (batch norm only); in
+exit_flow/block2 each is followed by batch norm and ReLU. Only the pointwise and the other regular
+convs have L2 weight decay (not the depthwise weights), as DeepLab trains them.
+
+Output stride: the root (conv1_1) has stride 2; once the running stride reaches `output_stride`,
+later stride-2 modules keep the resolution and dilate the modules after them instead (atrous
+convolution): at output stride 16 exit_flow/block2 has rate 2; at 8 the middle flow and
+exit_flow/block1 have rate 2 and exit_flow/block2 rate 4. DeepLab's published Xception models use
+no multi-grid (unit rates 1, 1, 1), and neither does this network. Strided convolutions pad
+explicitly, as the published models were trained (resnet_v1_beta.pad_for_kernel).
+
+Inputs are preprocessed to [-1, 1] (model.preprocess), as DeepLab does for Xception.
+
+End points (keys relative to the network scope): `entry_flow/conv1_{1,2}`, for each module
+`<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_{depthwise,pointwise}` and `shortcut`,
+`<flow>/blockB/unit_U/xception_module` (module output) and `<flow>/blockB` (block output). The
+decoder reads `entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise` (stride 4,
+256 channels).
+"""
+from deeplab.compat import slim, tf
+from deeplab.nets.batch_norm import batch_norm
+from deeplab.nets.resnet_v1_beta import conv2d_same, pad_for_kernel
+
+SCOPE = 'xception_65'
+DECODER_END_POINT = 'entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise'
+ROOT_STRIDE = 2  # entry_flow/conv1_1
+# (block scope, depths of the three separable convs, units, skip connection, stride,
+#  whether ReLU follows each batch norm rather than preceding each separable conv).
+BLOCKS = (
+    ('entry_flow/block1', (128, 128, 128), 1, 'conv', 2, False),
+    ('entry_flow/block2', (256, 256, 256), 1, 'conv', 2, False),
+    ('entry_flow/block3', (728, 728, 728), 1, 'conv', 2, False),
+    ('middle_flow/block1', (728, 728, 728), 16, 'sum', 1, False),
+    ('exit_flow/block1', (728, 1024, 1024), 1, 'conv', 2, False),
+    ('exit_flow/block2', (1536, 1536, 2048), 1, 'none', 1, True),
+)
+
+
+def xception_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
+                       batch_norm_epsilon=1e-3, stddev=0.09):
+  """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU."""
+  with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
+                      weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=stddev),
+                      normalizer_fn=batch_norm, activation_fn=tf.nn.relu, padding='SAME'):
+    with slim.arg_scope([batch_norm], is_training=is_training, decay=batch_norm_decay,
+                        epsilon=batch_norm_epsilon, center=True, scale=True):
+      with slim.arg_scope([slim.conv2d],
+                          weights_regularizer=slim.l2_regularizer(weight_decay)):
+        with slim.arg_scope([slim.separable_conv2d], weights_regularizer=None) as scope:
+          return scope
+
+
+def separable_conv(net, depth, stride, rate, activation_fn, end_points, name, scope):
+  """3x3 depthwise (`<scope>_depthwise`) + 1x1 pointwise (`<scope>_pointwise`), each with BN.
+
+  [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), depth]; `activation_fn` (or None)
+  follows each batch norm.
+  """
+  padding = 'SAME'
+  if stride > 1:
+    net, padding = pad_for_kernel(net, 3, rate), 'VALID'
+  net = slim.separable_conv2d(net, None, 3, depth_multiplier=1, stride=stride, rate=rate,
+                              padding=padding, activation_fn=activation_fn,
+                              scope=scope + '_depthwise')
+  end_points[f'{name}/{scope}_depthwise'] = net
+  net = slim.conv2d(net, depth, 1, activation_fn=activation_fn, scope=scope + '_pointwise')
+  end_points[f'{name}/{scope}_pointwise'] = net
+  return net
+
+
+def xception_module(net, depths, skip, stride, rate, relu_after_batch_norm, end_points, name):
+  """Three separable convs (the last one strided) plus the skip connection.
+
+  [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), depths[-1]].
+  """
+  module_input = net
+  with tf.compat.v1.variable_scope('xception_module'):
+    for index, depth in enumerate(depths, start=1):
+      if not relu_after_batch_norm:
+        net = tf.nn.relu(net)
+      net = separable_conv(net, depth, stride if index == len(depths) else 1, rate,
+                           tf.nn.relu if relu_after_batch_norm else None, end_points, name,
+                           f'separable_conv{index}')
+    if skip == 'conv':
+      shortcut = slim.conv2d(module_input, depths[-1], 1, stride=stride, activation_fn=None,
+                             scope='shortcut')
+      end_points[f'{name}/shortcut'] = shortcut
+      net += shortcut
+    elif skip == 'sum':
+      net += module_input
+  end_points[name] = net
+  return net
+
+
+def xception_65(images, depth_multiplier=1.0, output_stride=16, reuse=None):
+  """Builds the feature extractor.
+
+  Args:
+    images: float32 [N, H, W, 3], preprocessed to [-1, 1].
+    depth_multiplier: must be 1.0; the published Xception has one width (accepted so that every
+      backbone has the same signature).
+    output_stride: 8, 16 or 32 (even, at most 32): H / feature height (rounded up).
+  Returns:
+    features: [N, ceil(H / output_stride), ceil(W / output_stride), 2048].
+    end_points: dict of named activations (see the module docstring).
+  """
+  if depth_multiplier != 1.0:
+    raise ValueError(f'{SCOPE} has no width multiplier; got depth_multiplier={depth_multiplier}')
+  if output_stride % ROOT_STRIDE or not ROOT_STRIDE <= output_stride <= 32:
+    raise ValueError(f'output_stride={output_stride}: expected an even number from 2 to 32')
+  end_points = {}
+  with tf.compat.v1.variable_scope(SCOPE, values=[images], reuse=reuse):
+    net = conv2d_same(images, 32, 3, ROOT_STRIDE, scope='entry_flow/conv1_1')
+    end_points['entry_flow/conv1_1'] = net
+    net = conv2d_same(net, 64, 3, 1, scope='entry_flow/conv1_2')
+    end_points['entry_flow/conv1_2'] = net
+    current_stride, rate = ROOT_STRIDE, 1
+    for block_scope, depths, units, skip, stride, relu_after_batch_norm in BLOCKS:
+      with tf.compat.v1.variable_scope(block_scope):
+        for unit in range(units):
+          if current_stride == output_stride:  # keep the resolution, dilate the modules after this
+            unit_stride, unit_rate = 1, rate
+            rate *= stride
+          else:
+            unit_stride, unit_rate = stride, 1
+            current_stride *= stride
+          with tf.compat.v1.variable_scope(f'unit_{unit + 1}'):
+            net = xception_module(net, depths, skip, unit_stride, unit_rate,
+                                  relu_after_batch_norm, end_points,
+                                  f'{block_scope}/unit_{unit + 1}/xception_module')
+      end_points[block_scope] = net
+  return net, end_points
