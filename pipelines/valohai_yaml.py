@@ -39,7 +39,7 @@ STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
 
 # The sweep: a grid over these values feeds evaluate. Only variants that exist in deeplab.config.
 SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
-SWEEP_MODEL_VARIANTS = ('mobilenet_v2',)
+SWEEP_MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta')
 # Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
 PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
 

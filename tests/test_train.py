@@ -128,8 +128,9 @@ def test_unknown_model_variant_is_one_line_and_leaves_nothing(tmp_path, tiny_tfr
   result = run_step('train', f'--tfrecords={tiny_tfrecords}', '--model_variant=resnet_v9',
                     f'--output={tmp_path / "c.tar.gz"}', check=False)
   assert result.returncode == 2
-  assert result.stderr.strip() == ("error: python -m steps.train: --model_variant: expected one of "
-                                   "mobilenet_v2, got 'resnet_v9'")
+  assert result.stderr.strip() == (
+      "error: python -m steps.train: --model_variant: expected one of mobilenet_v2, "
+      "resnet_v1_50_beta, resnet_v1_101_beta, xception_65, got 'resnet_v9'")
   assert list(tmp_path.iterdir()) == []
 
 
