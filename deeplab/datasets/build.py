@@ -248,7 +248,7 @@ def _histogram(ids: np.ndarray) -> np.ndarray:
   seen = np.flatnonzero(np.bincount(flat[::_HISTOGRAM_SAMPLE_STRIDE], minlength=256))
   histogram = np.zeros(256, np.int64)
   if len(seen) <= _HISTOGRAM_MAX_COMPARES:
-    for value in seen:
+    for value in seen.tolist():  # Python ints: `flat == value` then compares as uint8
       histogram[value] = np.count_nonzero(flat == value)
     if histogram.sum() == flat.size:
       return histogram
