@@ -141,6 +141,14 @@ def test_example_encoding_round_trips():
       tfrecord.IMAGE_CHANNELS: 3, tfrecord.LABEL_ENCODED: b'label', tfrecord.LABEL_FORMAT: b'png'}
 
 
+def test_example_bytes_equal_tensorflows_deterministic_serialization():
+  tf = pytest.importorskip('tensorflow')
+  record = tfrecord.encode_example(b'\x89PNG-bytes' * 50, 'png', 'a/b', 513, 17, 4, b'L' * 300)
+  example = tf.train.Example.FromString(record)
+  assert example.SerializeToString(deterministic=True) == record
+  assert example.features.feature[tfrecord.IMAGE_HEIGHT].int64_list.value == [513]
+
+
 def test_record_framing_detects_corruption(tmp_path):
   path = tmp_path / 'x.tfrecord'
   with open(path, 'wb') as f:

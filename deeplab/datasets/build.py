@@ -14,16 +14,17 @@ shards and the manifest into `output_dir`.
   image's) and values (< num_classes or the ignore label).
   A bad example is a UserError naming the file, split and id, unless `skip_invalid`, which leaves it
   out and lists it in the manifest's `skipped`.
-- Examples are encoded by `num_workers` processes and written by this one in dataset order, so the
-  shards are byte-identical whatever the worker count. At most a fixed window of encoded examples is
-  in flight, so memory does not grow with the dataset. Workers never import TensorFlow.
-- Shards split each split's examples into contiguous runs of nearly equal size (as many shards
-  as asked, but never more than examples).
+- Shards cut each split's examples into contiguous runs of nearly equal size (as many shards as
+  asked, but never more than examples). Shards are the unit of parallel work: each of
+  `num_workers` processes encodes and writes whole shards, one example in memory at a time, so
+  the shards are byte-identical whatever the worker count, memory does not grow with the dataset,
+  and only small summaries travel between processes. More workers than shards would idle.
+  Workers are spawned (not forked) and never import TensorFlow; as with any multiprocessing
+  code, a script that calls `build` with several workers needs the `if __name__ == '__main__':`
+  guard.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import functools
 import io
@@ -31,7 +32,6 @@ import multiprocessing
 import os
 import struct
 import sys
-import threading
 import time
 import zlib
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -48,13 +48,11 @@ from deeplab.errors import UserError
 
 # Label histograms: every how-many-th pixel is sampled for the values present, and how many
 # values are counted one by one before a full bincount is cheaper.
-_HISTOGRAM_SAMPLE_STRIDE = 7
+_HISTOGRAM_SAMPLE_STRIDE = 31
 _HISTOGRAM_MAX_COMPARES = 8
-# Encoded examples in flight per worker: enough to keep workers busy, bounded for memory.
-_WINDOW_PER_WORKER = 8
-_CHUNK_SIZE = 4  # examples per message to a worker: fewer, larger messages
 # Runs shorter than this many examples take seconds: no progress bar to clutter the log.
 _PROGRESS_MIN_EXAMPLES = 1000
+_PROGRESS_POLL_SECONDS = 0.5
 
 
 @dataclasses.dataclass
@@ -110,33 +108,29 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
     examples[split] = found
 
   start = time.monotonic()
-  total = sum(len(v) for v in examples.values())
+  tasks = []
+  for split in split_names:
+    runs = _shard_runs(examples[split], num_shards)
+    tasks += [_ShardTask(split, manifest_lib.shard_name(split, index, len(runs)), run)
+              for index, run in enumerate(runs)]
   histograms = {split: np.zeros(256, np.int64) for split in split_names}
   shards: Dict[str, List[dict]] = {split: [] for split in split_names}
-  ordered = (e for split in split_names for e in examples[split])
-  encode = functools.partial(encode_files, dataset=dataset)
-  workers = num_workers or default_num_workers()
-  with _ordered_map(encode, ordered, workers) as results, \
-      tqdm.tqdm(total=total, unit='img', file=sys.stderr,
-                disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
-                mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
-    for split in split_names:
-      for index, count in enumerate(_shard_sizes(len(examples[split]), num_shards)):
-        name = manifest_lib.shard_name(split, index, min(num_shards, len(examples[split])))
-        with open(os.path.join(output_dir, name), 'wb') as f:
-          writer = tfrecord.RecordWriter(f)
-          for _ in range(count):
-            example, result = next(results)
-            bar.update()
-            if isinstance(result, str):
-              reject(example.split, example.id, result)
-              continue
-            writer.write(result.record)
-            histograms[split] += result.histogram
-        shards[split].append({'file': name, 'num_examples': writer.num_records,
-                              'sha256': writer.sha256(), 'num_bytes': writer.num_bytes})
-      if not any(s['num_examples'] for s in shards[split]):
-        raise UserError(f'{root}: split {split!r} has no valid examples (all were skipped)')
+  total = sum(len(v) for v in examples.values())
+  workers = min(num_workers or default_num_workers(), len(tasks))
+  write = functools.partial(_write_shard, dataset=dataset, output_dir=output_dir,
+                            stop_at_invalid=not skip_invalid)
+  with tqdm.tqdm(total=total, unit='img', file=sys.stderr,
+                 disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
+                 mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
+    for task, result in zip(tasks, _run_in_order(write, tasks, workers, bar)):
+      for example_id, message in result.invalid:
+        reject(task.split, example_id, message)
+      histograms[task.split] += result.histogram
+      shards[task.split].append({'file': task.file, 'num_examples': result.num_examples,
+                                 'sha256': result.sha256, 'num_bytes': result.num_bytes})
+  for split in split_names:
+    if not any(s['num_examples'] for s in shards[split]):
+      raise UserError(f'{root}: split {split!r} has no valid examples (all were skipped)')
   seconds = time.monotonic() - start
 
   if not dataset.num_classes:  # folder layout without a class count: the labels tell
@@ -161,10 +155,12 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
   return manifest, stats
 
 
-def _shard_sizes(num_examples: int, num_shards: int) -> List[int]:
-  """Sizes of contiguous, nearly equal runs; never an empty shard."""
-  count = min(num_shards, num_examples)
-  return [(i + 1) * num_examples // count - i * num_examples // count for i in range(count)]
+def _shard_runs(examples: Sequence[registry.Example], num_shards: int
+                ) -> List[Sequence[registry.Example]]:
+  """The examples cut into contiguous, nearly equal runs, one per shard; never an empty one."""
+  count = min(num_shards, len(examples))
+  bounds = [i * len(examples) // count for i in range(count + 1)]
+  return [examples[bounds[i]:bounds[i + 1]] for i in range(count)]
 
 
 def _classes_in(histograms: Iterable[np.ndarray], ignore_label: int) -> int:
@@ -285,40 +281,82 @@ def _list(values: Sequence[int], limit: int = 5) -> str:
   return text + (', ...' if len(values) > limit else '')
 
 
-# ----------------------------------------------------------------------------- parallel map
+# ----------------------------------------------------------------------------- shards in parallel
 
-@contextlib.contextmanager
-def _ordered_map(fn: Callable, items: Iterator, num_workers: int) -> Iterator[Iterator[tuple]]:
-  """Yields an iterator of (item, fn(item)) in input order, computed by `num_workers` processes.
+@dataclasses.dataclass(frozen=True)
+class _ShardTask:
+  split: str
+  file: str
+  examples: Sequence[registry.Example]
 
-  A semaphore holds the feeder back so that at most a window of results is pending at a time.
+
+@dataclasses.dataclass
+class _ShardResult:
+  num_examples: int
+  num_bytes: int
+  sha256: str
+  histogram: np.ndarray  # int64[256]: pixels per label value, all written examples
+  invalid: List[Tuple[str, str]]  # (id, message) of examples left out
+
+
+# Counts encoded examples across worker processes, for the progress bar (set in each worker).
+_progress_counter = None
+
+
+def _set_progress_counter(counter) -> None:
+  global _progress_counter
+  _progress_counter = counter
+
+
+def _write_shard(task: _ShardTask, dataset: registry.Dataset, output_dir: str,
+                 stop_at_invalid: bool) -> _ShardResult:
+  """Encodes the task's examples into its shard file, streaming; stops at the first invalid one
+  when asked (the build then fails with its message)."""
+  histogram = np.zeros(256, np.int64)
+  invalid = []
+  with open(os.path.join(output_dir, task.file), 'wb') as f:
+    writer = tfrecord.RecordWriter(f)
+    for example in task.examples:
+      result = encode_files(example, dataset)
+      if _progress_counter is not None:
+        with _progress_counter.get_lock():
+          _progress_counter.value += 1
+      if isinstance(result, str):
+        invalid.append((example.id, result))
+        if stop_at_invalid:
+          break
+        continue
+      writer.write(result.record)
+      histogram += result.histogram
+  return _ShardResult(writer.num_records, writer.num_bytes, writer.sha256(), histogram, invalid)
+
+
+def _run_in_order(fn: Callable, tasks: Sequence, num_workers: int, bar: tqdm.tqdm) -> Iterator:
+  """fn(task) for each task, in order, by `num_workers` processes; keeps `bar` up to date.
+
+  The workers write whole shards, so only small results travel between processes.
   """
+  counter = multiprocessing.get_context('spawn').Value('q', 0)
   if num_workers <= 1:
-    yield ((item, fn(item)) for item in items)
+    _set_progress_counter(counter)
+    try:
+      for task in tasks:
+        yield fn(task)
+        bar.update(counter.value - bar.n)
+    finally:
+      _set_progress_counter(None)
     return
-  slots = threading.Semaphore(num_workers * _WINDOW_PER_WORKER)
-  stopped = threading.Event()
-  pending = collections.deque()  # items fed to the pool whose results have not come back yet
-
-  def feed():
-    for item in items:
-      slots.acquire()
-      if stopped.is_set():
-        return
-      pending.append(item)
-      yield item
-
-  def results():
-    for result in pool.imap(fn, feed(), chunksize=_CHUNK_SIZE):
-      slots.release()
-      yield pending.popleft(), result
-
   # spawn, not fork: the parent may have TensorFlow's threads running (tests, notebooks).
-  pool = multiprocessing.get_context('spawn').Pool(num_workers)
-  try:
-    yield results()
-  finally:
-    stopped.set()
-    slots.release(num_workers * _WINDOW_PER_WORKER)  # unblock the feeder so the pool can stop
-    pool.terminate()
-    pool.join()
+  with multiprocessing.get_context('spawn').Pool(
+      num_workers, initializer=_set_progress_counter, initargs=(counter,)) as pool:
+    results = pool.imap(fn, tasks)
+    while True:
+      try:
+        result = results.next(timeout=_PROGRESS_POLL_SECONDS)
+      except multiprocessing.TimeoutError:
+        bar.update(counter.value - bar.n)
+        continue
+      except StopIteration:
+        return
+      bar.update(counter.value - bar.n)
+      yield result

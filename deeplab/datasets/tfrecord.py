@@ -49,16 +49,24 @@ def encode_example(image: bytes, image_format: str, filename: str, height: int, 
       IMAGE_FORMAT: image_format.encode('ascii'), LABEL_ENCODED: label_png,
       LABEL_FORMAT: b'png', IMAGE_HEIGHT: height, IMAGE_WIDTH: width, IMAGE_CHANNELS: channels,
   }
-  entries = []
+  # Nested messages are written as header pieces around their payload and joined once at the
+  # end, so the (large) image bytes are copied once.
+  pieces, size = [], 0
   for key in _SORTED_KEYS:
     value = features[key]
     if isinstance(value, bytes):  # Feature.bytes_list = BytesList{repeated bytes value = 1}
-      feature = _field(_FEATURE_BYTES_LIST, _field(1, value))
+      kind = _FEATURE_BYTES_LIST
     else:  # Feature.int64_list = Int64List{repeated int64 value = 1 [packed]}
-      feature = _field(_FEATURE_INT64_LIST, _field(1, _varint(value)))
+      kind, value = _FEATURE_INT64_LIST, _varint(value)
+    values = _header(1, len(value))
+    feature = _header(kind, len(values) + len(value))
+    value_field = _header(2, len(feature) + len(values) + len(value))
     # Features.feature is map<string, Feature> = 1: entries {key = 1, value = 2}.
-    entries.append(_field(1, _KEY_FIELDS[key] + _field(2, feature)))
-  return _field(1, b''.join(entries))  # Example.features = 1
+    entry_size = len(_KEY_FIELDS[key]) + len(value_field) + len(feature) + len(values) + len(value)
+    entry = _header(1, entry_size)
+    pieces += [entry, _KEY_FIELDS[key], value_field, feature, values, value]
+    size += len(entry) + entry_size
+  return b''.join([_header(1, size)] + pieces)  # Example.features = 1
 
 
 def parse_example(record: bytes) -> Dict[str, Union[bytes, int, List]]:
@@ -96,14 +104,14 @@ def _varint(value: int) -> bytes:
       return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-  """A length-delimited field."""
-  return _varint((number << 3) | _LEN) + _varint(len(payload)) + payload
+def _header(number: int, length: int) -> bytes:
+  """The key and length that precede a length-delimited field's payload."""
+  return _varint((number << 3) | _LEN) + _varint(length)
 
 
 # The map-entry key field of each feature, encoded once.
 _SORTED_KEYS = sorted(EXAMPLE_KEYS)
-_KEY_FIELDS = {key: _field(1, key.encode('utf-8')) for key in EXAMPLE_KEYS}
+_KEY_FIELDS = {key: _header(1, len(key)) + key.encode('utf-8') for key in EXAMPLE_KEYS}
 
 
 def _read_varint(data: bytes, pos: int):
