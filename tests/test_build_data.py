@@ -97,6 +97,27 @@ def test_pascal_layout_from_synthetic(tmp_path):
   assert set(np.flatnonzero(built.splits['train'].label_histogram)) <= {0, 8, 12, 15}
 
 
+def test_pascal_raw_labels_and_train_aug(tmp_path):
+  raw = Path(synthetic.write_dataset('pascal_voc_seg', str(tmp_path / 'raw'), **TINY))
+  voc_root = raw / 'VOCdevkit' / 'VOC2012'
+  lists = voc_root / 'ImageSets' / 'Segmentation'
+  (lists / 'train_aug.txt').write_text((lists / 'train.txt').read_text())
+  voc = registry.get('pascal_voc_seg')
+  assert voc.splits(str(voc_root)) == ['train', 'trainval', 'val']  # no SegmentationClassAug/
+  # Raw labels (plain class ids) win over the palette ones; train_aug reads SegmentationClassAug.
+  for name in ('SegmentationClassRaw', 'SegmentationClassAug'):
+    (voc_root / name).mkdir()
+    for path in (voc_root / 'SegmentationClass').glob('*.png'):
+      Image.fromarray(np.asarray(Image.open(path)), 'L').save(voc_root / name / path.name)
+  assert voc.splits(str(voc_root)) == ['train', 'train_aug', 'trainval', 'val']
+  examples, _ = voc.scan(str(voc_root), 'train_aug')
+  assert all('SegmentationClassAug' in e.label for e in examples)
+  examples, _ = voc.scan(str(voc_root), 'val')
+  assert all('SegmentationClassRaw' in e.label for e in examples)
+  result = build_into(tmp_path, voc, raw, splits=['train_aug'])
+  check_against_sources(records(result, 'train_aug'), voc.scan(str(voc_root), 'train_aug')[0])
+
+
 def test_ade20k_layout_from_synthetic(tmp_path):
   raw = synthetic.write_dataset('ade20k', str(tmp_path / 'raw'), **TINY)
   result = build_into(tmp_path, registry.get('ade20k'), raw, splits=['val'])

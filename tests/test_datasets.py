@@ -201,6 +201,8 @@ def test_original_deeplab_tfrecords_load_and_decode():
   folder = str(FIXTURES / 'deeplab_testing')
   with pytest.raises(UserError, match='pass --dataset'):
     manifest.load_dataset(folder)
+  with pytest.raises(UserError, match='no fixed classes'):
+    manifest.load_dataset(folder, 'folder')
   loaded = manifest.load_dataset(folder, 'pascal_voc_seg')
   assert (loaded.num_classes, loaded.ignore_label, list(loaded.splits)) == (21, 255, ['val'])
   examples = [tfrecord.parse_example(r) for p in loaded.shard_paths('val')

@@ -150,6 +150,9 @@ def load_dataset(folder: str, dataset: str = '') -> Manifest:
                     'tools?): pass --dataset=<name> to say which dataset they hold')
   from deeplab.datasets import registry
   info = registry.get(dataset)
+  if not info.num_classes:
+    raise UserError(f'{folder}: TFRecords without {MANIFEST_NAME} cannot be read as --dataset='
+                    f'{dataset}, which has no fixed classes; pass the tfrecords.tar.gz of build_data')
   splits = {split: SplitInfo(num_examples=-1, shards=[{'file': f} for f in files])
             for split, files in shards.items()}  # -1: unknown until read
   return Manifest(name=info.name, num_classes=info.num_classes, ignore_label=info.ignore_label,
