@@ -100,7 +100,7 @@ def test_synthetic_examples_look_as_documented():
   assert set(np.unique(label)) <= {0, 1, 2, 3, 255}
   assert (label == 255).any() and (label != 255).mean() > 0.9  # a thin ignore band at borders
   assert len(set(np.unique(image[..., 0]))) > 50  # not flat colour: gradients, texture, noise
-  sizes = {synthetic._size(0, 'val', i, (160, 160)) for i in range(20)}
+  sizes = {synthetic.example_size(0, 'val', i, (160, 160)) for i in range(20)}
   assert len(sizes) > 10 and all(120 <= s <= 200 for hw in sizes for s in hw)
 
 

@@ -141,14 +141,15 @@ def _object(rng, cls, ys, xs, side) -> np.ndarray:
   if cls == 1:  # stripes
     texture = 0.18 * np.sin(2 * np.pi * u / period)
   elif cls == 2:  # soft spots
-    texture = 0.2 * np.maximum(0, np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period)) ** 0.5 - 0.1
+    bumps = np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period)
+    texture = 0.2 * np.sqrt(np.maximum(0, bumps)) - 0.1
   else:  # checker
     texture = 0.15 * np.sign(np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period))
   return base[None, None] * (1 + texture)[..., None]
 
 
 def _with_border(label: np.ndarray, border_value: int) -> np.ndarray:
-  """`label` as uint8 with `border_value` on both sides of every region border."""
+  """A copy of `label` with `border_value` on both sides of every region border."""
   edge = np.zeros(label.shape, bool)
   vertical = label[1:] != label[:-1]
   horizontal = label[:, 1:] != label[:, :-1]
@@ -161,10 +162,12 @@ def _with_border(label: np.ndarray, border_value: int) -> np.ndarray:
   return out
 
 
-def _size(rng_seed: int, split: str, index: int, image_size: Tuple[int, int]) -> Tuple[int, int]:
+def example_size(seed: int, split: str, index: int, image_size: Tuple[int, int]
+                 ) -> Tuple[int, int]:
+  """(height, width) of an example: `image_size` in train, 0.75x to 1.25x of it per side in val."""
   if split == 'train':
     return image_size
-  rng = np.random.default_rng([rng_seed, _SPLITS.index(split), index, 1])
+  rng = np.random.default_rng([seed, _SPLITS.index(split), index, 1])
   return tuple(max(8, int(round(s * rng.uniform(0.75, 1.25)))) for s in image_size)
 
 
@@ -216,7 +219,7 @@ def write_dataset(layout: str, output: str, seed: int = 0, num_train: int = DEFA
   for split in _SPLITS:
     ids[split] = []
     for index in range(counts[split]):
-      height, width = _size(seed, split, index, tuple(image_size))
+      height, width = example_size(seed, split, index, tuple(image_size))
       image, label = render_example(seed, split, index, height, width)
       ids[split].append(_write_example(layout, output, split, index, image, label))
   if layout == 'folder':
