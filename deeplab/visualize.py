@@ -1,14 +1,8 @@
-"""Colour label maps with a dataset's colormap and blend them over images (numpy + PIL)."""
+"""Blend colour-mapped label maps over images and save label maps (numpy + PIL)."""
 import numpy as np
 from PIL import Image
 
-
-def colorize(labels, colormap):
-  """int [H, W] class ids -> uint8 [H, W, 3]; ids without a colour (e.g. ignore) are black."""
-  palette = np.zeros((256, 3), np.uint8)
-  colors = np.asarray(colormap, np.uint8)[:256]
-  palette[:len(colors)] = colors
-  return palette[np.clip(labels, 0, 255)]
+from deeplab.colormaps import colorize
 
 
 def overlay(image, labels, colormap, alpha=0.5):

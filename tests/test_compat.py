@@ -23,7 +23,8 @@ def test_conv_batch_norm_trains_one_step_freezes_and_reloads():
         'conv/BatchNorm/moving_variance', 'depthwise/depthwise_weights', 'depthwise/BatchNorm/beta',
         'depthwise/BatchNorm/gamma', 'depthwise/BatchNorm/moving_mean',
         'depthwise/BatchNorm/moving_variance'])
-    moving_mean = graph.get_tensor_by_name('conv/BatchNorm/moving_mean:0')
+    moving_mean, = [v for v in tf.compat.v1.global_variables()
+                    if v.op.name == 'conv/BatchNorm/moving_mean']
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       before = session.run(loss, {inputs: images})
