@@ -112,3 +112,17 @@ def test_artifacts_are_readable_by_other_users(tmp_path):
   src = _folder(tmp_path, {'x': b'x'})
   assert os.stat(artifacts.write_tarball(str(src), str(tmp_path / 'a.tar.gz'))).st_mode & 0o777 == 0o644
   assert os.stat(artifacts.write_json_atomic({}, str(tmp_path / 'm.json'))).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize('member, attributes', [
+    ('/abs.png', {}), ('../escape.png', {}),
+    ('images/link.png', {'type': tarfile.SYMTYPE, 'linkname': '../../outside.png'})])
+def test_a_step_refuses_an_unsafe_raw_archive_before_writing_anything(tmp_path, member, attributes):
+  from tests.conftest import run_step
+  archive = _tar_with(tmp_path, member, **attributes)
+  result = run_step('build_data', f'--raw_data={archive}', f'--output={tmp_path / "out" / "t.tar.gz"}',
+                    check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [result.error_line()]
+  assert 'refusing to extract' in result.error_line() and str(archive) in result.error_line()
+  assert not (tmp_path / 'out').exists() and not (tmp_path.parent / 'escape.png').exists()

@@ -186,13 +186,21 @@ def test_our_shards_parse_with_the_original_key_set(tmp_path, layout):
   dataset = registry.get(layout)
   built, _ = build.build(dataset, raw, str(out), splits=['val'], num_workers=1, progress=False)
   sources, _ = dataset.scan(dataset.locate(raw), 'val')
-  for serialized, source in zip(tf.data.TFRecordDataset(built.shard_paths('val')), sources):
+  # Graph mode: the library switches the process to tf.compat.v1 graph mode once imported.
+  with tf.Graph().as_default():
+    serialized = tf.compat.v1.data.make_one_shot_iterator(
+        tf.data.TFRecordDataset(built.shard_paths('val'))).get_next()
     parsed = tf.io.parse_single_example(serialized, _original_features(tf))
-    image = tf.io.decode_image(parsed[tfrecord.IMAGE_ENCODED], channels=3).numpy()
-    label = tf.io.decode_png(parsed[tfrecord.LABEL_ENCODED], channels=1).numpy()[..., 0]
-    assert parsed[tfrecord.IMAGE_FILENAME].numpy().decode() == source.id
-    assert image.shape[:2] == (parsed[tfrecord.IMAGE_HEIGHT], parsed[tfrecord.IMAGE_WIDTH])
-    np.testing.assert_array_equal(label, np.asarray(Image.open(source.label)))
+    decoded = (tf.io.decode_image(parsed[tfrecord.IMAGE_ENCODED], channels=3),
+               tf.io.decode_png(parsed[tfrecord.LABEL_ENCODED], channels=1))
+    with tf.compat.v1.Session() as session:
+      for source in sources:
+        fields, (image, label) = session.run([parsed, decoded])
+        assert fields[tfrecord.IMAGE_FILENAME].decode() == source.id
+        assert image.shape[:2] == (fields[tfrecord.IMAGE_HEIGHT], fields[tfrecord.IMAGE_WIDTH])
+        np.testing.assert_array_equal(label[..., 0], np.asarray(Image.open(source.label)))
+      with pytest.raises(tf.errors.OutOfRangeError):
+        session.run(serialized)
 
 
 @pytest.mark.skipif(not (FIXTURES / 'deeplab_testing').is_dir(),
