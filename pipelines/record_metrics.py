@@ -9,24 +9,18 @@ file is written either way, so a failed run's curve can still be looked at).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import List
 
 from pipelines.metric_lines import run_passing_through
+from steps.artifacts import write_json_atomic
 
 
 def run_and_record(command: List[str], to: str, only_with: str = '') -> int:
   """Runs `command`, echoing its stdout; writes its metric records (those with key `only_with`, if
   given) to `to`; returns its exit code."""
   exit_code, records = run_passing_through(command)
-  os.makedirs(os.path.dirname(os.path.abspath(to)), exist_ok=True)
-  partial = to + '.partial'
-  with open(partial, 'w') as f:
-    json.dump([r for r in records if not only_with or only_with in r], f, indent=1)
-    f.write('\n')
-  os.replace(partial, to)
+  write_json_atomic([r for r in records if not only_with or only_with in r], to)
   return exit_code
 
 

@@ -218,53 +218,51 @@ def _sorted_members(src_dir: str):
   return sorted(members)
 
 
-def _publish(tmp_path: str, out_path: str) -> None:
-  # mkstemp files are 0600; artifacts are read by other users (non-root images, shared volumes).
-  os.chmod(tmp_path, 0o644)
-  os.replace(tmp_path, out_path)
+@contextlib.contextmanager
+def atomic_output(out_path: str, mode: str = 'wb'):
+  """A file object whose content appears at `out_path` only once the block completes.
 
-
-def write_tarball(src_dir: str, out_path: str) -> str:
-  """Packs `src_dir` into a deterministic `out_path` (.tar.gz), atomically. Returns out_path."""
+  Written to a temp file beside `out_path` and renamed into place; on any failure the temp file
+  is removed, so a failed step never leaves a partial artifact.
+  """
   out_dir = os.path.dirname(os.path.abspath(out_path))
   os.makedirs(out_dir, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(out_path) + '.', suffix='.partial',
                                   dir=out_dir)
   try:
-    with os.fdopen(fd, 'wb') as raw:
-      with gzip.GzipFile(filename='', mode='wb', fileobj=raw, mtime=0,
-                         compresslevel=_GZIP_LEVEL) as gz:
-        with tarfile.open(fileobj=gz, mode='w', format=tarfile.PAX_FORMAT) as tar:
-          for arcname, full in _sorted_members(src_dir):
-            if os.path.isdir(full):
-              tar.addfile(_tarinfo(arcname, 0, True))
-            else:
-              with open(full, 'rb') as f:
-                tar.addfile(_tarinfo(arcname, os.path.getsize(full), False), f)
-      raw.flush()
-      os.fsync(raw.fileno())
-    _publish(tmp_path, out_path)
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    # mkstemp files are 0600; artifacts are read by other users (non-root images, shared volumes).
+    os.chmod(tmp_path, 0o644)
+    os.replace(tmp_path, out_path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp_path)
     raise
+
+
+def write_tarball(src_dir: str, out_path: str) -> str:
+  """Packs `src_dir` into a deterministic `out_path` (.tar.gz), atomically. Returns out_path."""
+  with atomic_output(out_path) as raw:
+    with gzip.GzipFile(filename='', mode='wb', fileobj=raw, mtime=0,
+                       compresslevel=_GZIP_LEVEL) as gz:
+      with tarfile.open(fileobj=gz, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        for arcname, full in _sorted_members(src_dir):
+          if os.path.isdir(full):
+            tar.addfile(_tarinfo(arcname, 0, True))
+          else:
+            with open(full, 'rb') as f:
+              tar.addfile(_tarinfo(arcname, os.path.getsize(full), False), f)
   return out_path
 
 
 def write_json_atomic(obj, out_path: str) -> str:
   """Writes `obj` as sorted, indented JSON to `out_path` atomically."""
-  out_dir = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(out_dir, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(out_path) + '.', dir=out_dir)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write('\n')
-    _publish(tmp_path, out_path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp_path)
-    raise
+  with atomic_output(out_path, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
   return out_path
 
 

@@ -45,7 +45,7 @@ decoder reads `entry_flow/block2/unit_1/xception_module/separable_conv2_pointwis
 256 channels).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.batch_norm import batch_norm
+from deeplab.nets.layers import separable_net_arg_scope
 from deeplab.nets.resnet_v1_beta import conv2d_same, pad_for_kernel
 
 SCOPE = 'xception_65'
@@ -66,15 +66,8 @@ BLOCKS = (
 def xception_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
                        batch_norm_epsilon=1e-3, stddev=0.09):
   """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU."""
-  with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
-                      weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=stddev),
-                      normalizer_fn=batch_norm, activation_fn=tf.nn.relu, padding='SAME'):
-    with slim.arg_scope([batch_norm], is_training=is_training, decay=batch_norm_decay,
-                        epsilon=batch_norm_epsilon, center=True, scale=True):
-      with slim.arg_scope([slim.conv2d],
-                          weights_regularizer=slim.l2_regularizer(weight_decay)):
-        with slim.arg_scope([slim.separable_conv2d], weights_regularizer=None) as scope:
-          return scope
+  return separable_net_arg_scope(tf.nn.relu, is_training, weight_decay, batch_norm_decay,
+                                 batch_norm_epsilon, stddev)
 
 
 def separable_conv(net, depth, stride, rate, activation_fn, end_points, name, scope):
