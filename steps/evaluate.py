@@ -59,8 +59,8 @@ def evaluate_checkpoint(stack, path, data_dir, args):
   result = evaluation.evaluate(config, prefix, manifest, args.eval_split, args.eval_scales,
                                args.add_flipped_images)
   result.update(eval_scales=list(args.eval_scales), add_flipped_images=args.add_flipped_images,
-                dataset=manifest.name, training=info.get('training'))
-  return result
+                dataset=manifest.name)
+  return result, info.get('training')
 
 
 def main():
@@ -71,12 +71,14 @@ def main():
   with contextlib.ExitStack() as stack:
     data_dir = stack.enter_context(artifacts.open_input(tfrecords, marker='dataset.json'))
     candidates = sweep_checkpoints(checkpoint_path)
-    results = []
+    results, summaries = [], []
     for index, path in enumerate(candidates):
-      result = evaluate_checkpoint(stack, path, data_dir, args)
-      name = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
-              else os.path.basename(os.path.normpath(path)))
-      results.append(dict(result, checkpoint=name))
+      result, training = evaluate_checkpoint(stack, path, data_dir, args)
+      result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
+                              else os.path.basename(os.path.normpath(path)))
+      results.append(result)
+      summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
+      summaries[-1]['training'] = training
       if len(candidates) > 1:
         artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
                                pixel_accuracy=result['pixel_accuracy'])
@@ -84,8 +86,7 @@ def main():
   # "checkpoints", so one metrics.json shape serves a single run and a sweep.
   best = max(results, key=lambda r: -1.0 if r['miou'] is None else r['miou'])
   if len(results) > 1:
-    best = dict(best, checkpoints=[{k: r[k] for k in ('checkpoint', 'miou', 'pixel_accuracy',
-                                                      'training')} for r in results])
+    best = dict(best, checkpoints=summaries)
   artifacts.write_json_atomic(best, out_path)
   artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],
