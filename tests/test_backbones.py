@@ -52,7 +52,7 @@ def _conv_stride(graph, conv_op):
 @pytest.mark.parametrize('output_stride', [8, 16])
 def test_resnet_published_variable_names_and_shapes(variant, output_stride):
   scope, units_per_block = RESNETS[variant]
-  with tf.Graph().as_default() as graph:
+  with tf.Graph().as_default():
     features, end_points = _build_backbone(variant, output_stride)
     names = {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
 

@@ -1,7 +1,6 @@
 """The Kubeflow components mirror the step SPECs, the compiled pipeline is current, and the IR asks for
 what a cluster needs (GPU, resources, retries, the sweep). The local run is in test_orchestrators_e2e.py."""
 import inspect
-import os
 import types
 
 import pytest

@@ -6,7 +6,6 @@ import numpy as np
 from PIL import Image
 
 from deeplab import metrics
-from deeplab.compat import tf
 from deeplab.export import FrozenModel
 from tests.conftest import run_step
 
