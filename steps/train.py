@@ -93,6 +93,9 @@ def _initial_checkpoint(stack, path):
   from deeplab.checkpoint import resolve_checkpoint_path
   if os.path.exists(path + '.index'):  # a prefix names no file of its own
     return path
+  if not os.path.exists(path):
+    raise UserError(f'--tf_initial_checkpoint: {path} is neither a checkpoint prefix, '
+                    'a folder nor an archive')
   return resolve_checkpoint_path(stack.enter_context(artifacts.open_input(path)))
 
 
@@ -130,12 +133,9 @@ def main():
   stop_signals = _install_stop_handler()
   tfrecords = artifacts.input_location('train', 'tfrecords', args.tfrecords)
   resume_path = artifacts.input_location('train', 'checkpoint', args.checkpoint, optional=True)
+  # Not input_location's existence check when given: a checkpoint prefix names no file itself.
   initial_path = args.tf_initial_checkpoint or artifacts.input_location(
       'train', 'tf_initial_checkpoint', None, optional=True)
-  if args.tf_initial_checkpoint and not (os.path.exists(initial_path)
-                                         or os.path.exists(initial_path + '.index')):
-    raise UserError(f'--tf_initial_checkpoint: {initial_path} is neither a checkpoint prefix, '
-                    'a folder nor an archive')
   out_path = artifacts.output_location('train', 'output', args.output, 'checkpoint.tar.gz')
 
   from deeplab import training

@@ -145,3 +145,12 @@ def test_training_continues_from_a_checkpoint_artifact(tmp_path, tiny_tfrecords,
   assert 'was trained with other model options: output_stride=16 (flags: 8)' in \
       other_model.error_line()
   assert not (tmp_path / 'other.tar.gz').exists()
+
+
+def test_a_missing_initial_checkpoint_is_one_line(tmp_path, tiny_tfrecords):
+  result = run_step('train', f'--tfrecords={tiny_tfrecords}', f'--tf_initial_checkpoint={tmp_path / "nope"}',
+                    f'--output={tmp_path / "c.tar.gz"}', cwd=tmp_path, check=False)
+  assert result.returncode == 1
+  assert result.error_line() == (f'error: --tf_initial_checkpoint: {tmp_path / "nope"} is neither a '
+                                 'checkpoint prefix, a folder nor an archive')
+  assert not (tmp_path / 'c.tar.gz').exists()
