@@ -47,12 +47,10 @@ def sweep_checkpoints(path):
   return [path]
 
 
-def evaluate_checkpoint(stack, path, data_dir, args):
+def evaluate_checkpoint(stack, path, manifest, args):
   from deeplab import evaluation
-  from deeplab.datasets.manifest import load_dataset
   info, prefix = open_checkpoint(stack, path)
   config = info['model']
-  manifest = load_dataset(data_dir, args.dataset)
   if manifest.num_classes != config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {config.num_classes}')
@@ -69,11 +67,13 @@ def main():
   checkpoint_path = artifacts.input_location('evaluate', 'checkpoint', args.checkpoint)
   out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json')
   with contextlib.ExitStack() as stack:
+    from deeplab.datasets.manifest import load_dataset
     data_dir = stack.enter_context(artifacts.open_input(tfrecords, marker='dataset.json'))
+    manifest = load_dataset(data_dir, args.dataset)
     candidates = sweep_checkpoints(checkpoint_path)
     results, summaries = [], []
     for index, path in enumerate(candidates):
-      result, training = evaluate_checkpoint(stack, path, data_dir, args)
+      result, training = evaluate_checkpoint(stack, path, manifest, args)
       result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                               else os.path.basename(os.path.normpath(path)))
       results.append(result)
