@@ -15,9 +15,14 @@ import contextlib
 import gzip
 import json
 import logging
+import lzma
 import math
 import os
+import re
 import shutil
+import signal
+import socket
+import stat
 import sys
 import tarfile
 import tempfile
@@ -42,17 +47,36 @@ def setup_logging() -> None:
   logging.getLogger('tensorflow').setLevel(logging.ERROR)  # tf.compat.v1 deprecation notices
 
 
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT arrived: unwinds the step so every `with` removes what it was writing."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+  raise Interrupted(signum)
+
+
 def run_step(main: Callable[[], None]) -> None:
-  """Runs a step's main(): one clear line and exit 1 on bad input, exit 1 with traceback on a bug."""
+  """Runs a step's main(): one clear line and exit 1 on bad input, exit 1 with traceback on a bug.
+
+  SIGTERM and SIGINT end the step with `error: interrupted` and exit 128 + the signal number, after
+  its partial output, staging and extraction folders are removed (a step may install its own
+  handler instead, as train does to save a checkpoint first).
+  """
   setup_logging()
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _raise_interrupted)
   try:
     main()
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
-  except KeyboardInterrupt:
-    print('error: interrupted', file=sys.stderr, flush=True)
-    sys.exit(130)
+  except Interrupted as e:
+    print(f'error: interrupted ({e}); partial outputs removed', file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
   except Exception as e:  # a bug: keep the traceback, but end with one line that names it
     traceback.print_exc()
     print(f'error: unexpected {type(e).__name__}: {e}', file=sys.stderr, flush=True)
@@ -60,13 +84,18 @@ def run_step(main: Callable[[], None]) -> None:
 
 
 def emit_metrics(**values) -> None:
-  """Prints one JSON metric line on stdout (Valohai metadata; DVC/KFP glue parse the same lines)."""
+  """Prints one JSON metric line on stdout (Valohai metadata; DVC/KFP glue parse the same lines).
+
+  JSON has no NaN or infinity: such a value is printed as the string "nan", "inf" or "-inf" (so it
+  is not mistaken for a missing value) and named in a warning on stderr.
+  """
   clean = {}
   for key, value in values.items():
     if hasattr(value, 'item'):  # numpy scalar
       value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-      value = None
+      log.warning('metric %s is %s', key, value)
+      value = str(value)
     clean[key] = value
   print(json.dumps(clean, sort_keys=False), flush=True)
 
@@ -96,66 +125,133 @@ def input_location(step: str, name: str, flag: Optional[str], optional: bool = F
                   f'or provide the Valohai input (looked in {folder})')
 
 
-def output_location(step: str, name: str, flag: Optional[str], filename: str) -> str:
-  """The file path of output `name`: the flag if given (a folder gets `filename`), else Valohai's."""
+def output_location(step: str, name: str, flag: Optional[str], filename: str, inputs: dict) -> str:
+  """The file path of output `name`: the flag if given (a folder gets `filename`), else Valohai's.
+
+  Checked before the step does any work (see `check_output`) against `inputs`, the step's input
+  flags and the paths they resolved to.
+  """
   if flag:
-    if flag.endswith(os.sep) or os.path.isdir(flag):
-      return os.path.join(flag, filename)
-    return flag
-  return os.path.join(_valohai_paths(step).get_outputs_path(), filename)
+    path = os.path.join(flag, filename) if flag.endswith(os.sep) or os.path.isdir(flag) else flag
+  else:
+    path = os.path.join(_valohai_paths(step).get_outputs_path(), filename)
+  return check_output(name, path, inputs)
 
 
 # ----------------------------------------------------------------------------- reading inputs
 
+# Extraction bound: an archive may not expand to more than the free space of the folder it is
+# extracted into, less this margin, nor more than DEEPLAB_MAX_EXTRACT_BYTES when that is set.
+MAX_EXTRACT_ENV = 'DEEPLAB_MAX_EXTRACT_BYTES'
+FREE_SPACE_MARGIN = 1 << 30
+# What a tar member may be; everything else (links, devices, fifos) is refused by name.
+_TAR_KINDS = (('issym', 'a symbolic link'), ('islnk', 'a hard link'), ('ischr', 'a device'),
+              ('isblk', 'a device'), ('isfifo', 'a fifo'))
+# The errors a damaged archive raises while it is read (zlib, bz2, lzma, tar and zip framing).
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, KeyError,
+                   ValueError, lzma.LZMAError)
+
+
 def is_archive(path: str) -> bool:
-  return os.path.isfile(path) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+  try:
+    return os.path.isfile(path) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+  except _ARCHIVE_ERRORS:
+    return False
 
 
-def _check_member(archive: str, name: str, kind: str, link_target: Optional[str] = None) -> None:
-  """Rejects members that would write outside the destination or are not plain files/folders."""
+def extraction_limit(dest: str) -> int:
+  """How many bytes an archive may expand to in `dest` (see MAX_EXTRACT_ENV)."""
+  existing = os.path.abspath(dest)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  limit = shutil.disk_usage(existing).free - FREE_SPACE_MARGIN
+  configured = os.environ.get(MAX_EXTRACT_ENV, '').strip()
+  if configured:
+    try:
+      limit = min(limit, int(configured))
+    except ValueError:
+      raise UserError(f'{MAX_EXTRACT_ENV}={configured!r}: expected a number of bytes') from None
+  return max(limit, 0)
+
+
+def _refuse(archive: str, member: str, why: str):
+  raise UserError(f'{archive}: member {member!r} {why}; refusing to extract '
+                  '(input archives may hold regular files and folders only)')
+
+
+def _too_large(archive: str, limit: int, dest: str):
+  raise UserError(f'{archive}: expands to more than {limit} bytes; refusing to extract (the bound '
+                  f'is the free space in {os.path.dirname(dest)} less {FREE_SPACE_MARGIN >> 30} GiB, '
+                  f'or {MAX_EXTRACT_ENV}; raise it or free space to accept this archive)')
+
+
+def _member_parts(archive: str, name: str) -> list:
+  """The path components of archive member `name`; refuses absolute names and `..`."""
   normalized = name.replace('\\', '/')
+  if normalized.startswith('/') or re.match(r'^[A-Za-z]:', normalized) or '\0' in normalized:
+    _refuse(archive, name, 'has an absolute path')
   parts = [p for p in normalized.split('/') if p not in ('', '.')]
-  if normalized.startswith('/') or (len(normalized) > 1 and normalized[1] == ':'):
-    raise UserError(f'{archive}: member {name!r} has an absolute path; refusing to extract')
   if '..' in parts:
-    raise UserError(f'{archive}: member {name!r} points outside the archive (..); refusing to extract')
-  if kind == 'special':
-    raise UserError(f'{archive}: member {name!r} is a device, fifo or other special file; refusing to extract')
-  if link_target is not None:
-    target = link_target.replace('\\', '/')
-    resolved = os.path.normpath(os.path.join(os.path.dirname('/'.join(parts)), target))
-    if target.startswith('/') or resolved == '..' or resolved.startswith('../'):
-      raise UserError(f'{archive}: link {name!r} -> {link_target!r} points outside the archive; '
-                      'refusing to extract')
+    _refuse(archive, name, 'points outside the archive (..)')
+  return parts
+
+
+def _extract_zip(archive: str, dest: str, limit: int) -> None:
+  with zipfile.ZipFile(archive) as zf:
+    infos = zf.infolist()
+    declared = 0
+    for info in infos:  # every member is checked before anything is written
+      _member_parts(archive, info.filename)
+      kind = stat.S_IFMT(info.external_attr >> 16)
+      if kind not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: written by a tool without Unix modes
+        _refuse(archive, info.filename, 'is a symbolic link' if kind == stat.S_IFLNK
+                else 'is a device, fifo or other special file')
+      declared += info.file_size
+      if declared > limit:
+        _too_large(archive, limit, dest)
+    # zipfile reads no more than each member's declared size (a longer stream fails its CRC), so
+    # the declared total bounds what is written.
+    zf.extractall(dest)
+
+
+def _extract_tar(archive: str, dest: str, limit: int) -> None:
+  with tarfile.open(archive) as tf:
+    members, declared = [], 0
+    for member in tf:  # every member is checked before anything is written
+      _member_parts(archive, member.name)
+      for test, what in _TAR_KINDS:
+        if getattr(member, test)():
+          _refuse(archive, member.name, f'is {what}')
+      if not (member.isfile() or member.isdir()) or member.issparse():
+        _refuse(archive, member.name, 'is not a regular file or folder')
+      try:
+        tarfile.data_filter(member, dest)
+      except tarfile.FilterError as e:
+        _refuse(archive, member.name, f'is unsafe ({type(e).__name__}: {e})')
+      declared += member.size  # a regular tar member writes exactly its size
+      if declared > limit:
+        _too_large(archive, limit, dest)
+      members.append(member)
+    tf.extractall(dest, members=members, filter='data')
 
 
 def safe_extract(archive: str, dest: str) -> None:
-  """Extracts a tar (any compression) or zip archive after checking every member first."""
-  if zipfile.is_zipfile(archive):
-    with zipfile.ZipFile(archive) as zf:
-      for info in zf.infolist():
-        mode = info.external_attr >> 16
-        is_link = (mode & 0o170000) == 0o120000
-        _check_member(archive, info.filename, 'file',
-                      zf.read(info).decode('utf-8', 'replace') if is_link else None)
-        if is_link:  # zip symlinks are rare; store none rather than re-implement link creation
-          raise UserError(f'{archive}: member {info.filename!r} is a symbolic link; '
-                          'zip archives with links are not supported, use tar')
-      zf.extractall(dest)
-    return
+  """Extracts a tar (any compression) or zip archive of regular files and folders into `dest`.
+
+  Every member is checked before the first byte is written: links of any kind, devices and fifos,
+  absolute names and `..` are refused with the member's name (tar members also pass through
+  Python's `data` extraction filter), and the archive may not expand beyond `extraction_limit`.
+  """
+  limit = extraction_limit(dest)
   try:
-    with tarfile.open(archive) as tf:
-      members = tf.getmembers()
-      for m in members:
-        if m.issym() or m.islnk():
-          _check_member(archive, m.name, 'link', m.linkname)
-        elif m.isfile() or m.isdir():
-          _check_member(archive, m.name, 'file')
-        else:
-          _check_member(archive, m.name, 'special')
-      tf.extractall(dest, members=members, filter='fully_trusted')  # already checked above
-  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-    raise UserError(f'{archive}: not a readable archive ({e})') from None
+    if zipfile.is_zipfile(archive):
+      _extract_zip(archive, dest, limit)
+    else:
+      _extract_tar(archive, dest, limit)
+  except UserError:
+    raise
+  except _ARCHIVE_ERRORS as e:
+    raise UserError(f'{archive}: not a readable archive ({type(e).__name__}: {e})') from None
 
 
 @contextlib.contextmanager
@@ -164,14 +260,16 @@ def open_input(path: str, marker: Optional[str] = None) -> Iterator[str]:
 
   A folder holding exactly one archive (how Valohai and DVC deliver a tarball input) is extracted.
   With `marker` (e.g. 'dataset.json'), a single wrapping folder inside the content is looked through,
-  so `tar czf x.tgz mydir/` works as well as archives made by the steps.
+  so `tar czf x.tgz mydir/` works as well as archives made by the steps. An error about a file in
+  the extraction folder names it inside the user's archive instead (the folder is gone by then).
   """
-  with tempfile.TemporaryDirectory(prefix='deeplab-input-') as tmp:
+  with scratch_dir('input') as tmp:
     root = path
     if os.path.isdir(path):
       entries = [e for e in os.listdir(path) if not e.startswith('.')]
       if len(entries) == 1 and is_archive(os.path.join(path, entries[0])):
         root = os.path.join(path, entries[0])
+    archive = root
     if os.path.isfile(root):
       if not is_archive(root):
         raise UserError(f'{root}: expected a folder or a .tar/.tar.gz/.zip archive, '
@@ -180,7 +278,12 @@ def open_input(path: str, marker: Optional[str] = None) -> Iterator[str]:
       root = tmp
     if marker:
       root = find_root(root, marker)
-    yield root
+    try:
+      yield root
+    except UserError as e:
+      if tmp not in str(e):
+        raise
+      raise UserError(str(e).replace(tmp, archive)) from None
 
 
 def find_root(folder: str, marker: str) -> str:
@@ -218,6 +321,41 @@ def _sorted_members(src_dir: str):
   return sorted(members)
 
 
+# Partial files and scratch folders carry the host and pid of the run that made them, so that a run
+# killed with SIGKILL (no cleanup possible) is recognised and its leftovers removed by the next run:
+# `.<output name>.<host>.<pid>.<random>.partial` beside the output, `deeplab-<kind>-<host>.<pid>-*`
+# in the temp folder. Only leftovers of this host whose process is gone are removed.
+_HOST = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:32] or 'host'
+_OWNER = f'{_HOST}.{os.getpid()}'
+
+
+def _is_stale(owner: str) -> bool:
+  host, _, pid = owner.rpartition('.')
+  if host != _HOST or not pid.isdigit() or int(pid) == os.getpid():
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # alive, another user's
+    return False
+  return False
+
+
+def _remove_stale(folder: str, pattern: 're.Pattern') -> None:
+  with contextlib.suppress(OSError):
+    for name in os.listdir(folder):
+      match = pattern.fullmatch(name)
+      if match and _is_stale(match.group('owner')):
+        path = os.path.join(folder, name)
+        log.info('removing %s, left by an interrupted run', path)
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          with contextlib.suppress(OSError):
+            os.remove(path)
+
+
 @contextlib.contextmanager
 def atomic_output(out_path: str, mode: str = 'wb'):
   """A file object whose content appears at `out_path` only once the block completes.
@@ -227,8 +365,9 @@ def atomic_output(out_path: str, mode: str = 'wb'):
   """
   out_dir = os.path.dirname(os.path.abspath(out_path))
   os.makedirs(out_dir, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(prefix='.' + os.path.basename(out_path) + '.', suffix='.partial',
-                                  dir=out_dir)
+  base = os.path.basename(out_path)
+  _remove_stale(out_dir, re.compile(r'\.' + re.escape(base) + r'\.(?P<owner>[^.]+\.\d+)\.[^.]+\.partial'))
+  fd, tmp_path = tempfile.mkstemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
   try:
     with os.fdopen(fd, mode) as f:
       yield f
@@ -266,11 +405,58 @@ def write_json_atomic(obj, out_path: str) -> str:
   return out_path
 
 
+_SCRATCH_RE = re.compile(r'deeplab-[a-z]+-(?P<owner>[^.]+\.\d+)-[^.]+')
+
+
 @contextlib.contextmanager
-def staging_dir(prefix: str) -> Iterator[str]:
-  """A scratch folder for an artifact's contents, removed afterwards whatever happens."""
-  path = tempfile.mkdtemp(prefix=f'deeplab-{prefix}-')
+def scratch_dir(kind: str) -> Iterator[str]:
+  """A folder in the temp folder for an artifact's contents or an extracted input, removed
+  afterwards whatever happens (and by a later run, should this one be killed)."""
+  _remove_stale(tempfile.gettempdir(), _SCRATCH_RE)
+  path = tempfile.mkdtemp(prefix=f'deeplab-{kind}-{_OWNER}-')
   try:
     yield path
   finally:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- checking outputs
+
+def _inside(path: str, folder: str) -> bool:
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output(flag: str, out_path: str, inputs: dict) -> str:
+  """Refuses, before any work, an output that would destroy an input or cannot be written.
+
+  `inputs` maps flag names to the paths given (None for absent ones). The output may not be the
+  same file as an input nor lie inside an input folder; its folder, or the nearest existing parent
+  it will be created in, must be a writable folder (tried by creating and removing a hidden file).
+  Returns `out_path`.
+  """
+  real_out = os.path.realpath(out_path)
+  for name, path in inputs.items():
+    if not path:
+      continue
+    real_in = os.path.realpath(path)
+    same = os.path.exists(out_path) and os.path.exists(path) and os.path.samefile(out_path, path)
+    if same or _inside(real_out, real_in):
+      raise UserError(f'--{flag}={out_path} {"is" if same or real_out == real_in else "lies inside"} '
+                      f'the input --{name}={path}; refusing to overwrite an input, choose another output')
+  if os.path.isdir(out_path):
+    raise UserError(f'--{flag}={out_path} is a folder; expected a file path for the artifact')
+  folder = os.path.dirname(os.path.abspath(out_path))
+  ancestor = folder
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise UserError(f'--{flag}={out_path}: {ancestor} is a file, not a folder; expected a path '
+                    'whose parents are folders')
+  try:  # in the output folder, or where it will be created: nothing is left behind either way
+    fd, probe = tempfile.mkstemp(prefix='.deeplab-write-test-', dir=ancestor)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'--{flag}={out_path}: cannot write in {ancestor} ({e.strerror}); expected a '
+                    'writable folder') from None
+  return out_path

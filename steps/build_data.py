@@ -42,8 +42,9 @@ def main(argv=None) -> None:
                    class_names=args.class_names)
   dataset = registry.get(args.dataset, **options)
   raw_data = artifacts.input_location('build_data', 'raw_data', args.raw_data)
-  out_path = artifacts.output_location('build_data', 'output', args.output, 'tfrecords.tar.gz')
-  with artifacts.open_input(raw_data) as raw_root, artifacts.staging_dir('tfrecords') as staging:
+  out_path = artifacts.output_location('build_data', 'output', args.output, 'tfrecords.tar.gz',
+                                      {'raw_data': raw_data})
+  with artifacts.open_input(raw_data) as raw_root, artifacts.scratch_dir('tfrecords') as staging:
     _, stats = build.build(dataset, raw_root, staging, splits=args.splits,
                            num_shards=args.num_shards, num_workers=args.num_workers,
                            skip_invalid=args.skip_invalid)

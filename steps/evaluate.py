@@ -65,7 +65,8 @@ def main():
   args = parse_flags(SPEC)
   tfrecords = artifacts.input_location('evaluate', 'tfrecords', args.tfrecords)
   checkpoint_path = artifacts.input_location('evaluate', 'checkpoint', args.checkpoint)
-  out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json')
+  out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json',
+                                      {'tfrecords': tfrecords, 'checkpoint': checkpoint_path})
   with contextlib.ExitStack() as stack:
     from deeplab.datasets.manifest import load_dataset
     data_dir = stack.enter_context(artifacts.open_input(tfrecords, marker='dataset.json'))

@@ -25,13 +25,14 @@ SPEC = StepSpec(
 
 def main():
   args = parse_flags(SPEC)
-  out_path = artifacts.output_location('export', 'output', args.output, 'model.tar.gz')
+  checkpoint_path = artifacts.input_location('export', 'checkpoint', args.checkpoint)
+  out_path = artifacts.output_location('export', 'output', args.output, 'model.tar.gz',
+                                      {'checkpoint': checkpoint_path})
   from deeplab import checkpoint, export
   with contextlib.ExitStack() as stack:
-    info, prefix = open_checkpoint(
-        stack, artifacts.input_location('export', 'checkpoint', args.checkpoint))
+    info, prefix = open_checkpoint(stack, checkpoint_path)
     graph_def = export.freeze(info['model'], prefix, args.inference_scales, args.add_flipped_images)
-    with artifacts.staging_dir('model') as staging:
+    with artifacts.scratch_dir('model') as staging:
       export.write_frozen_graph(graph_def, os.path.join(staging, export.FROZEN_GRAPH))
       sections = {k: v for k, v in info.items() if k not in ('format_version', 'model', 'dataset')}
       checkpoint.write_model_json(staging, info['model'], info['dataset'], **sections,

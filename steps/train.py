@@ -115,7 +115,7 @@ def _resume_checkpoint(stack, path, model_config):
 def _package(prefix, work_dir, model_config, manifest, train_config, out_path):
   """checkpoint.tar.gz: the final checkpoint, a relative index, model.json and the events."""
   from deeplab import checkpoint
-  with artifacts.staging_dir('checkpoint') as staging:
+  with artifacts.scratch_dir('checkpoint') as staging:
     name = os.path.basename(prefix)
     for filename in os.listdir(work_dir):
       if filename.startswith(name + '.') or filename.startswith('events.out.tfevents'):
@@ -136,7 +136,9 @@ def main():
   # Not input_location's existence check when given: a checkpoint prefix names no file itself.
   initial_path = args.tf_initial_checkpoint or artifacts.input_location(
       'train', 'tf_initial_checkpoint', None, optional=True)
-  out_path = artifacts.output_location('train', 'output', args.output, 'checkpoint.tar.gz')
+  out_path = artifacts.output_location(
+      'train', 'output', args.output, 'checkpoint.tar.gz',
+      {'tfrecords': tfrecords, 'checkpoint': resume_path, 'tf_initial_checkpoint': initial_path})
 
   from deeplab import training
   train_config = training.TrainConfig(

@@ -53,10 +53,12 @@ def _tar_with(tmp_path, member, data=b'', **attributes):
     ('/etc/passwd', {}, 'absolute path'),
     ('../escape.txt', {}, 'points outside'),
     ('a/../../escape.txt', {}, 'points outside'),
-    ('link', {'type': tarfile.SYMTYPE, 'linkname': '/etc/passwd'}, 'points outside'),
-    ('sub/link', {'type': tarfile.SYMTYPE, 'linkname': '../../x'}, 'points outside'),
-    ('hard', {'type': tarfile.LNKTYPE, 'linkname': '../x'}, 'points outside'),
-    ('dev', {'type': tarfile.CHRTYPE}, 'device'),
+    ('link', {'type': tarfile.SYMTYPE, 'linkname': '/etc/passwd'}, 'is a symbolic link'),
+    ('sub/link', {'type': tarfile.SYMTYPE, 'linkname': '../../x'}, 'is a symbolic link'),
+    ('inside', {'type': tarfile.SYMTYPE, 'linkname': 'x'}, 'is a symbolic link'),  # no link at all
+    ('hard', {'type': tarfile.LNKTYPE, 'linkname': '../x'}, 'is a hard link'),
+    ('dev', {'type': tarfile.CHRTYPE}, 'is a device'),
+    ('pipe', {'type': tarfile.FIFOTYPE}, 'is a fifo'),
 ])
 def test_unsafe_archives_are_rejected_before_writing(tmp_path, member, attributes, message):
   archive = _tar_with(tmp_path, member, **attributes)
@@ -104,7 +106,7 @@ def test_missing_input_names_the_flag_and_the_valohai_folder(tmp_path, monkeypat
   (tmp_path / 'inputs' / 'tfrecords' / 'x.tar.gz').write_bytes(b'')
   assert artifacts.input_location('train', 'tfrecords', None) == str(tmp_path / 'inputs' / 'tfrecords')
   monkeypatch.setenv('VH_OUTPUTS_DIR', str(tmp_path / 'outputs'))
-  assert artifacts.output_location('train', 'output', None, 'checkpoint.tar.gz') == \
+  assert artifacts.output_location('train', 'output', None, 'checkpoint.tar.gz', {}) == \
       str(tmp_path / 'outputs' / 'checkpoint.tar.gz')
 
 
