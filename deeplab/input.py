@@ -7,10 +7,16 @@ at their own size (the model resizes inside `model.predict_labels`).
 Images are padded with the mean pixel 127.5, which is 0 after normalisation; labels with the
 ignore label, so padding never counts in the loss.
 """
+import re
+
 from deeplab.compat import tf
 from deeplab.datasets import tfrecord
 
 MEAN_PIXEL = 127.5
+# The text of the assertion that a label has its image's size, and how to read the failure back.
+LABEL_SIZE_MISMATCH = 'label size differs from image size in example'
+_MISMATCH_RE = re.compile(re.escape(LABEL_SIZE_MISMATCH) +
+                          r'\] \[(?P<name>.*?)\] \[(?P<image>[\d ]+)\] \[(?P<label>[\d ]+)\]')
 
 
 def parse_example(serialized):
@@ -85,11 +91,34 @@ def pad_and_random_crop(image, label, crop_size, ignore_label):
   return cropped[:, :, :3], tf.cast(cropped[:, :, 3:], tf.int32)
 
 
+def assert_label_fits_image(example):
+  """The example's label, after asserting it has the image's height and width.
+
+  A label of another size (e.g. from shards made by other tools) is an error naming the example;
+  it is never stretched to fit. `describe_assertion` turns the failure into one line.
+  """
+  image_size, label_size = tf.shape(example['image'])[:2], tf.shape(example['label'])[:2]
+  check = tf.debugging.Assert(tf.reduce_all(tf.equal(image_size, label_size)),
+                              [LABEL_SIZE_MISMATCH, example['name'], image_size, label_size])
+  with tf.control_dependencies([check]):
+    return tf.identity(example['label'])
+
+
+def describe_assertion(message: str) -> str:
+  """One line for a failed `assert_label_fits_image`, from TensorFlow's error message."""
+  match = _MISMATCH_RE.search(message)
+  if not match:
+    return message.strip().splitlines()[0]
+  image_hw, label_hw = (match.group(k).split() for k in ('image', 'label'))
+  return (f'example {match.group("name")!r}: its label is {"x".join(label_hw)} but its image is '
+          f'{"x".join(image_hw)} (height x width); expected the same size (labels are never stretched)')
+
+
 def train_preprocess(example, crop_size, ignore_label, min_resize_value=0, max_resize_value=0,
                      min_scale=0.5, max_scale=2.0, scale_step=0.25):
   """One decoded example -> (float32 [h, w, 3] in [-1, 1], int32 [h, w] labels), h, w = crop_size."""
   image = tf.cast(example['image'], tf.float32)
-  label = example['label']
+  label = assert_label_fits_image(example)
   image = resize_to_range(image, min_resize_value, max_resize_value)
   label = resize_to_range(label, min_resize_value, max_resize_value, method='nearest')
   image, label = random_scale(image, label, min_scale, max_scale, scale_step)
