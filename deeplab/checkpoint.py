@@ -15,7 +15,7 @@ import os
 from typing import Optional
 
 from deeplab.config import ModelConfig
-from deeplab.errors import UserError
+from deeplab.errors import UserError, tf_error_summary
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,20 @@ def resolve_checkpoint_path(path: str) -> str:
   raise UserError(f'{path}: not a TF checkpoint prefix (no {path}.index)')
 
 
+def restore(session, saver, prefix: str) -> None:
+  """`saver.restore`, with a damaged checkpoint (bad checksum, truncated or missing data file)
+  reported as one line naming it."""
+  import tensorflow as tf
+  try:
+    saver.restore(session, prefix)
+  except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+    raise UserError(f'{prefix}: corrupt checkpoint ({tf_error_summary(e)}); expected the files '
+                    'train wrote, unmodified') from None
+  except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+    raise UserError(f'{prefix}: the checkpoint does not fit this model or is incomplete '
+                    f'({tf_error_summary(e)})') from None
+
+
 def restore_matching(session, prefix: str, variables, exclude_scopes=()) -> dict:
   """Restores the `variables` found in checkpoint `prefix`, skipping `exclude_scopes`.
 
@@ -126,7 +140,7 @@ def restore_matching(session, prefix: str, variables, exclude_scopes=()) -> dict
   model_names = {v.op.name for v in variables}
   unexpected = sorted(n for n in shapes if n not in model_names and not excluded(n)
                       and not any(m in n for m in _TRAINING_STATE_MARKERS))
-  tf.compat.v1.train.Saver(restore).restore(session, prefix)
+  restore(session, tf.compat.v1.train.Saver(restore), prefix)
   if missing:
     log.warning('%d model variables are not in %s and start from their initializers, first: %s',
                 len(missing), prefix, missing[0])

@@ -13,11 +13,11 @@ from typing import Callable
 import numpy as np
 
 from deeplab import input as model_input
-from deeplab import metrics, model
+from deeplab import checkpoint, metrics, model
 from deeplab.compat import tf
 from deeplab.config import ModelConfig
 from deeplab.datasets.manifest import Manifest
-from deeplab.errors import UserError
+from deeplab.errors import UserError, tf_error_summary
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest, sp
              scales=(1.0,), add_flipped_images=False,
              progress: Callable[[int], None] = lambda count: None) -> dict:
   """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `split`."""
-  shards = manifest.shard_paths(split)
+  shards = manifest.verified_shard_paths(split)
   num_classes, ignore_label = config.num_classes, manifest.ignore_label
   confusion = np.zeros((num_classes, num_classes), np.int64)
   count = 0
@@ -45,17 +45,22 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest, sp
     predictions, _ = model.predict_labels(example['image'][tf.newaxis], config, scales,
                                           add_flipped_images)
     with tf.compat.v1.Session() as session:
-      tf.compat.v1.train.Saver().restore(session, checkpoint_prefix)
+      checkpoint.restore(session, tf.compat.v1.train.Saver(), checkpoint_prefix)
       started = time.perf_counter()
       while True:
         try:
           predicted, label, name = session.run([predictions, example['label'], example['name']])
         except tf.errors.OutOfRangeError:
           break
-        except tf.errors.InvalidArgumentError as e:
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
           raise UserError(f'split {split!r}: example {count} cannot be decoded '
-                          f'({e.message.splitlines()[0]})') from None
+                          f'({tf_error_summary(e)})') from None
         label = label[:, :, 0]
+        if label.shape != predicted.shape[1:]:
+          raise UserError(f'split {split!r}, example {name.decode()!r}: its label is '
+                          f'{"x".join(map(str, label.shape))} but its image is '
+                          f'{"x".join(map(str, predicted.shape[1:]))} (height x width); expected '
+                          'the same size')
         check_labels(label, name.decode(), num_classes, ignore_label, split)
         confusion += metrics.confusion_matrix(label, predicted[0], num_classes, ignore_label)
         count += 1

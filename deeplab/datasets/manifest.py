@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
 from typing import Dict, List, Optional
 
+from deeplab.datasets import tfrecord
 from deeplab.errors import UserError
 
 MANIFEST_NAME = 'dataset.json'
@@ -66,6 +68,30 @@ class Manifest:
                       f'(splits found: {known})')
     return [os.path.join(self.folder, s['file']) for s in self.splits[split].shards]
 
+  def verified_shard_paths(self, split: str) -> List[str]:
+    """`shard_paths(split)`, each shard checked before it is read.
+
+    A shard with a sha256 in dataset.json must hash to it (a corrupt or rewritten shard is named);
+    a shard without one (original DeepLab TFRecords) has every record's CRCs read.
+    """
+    paths = self.shard_paths(split)
+    for shard, path in zip(self.splits[split].shards, paths):
+      if not os.path.isfile(path):
+        raise UserError(f'{path}: shard of split {split!r} is missing; expected the files '
+                        f'{MANIFEST_NAME} lists')
+      expected = shard.get('sha256')
+      if expected:
+        if _file_sha256(path) != expected:
+          raise UserError(f'{path}: TFRecord shard of split {split!r} is corrupt or modified (its '
+                          f'sha256 differs from {MANIFEST_NAME}); rebuild the TFRecords with build_data')
+        continue
+      try:
+        for _ in tfrecord.read_records(path):
+          pass
+      except ValueError as e:
+        raise UserError(f'{e}: the TFRecord shard of split {split!r} is corrupt') from None
+    return paths
+
   def to_json(self) -> dict:
     return {
         'format_version': FORMAT_VERSION,
@@ -99,6 +125,14 @@ class Manifest:
                  skipped=list(data.get('skipped', [])), folder=folder)
     except (KeyError, TypeError, ValueError) as e:
       raise UserError(f'{os.path.join(folder, MANIFEST_NAME)}: malformed manifest ({e!r})') from None
+
+
+def _file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def write_manifest(manifest: Manifest, folder: str) -> str:
