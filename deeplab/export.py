@@ -9,7 +9,7 @@ back. It is `model.predict_labels`, the function evaluate uses, with the variabl
 """
 from __future__ import annotations
 
-from deeplab import model
+from deeplab import checkpoint, model
 from deeplab.compat import tf
 from deeplab.config import ModelConfig
 
@@ -27,18 +27,20 @@ def freeze(config: ModelConfig, checkpoint_prefix: str, scales=(1.0,), add_flipp
     tf.identity(predictions, name=PREDICTIONS_TENSOR)
     tf.identity(probabilities, name=PROBABILITIES_TENSOR)
     with tf.compat.v1.Session(graph=graph) as session:
-      tf.compat.v1.train.Saver().restore(session, checkpoint_prefix)
+      checkpoint.restore(session, tf.compat.v1.train.Saver(), checkpoint_prefix)
       return tf.compat.v1.graph_util.convert_variables_to_constants(
           session, graph.as_graph_def(), [PREDICTIONS_TENSOR, PROBABILITIES_TENSOR])
 
 
 def write_frozen_graph(graph_def, path: str) -> None:
+  # Deterministic: protobuf map fields (node attributes) are otherwise written in hash order, and
+  # the same checkpoint must give the same model.tar.gz bytes.
   with open(path, 'wb') as f:
-    f.write(graph_def.SerializeToString())
+    f.write(graph_def.SerializeToString(deterministic=True))
 
 
 class FrozenModel:
-  """A loaded frozen graph: `predict(image uint8 [H, W, 3]) -> (labels [H, W], probs [H, W, C])`."""
+  """A loaded frozen graph: `predict(image uint8 [H, W, 3])` -> labels int32 [H, W]."""
 
   def __init__(self, path: str):
     graph_def = tf.compat.v1.GraphDef()
@@ -48,13 +50,13 @@ class FrozenModel:
     with self.graph.as_default():
       tf.compat.v1.import_graph_def(graph_def, name='')
     self.session = tf.compat.v1.Session(graph=self.graph)
-    self._fetches = [self.graph.get_tensor_by_name(PREDICTIONS_TENSOR + ':0'),
-                     self.graph.get_tensor_by_name(PROBABILITIES_TENSOR + ':0')]
+    self._labels = self.graph.get_tensor_by_name(PREDICTIONS_TENSOR + ':0')
     self._input = self.graph.get_tensor_by_name(INPUT_TENSOR + ':0')
 
   def predict(self, image):
-    predictions, probabilities = self.session.run(self._fetches, {self._input: image[None]})
-    return predictions[0], probabilities[0]
+    """Labels int32 [H, W] of one image; the [H, W, C] probabilities are not fetched (they are
+    H x W x C floats: hundreds of MB for a large photo)."""
+    return self.session.run(self._labels, {self._input: image[None]})[0]
 
   def close(self):
     self.session.close()

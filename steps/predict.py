@@ -6,7 +6,7 @@ import time
 
 from deeplab.errors import UserError
 from steps import artifacts
-from steps.flags import FLOAT, Parameter, Path, StepSpec, parse_flags
+from steps.flags import FLOAT, INTEGER, Parameter, Path, StepSpec, parse_flags
 
 log = logging.getLogger('steps.predict')
 
@@ -20,6 +20,9 @@ SPEC = StepSpec(
     outputs=(Path('output', 'label PNGs + overlays', filename='predictions.tar.gz'),),
     parameters=(
         Parameter('overlay_alpha', FLOAT, 0.5, 'opacity of the colour mask over the image', min=0, max=1),
+        Parameter('max_inference_pixels', INTEGER, 4194304, 'images with more pixels are scaled '
+                  'down to this many for inference, and their labels scaled back up (nearest), '
+                  'which bounds the memory one large photo takes; 0 = always full size', min=0),
     ),
 )
 
@@ -27,28 +30,64 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 
 
 def find_images(folder):
-  """Image files under `folder` (recursively, sorted) as (relative name without suffix, path)."""
-  found = []
+  """Image files under `folder` (recursively, sorted) as (relative name without suffix, path).
+
+  Outputs are named after the relative name, so two files that differ only in their suffix (or
+  its case: `a.jpg`, `a.PNG`) would write one result over the other: that is refused.
+  """
+  found, seen = [], {}
   for dirpath, dirnames, filenames in os.walk(folder):
     dirnames.sort()
     for filename in sorted(filenames):
       stem, suffix = os.path.splitext(filename)
       if suffix.lower() in IMAGE_SUFFIXES and not filename.startswith('.'):
         relative = os.path.relpath(os.path.join(dirpath, stem), folder)
-        found.append((relative, os.path.join(dirpath, filename)))
+        path = os.path.join(dirpath, filename)
+        if relative in seen:
+          raise UserError(f'--images: {os.path.relpath(seen[relative], folder)} and '
+                          f'{os.path.relpath(path, folder)} would both be written as '
+                          f'labels/{relative}.png; rename one of them')
+        seen[relative] = path
+        found.append((relative, path))
   return found
+
+
+def _to_rgb(image):
+  """RGB uint8 [H, W, 3] of a PIL image of any mode; 16- and 32-bit samples are scaled to 8 bits
+  (PIL's own RGB conversion clips them, turning a 16-bit image white)."""
+  import numpy as np
+  if image.mode.startswith('I') or image.mode == 'F':
+    samples = np.asarray(image)
+    if image.mode == 'F':
+      gray = np.clip(samples, 0, 255)
+    else:  # I;16 variants hold 0..65535; 'I' is how PIL widens 16-bit PNGs
+      gray = np.clip(samples, 0, 65535) / 257.0
+    return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
+  return np.asarray(image.convert('RGB'))
 
 
 def read_image(path):
   """RGB uint8 [H, W, 3] of an image file, EXIF orientation applied; a bad file is a UserError."""
-  import numpy as np
   from PIL import Image, ImageOps, UnidentifiedImageError
   try:
     with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      return np.asarray(image.convert('RGB'))
-  except (OSError, UnidentifiedImageError, SyntaxError) as e:
+      return _to_rgb(ImageOps.exif_transpose(image))
+  except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
     raise UserError(f'{path}: not a readable JPEG/PNG image ({e})') from None
+
+
+def predict_bounded(model, image, max_pixels):
+  """Labels int32 [H, W] of `image` [H, W, 3]; above `max_pixels` the model sees a copy scaled
+  down to that many pixels (aspect kept) and the labels are scaled back up (nearest)."""
+  import numpy as np
+  from PIL import Image
+  height, width = image.shape[:2]
+  if not max_pixels or height * width <= max_pixels:
+    return model.predict(image)
+  scale = (max_pixels / (height * width)) ** 0.5
+  size = (max(1, int(width * scale)), max(1, int(height * scale)))
+  labels = model.predict(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))
+  return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
 
 
 def _target(staging, kind, name):
@@ -61,7 +100,8 @@ def main():
   args = parse_flags(SPEC)
   model_path = artifacts.input_location('predict', 'model', args.model)
   images_path = artifacts.input_location('predict', 'images', args.images)
-  out_path = artifacts.output_location('predict', 'output', args.output, 'predictions.tar.gz')
+  out_path = artifacts.output_location('predict', 'output', args.output, 'predictions.tar.gz',
+                                      {'model': model_path, 'images': images_path})
   import numpy as np
   from PIL import Image
   from deeplab import checkpoint, export, visualize
@@ -77,12 +117,12 @@ def main():
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
     frozen = export.FrozenModel(graph_path)
     stack.callback(frozen.close)
-    staging = stack.enter_context(artifacts.staging_dir('predictions'))
+    staging = stack.enter_context(artifacts.scratch_dir('predictions'))
     pixel_counts = np.zeros(dataset['num_classes'], np.int64)
     started = time.perf_counter()
     for name, path in images:
       image = read_image(path)
-      labels, _ = frozen.predict(image)
+      labels = predict_bounded(frozen, image, args.max_inference_pixels)
       pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
       visualize.save_label_png(labels, _target(staging, 'labels', name))
       Image.fromarray(visualize.overlay(image, labels, dataset['colormap'], args.overlay_alpha)
