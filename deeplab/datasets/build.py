@@ -1,7 +1,7 @@
 """Raw dataset layout -> TFRecord shards in the original DeepLab format + `dataset.json`.
 
 `build(dataset, raw_root, output_dir, ...)` finds the dataset's splits and examples in `raw_root`
-(see `registry`), checks and encodes every example, and writes `{split}-{i:05d}-of-{n:05d}.tfrecord`
+(see `layouts`), checks and encodes every example, and writes `{split}-{i:05d}-of-{n:05d}.tfrecord`
 shards and the manifest into `output_dir`.
 
 - Each example keeps its image's original file bytes (no re-encoding); `image/format` says what
@@ -42,7 +42,7 @@ import tqdm
 
 from deeplab.datasets import imagefile
 from deeplab.datasets import manifest as manifest_lib
-from deeplab.datasets import registry
+from deeplab.datasets.layouts import base
 from deeplab.datasets import tfrecord
 from deeplab.errors import UserError
 
@@ -82,7 +82,7 @@ def default_num_workers() -> int:
     return os.cpu_count() or 1
 
 
-def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Sequence[str] = (),
+def build(dataset: base.Dataset, raw_root: str, output_dir: str, splits: Sequence[str] = (),
           num_shards: int = 4, num_workers: int = 0, skip_invalid: bool = False,
           progress: bool = True) -> Tuple[manifest_lib.Manifest, BuildStats]:
   """Writes the shards and dataset.json of `splits` (default: all found) into `output_dir`."""
@@ -98,7 +98,7 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
       raise UserError(message)
     skipped.append({'split': split, 'id': example_id, 'reason': message})
 
-  examples: Dict[str, List[registry.Example]] = {}
+  examples: Dict[str, List[base.Example]] = {}
   for split in split_names:
     found, problems = dataset.scan(root, split)
     for problem in problems:
@@ -155,8 +155,8 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
   return manifest, stats
 
 
-def _shard_runs(examples: Sequence[registry.Example], num_shards: int
-                ) -> List[Sequence[registry.Example]]:
+def _shard_runs(examples: Sequence[base.Example], num_shards: int
+                ) -> List[Sequence[base.Example]]:
   """The examples cut into contiguous, nearly equal runs, one per shard; never an empty one."""
   count = min(num_shards, len(examples))
   bounds = [i * len(examples) // count for i in range(count + 1)]
@@ -176,7 +176,7 @@ class _Invalid(Exception):
   """A bad example; its message is the one line the user sees."""
 
 
-def encode_files(example: registry.Example, dataset: registry.Dataset) -> Union[_Encoded, str]:
+def encode_files(example: base.Example, dataset: base.Dataset) -> Union[_Encoded, str]:
   """The encoded example, or one line saying why its files cannot be used."""
   try:
     return _encode(example, dataset)
@@ -184,7 +184,7 @@ def encode_files(example: registry.Example, dataset: registry.Dataset) -> Union[
     return str(e)
 
 
-def _encode(example: registry.Example, dataset: registry.Dataset) -> _Encoded:
+def _encode(example: base.Example, dataset: base.Dataset) -> _Encoded:
   where = f'(split {example.split!r}, id {example.id!r})'
   image = _read(example.image, where)
   try:
@@ -287,7 +287,7 @@ def _list(values: Sequence[int], limit: int = 5) -> str:
 class _ShardTask:
   split: str
   file: str
-  examples: Sequence[registry.Example]
+  examples: Sequence[base.Example]
 
 
 @dataclasses.dataclass
@@ -308,7 +308,7 @@ def _set_progress_counter(counter) -> None:
   _progress_counter = counter
 
 
-def _write_shard(task: _ShardTask, dataset: registry.Dataset, output_dir: str,
+def _write_shard(task: _ShardTask, dataset: base.Dataset, output_dir: str,
                  stop_at_invalid: bool) -> _ShardResult:
   """Encodes the task's examples into its shard file, streaming; stops at the first invalid one
   when asked (the build then fails with its message)."""
