@@ -4,16 +4,9 @@
 (see `layouts`), checks and encodes every example, and writes `{split}-{i:05d}-of-{n:05d}.tfrecord`
 shards and the manifest into `output_dir`.
 
-- Each example keeps its image's original file bytes (no re-encoding); `image/format` says what
-  the bytes are ('jpeg' or 'png', by content), `image/filename` is the example id, and height,
-  width and channels come from the image header. The label is a single-channel PNG of class ids:
-  the original file when it already is one (8-bit grey, no value mapping), the pixel data of an
-  8-bit palette PNG under a greyscale header, else re-encoded.
-- Images are checked for being whole JPEG/PNG files from their structure (`imagefile`), without
-  decoding pixels; labels are decoded and checked for mode (class ids, not colours), size (the
-  image's) and values (< num_classes or the ignore label).
-  A bad example is a UserError naming the file, split and id, unless `skip_invalid`, which leaves it
-  out and lists it in the manifest's `skipped`.
+- Each example is checked and encoded on its own (`encode`); a bad example is a UserError naming
+  the file, split and id, unless `skip_invalid`, which leaves it out and lists it in the
+  manifest's `skipped`.
 - Shards cut each split's examples into contiguous runs of nearly equal size (as many shards as
   asked, but never more than examples). Shards are the unit of parallel work: each of
   `num_workers` processes encodes and writes whole shards, one example in memory at a time, so
@@ -27,29 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import multiprocessing
 import os
-import struct
 import sys
 import time
-import zlib
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 import tqdm
 
-from deeplab.datasets import imagefile
+from deeplab.datasets import encode
 from deeplab.datasets import manifest as manifest_lib
-from deeplab.datasets.layouts import base
 from deeplab.datasets import tfrecord
+from deeplab.datasets.layouts import base
 from deeplab.errors import UserError
 
-# Label histograms: every how-many-th pixel is sampled for the values present, and how many
-# values are counted one by one before a full bincount is cheaper.
-_HISTOGRAM_SAMPLE_STRIDE = 31
-_HISTOGRAM_MAX_COMPARES = 8
 # Runs shorter than this many examples take seconds: no progress bar to clutter the log.
 _PROGRESS_MIN_EXAMPLES = 1000
 _PROGRESS_POLL_SECONDS = 0.5
@@ -67,12 +52,6 @@ class BuildStats:
   @property
   def images_per_sec(self) -> float:
     return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclasses.dataclass
-class _Encoded:
-  record: bytes
-  histogram: np.ndarray  # int64[256]: pixels per label value
 
 
 def default_num_workers() -> int:
@@ -170,117 +149,6 @@ def _classes_in(histograms: Iterable[np.ndarray], ignore_label: int) -> int:
   return int(present[-1]) + 1 if len(present) else 1
 
 
-# ----------------------------------------------------------------------------- one example
-
-class _Invalid(Exception):
-  """A bad example; its message is the one line the user sees."""
-
-
-def encode_files(example: base.Example, dataset: base.Dataset) -> Union[_Encoded, str]:
-  """The encoded example, or one line saying why its files cannot be used."""
-  try:
-    return _encode(example, dataset)
-  except _Invalid as e:
-    return str(e)
-
-
-def _encode(example: base.Example, dataset: base.Dataset) -> _Encoded:
-  where = f'(split {example.split!r}, id {example.id!r})'
-  image = _read(example.image, where)
-  try:
-    info = imagefile.inspect(image)
-  except imagefile.BadImage as e:
-    raise _Invalid(f'{example.image}: {e} {where}; expected a whole JPEG or PNG image') from None
-
-  label_bytes = _read(example.label, where)
-  if not label_bytes.startswith(imagefile.PNG_MAGIC):
-    raise _Invalid(f'{example.label}: label is not a PNG {where}; expected a PNG of class ids')
-  try:
-    with Image.open(io.BytesIO(label_bytes)) as label:
-      label.load()
-      mode = label.mode
-      ids = np.asarray(label)  # palette images give their indices, which are the class ids
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise _Invalid(f'{example.label}: corrupt or truncated label PNG {where}: {e}') from None
-  if mode not in ('L', 'P'):
-    kind = 'colours (RGB)' if mode in ('RGB', 'RGBA') else f'mode {mode}'
-    raise _Invalid(f'{example.label}: label holds {kind}, not class ids {where}; '
-                   f'{dataset.rgb_label_hint}')
-  if ids.shape != (info.height, info.width):
-    raise _Invalid(f'{example.label}: label is {ids.shape[1]}x{ids.shape[0]} but image '
-                   f'{example.image} is {info.width}x{info.height} {where}; expected the same size')
-  histogram = _histogram(ids)
-  table = dataset.label_table(example.label)
-  if table is not None:
-    histogram = np.bincount(table, weights=histogram, minlength=256).astype(np.int64)
-  if dataset.num_classes:
-    bad = [v for v in np.nonzero(histogram[dataset.num_classes:])[0] + dataset.num_classes
-           if v != dataset.ignore_label]
-    if bad:
-      raise _Invalid(f'{example.label}: label values {_list(bad)} out of range {where}; expected '
-                     f'0..{dataset.num_classes - 1} or the ignore label {dataset.ignore_label}')
-  label_png = _class_id_png(label_bytes, ids, table)
-  record = tfrecord.encode_example(image, info.format, example.id, info.height, info.width,
-                                   info.channels, label_png)
-  return _Encoded(record, histogram)
-
-
-def _read(path: str, where: str) -> bytes:
-  try:
-    with open(path, 'rb') as f:
-      return f.read()
-  except OSError as e:
-    raise _Invalid(f'{path}: cannot read {where}: {e.strerror}') from None
-
-
-def _histogram(ids: np.ndarray) -> np.ndarray:
-  """int64[256]: pixels per value of a uint8 label map.
-
-  A label map holds a few values: those seen in a sparse sample are counted exactly with
-  vectorised compares, several times faster than a full bincount, which remains the answer when
-  the sample missed a value (the counts then fall short of the pixel count) or saw many.
-  """
-  flat = ids.reshape(-1)
-  seen = np.flatnonzero(np.bincount(flat[::_HISTOGRAM_SAMPLE_STRIDE], minlength=256))
-  histogram = np.zeros(256, np.int64)
-  if len(seen) <= _HISTOGRAM_MAX_COMPARES:
-    for value in seen.tolist():  # Python ints: `flat == value` then compares as uint8
-      histogram[value] = np.count_nonzero(flat == value)
-    if histogram.sum() == flat.size:
-      return histogram
-  return np.bincount(flat, minlength=256).astype(np.int64)
-
-
-def _class_id_png(data: bytes, ids: np.ndarray, table: Optional[np.ndarray]) -> bytes:
-  """The label as an 8-bit greyscale PNG of class ids, re-encoding only when it must.
-
-  An 8-bit greyscale PNG is kept as is. An 8-bit palette PNG stores one index byte per pixel, as an
-  8-bit greyscale PNG stores one value byte: its pixel data is kept and only the header says
-  greyscale (the palette and the other optional chunks go). Anything else is encoded anew.
-  """
-  if table is None and len(data) > 26 and data[12:16] == b'IHDR' and data[24] == 8:
-    if data[25] == imagefile.PNG_GREY:
-      return data
-    if data[25] == imagefile.PNG_PALETTE:
-      kept = []
-      for kind, body in imagefile.png_chunks(data):
-        if kind == b'IHDR':
-          body = bytearray(body)
-          body[9] = imagefile.PNG_GREY
-        if kind in (b'IHDR', b'IDAT', b'IEND'):
-          kept.append(struct.pack('>I', len(body)) + kind + bytes(body)
-                      + struct.pack('>I', zlib.crc32(kind + bytes(body))))
-      return imagefile.PNG_MAGIC + b''.join(kept)
-  buffer = io.BytesIO()
-  Image.fromarray(ids if table is None else table[ids], 'L').save(buffer, 'PNG')
-  return buffer.getvalue()
-
-
-def _list(values: Sequence[int], limit: int = 5) -> str:
-  text = ', '.join(str(int(v)) for v in values[:limit])
-  return text + (', ...' if len(values) > limit else '')
-
-
 # ----------------------------------------------------------------------------- shards in parallel
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +185,7 @@ def _write_shard(task: _ShardTask, dataset: base.Dataset, output_dir: str,
   with open(os.path.join(output_dir, task.file), 'wb') as f:
     writer = tfrecord.RecordWriter(f)
     for example in task.examples:
-      result = encode_files(example, dataset)
+      result = encode.encode_files(example, dataset)
       if _progress_counter is not None:
         with _progress_counter.get_lock():
           _progress_counter.value += 1
