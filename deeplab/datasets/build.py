@@ -18,9 +18,11 @@ shards and the manifest into `output_dir`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
+from multiprocessing import shared_memory
 import os
 import sys
 import time
@@ -90,18 +92,25 @@ def build(dataset: base.Dataset, raw_root: str, output_dir: str, splits: Sequenc
   tasks = []
   for split in split_names:
     runs = _shard_runs(examples[split], num_shards)
-    tasks += [_ShardTask(split, manifest_lib.shard_name(split, index, len(runs)), run)
-              for index, run in enumerate(runs)]
+    for index, run in enumerate(runs):
+      tasks.append(_ShardTask(split, manifest_lib.shard_name(split, index, len(runs)), run,
+                              progress_slot=len(tasks)))
   histograms = {split: np.zeros(256, np.int64) for split in split_names}
   shards: Dict[str, List[dict]] = {split: [] for split in split_names}
   total = sum(len(v) for v in examples.values())
   workers = min(num_workers or default_num_workers(), len(tasks))
-  write = functools.partial(_write_shard, dataset=dataset, output_dir=output_dir,
-                            stop_at_invalid=not skip_invalid)
-  with tqdm.tqdm(total=total, unit='img', file=sys.stderr,
-                 disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
-                 mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
-    for task, result in zip(tasks, _run_in_order(write, tasks, workers, bar)):
+  with _progress_counts(len(tasks)) as counts, tqdm.tqdm(
+      total=total, unit='img', file=sys.stderr,
+      disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
+      mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
+    write = functools.partial(_write_shard, dataset=dataset, output_dir=output_dir,
+                              stop_at_invalid=not skip_invalid, progress_counts=counts.name)
+
+    def show_progress():
+      with counts.buf.cast('q') as done:
+        bar.update(sum(done) - bar.n)
+
+    for task, result in zip(tasks, _run_in_order(write, tasks, workers, show_progress)):
       for example_id, message in result.invalid:
         reject(task.split, example_id, message)
       histograms[task.split] += result.histogram
@@ -156,6 +165,7 @@ class _ShardTask:
   split: str
   file: str
   examples: Sequence[base.Example]
+  progress_slot: int  # where this task counts its examples in the progress counts
 
 
 @dataclasses.dataclass
@@ -167,28 +177,35 @@ class _ShardResult:
   invalid: List[Tuple[str, str]]  # (id, message) of examples left out
 
 
-# Counts encoded examples across worker processes, for the progress bar (set in each worker).
-_progress_counter = None
+@contextlib.contextmanager
+def _progress_counts(num_tasks: int) -> Iterator[shared_memory.SharedMemory]:
+  """Shared memory for the examples each shard task has encoded so far, one int64 per task.
+
+  The workers open it by its name, which travels with their work (a multiprocessing.Value only
+  reaches pool workers through a global set by the pool's initializer). Each task counts in its
+  own slot, so counting takes no lock; the progress bar shows the sum.
+  """
+  memory = shared_memory.SharedMemory(create=True, size=8 * num_tasks)
+  try:
+    yield memory
+  finally:
+    memory.close()
+    memory.unlink()
 
 
-def _set_progress_counter(counter) -> None:
-  global _progress_counter
-  _progress_counter = counter
-
-
-def _write_shard(task: _ShardTask, dataset: base.Dataset, output_dir: str,
-                 stop_at_invalid: bool) -> _ShardResult:
+def _write_shard(task: _ShardTask, dataset: base.Dataset, output_dir: str, stop_at_invalid: bool,
+                 progress_counts: str) -> _ShardResult:
   """Encodes the task's examples into its shard file, streaming; stops at the first invalid one
-  when asked (the build then fails with its message)."""
+  when asked (the build then fails with its message). Counts each example in its slot of the
+  shared memory named `progress_counts`."""
   histogram = np.zeros(256, np.int64)
   invalid = []
-  with open(os.path.join(output_dir, task.file), 'wb') as f:
+  with contextlib.closing(shared_memory.SharedMemory(progress_counts)) as counts, \
+      counts.buf.cast('q') as done, open(os.path.join(output_dir, task.file), 'wb') as f:
     writer = tfrecord.RecordWriter(f)
     for example in task.examples:
       result = encode.encode_files(example, dataset)
-      if _progress_counter is not None:
-        with _progress_counter.get_lock():
-          _progress_counter.value += 1
+      done[task.progress_slot] += 1
       if isinstance(result, str):
         invalid.append((example.id, result))
         if stop_at_invalid:
@@ -199,32 +216,29 @@ def _write_shard(task: _ShardTask, dataset: base.Dataset, output_dir: str,
   return _ShardResult(writer.num_records, writer.num_bytes, writer.sha256(), histogram, invalid)
 
 
-def _run_in_order(fn: Callable, tasks: Sequence, num_workers: int, bar: tqdm.tqdm) -> Iterator:
-  """fn(task) for each task, in order, by `num_workers` processes; keeps `bar` up to date.
+def _run_in_order(fn: Callable, tasks: Sequence, num_workers: int,
+                  show_progress: Callable[[], None]) -> Iterator:
+  """fn(task) for each task, in order, by `num_workers` processes; calls `show_progress` after
+  each task and, while waiting for one, every _PROGRESS_POLL_SECONDS.
 
   The workers write whole shards, so only small results travel between processes.
   """
-  counter = multiprocessing.get_context('spawn').Value('q', 0)
   if num_workers <= 1:
-    _set_progress_counter(counter)
-    try:
-      for task in tasks:
-        yield fn(task)
-        bar.update(counter.value - bar.n)
-    finally:
-      _set_progress_counter(None)
+    for task in tasks:
+      result = fn(task)
+      show_progress()
+      yield result
     return
   # spawn, not fork: the parent may have TensorFlow's threads running (tests, notebooks).
-  with multiprocessing.get_context('spawn').Pool(
-      num_workers, initializer=_set_progress_counter, initargs=(counter,)) as pool:
+  with multiprocessing.get_context('spawn').Pool(num_workers) as pool:
     results = pool.imap(fn, tasks)
     while True:
       try:
         result = results.next(timeout=_PROGRESS_POLL_SECONDS)
       except multiprocessing.TimeoutError:
-        bar.update(counter.value - bar.n)
+        show_progress()
         continue
       except StopIteration:
         return
-      bar.update(counter.value - bar.n)
+      show_progress()
       yield result
