@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deeplab.datasets import build, registry, synthetic  # noqa: E402
+from deeplab.datasets import build, layouts, synthetic  # noqa: E402
 from steps import artifacts  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def main():
   num_val = args.num_images // 10
   with tempfile.TemporaryDirectory(prefix='bench-build-data-') as tmp:
     raw = args.keep or os.path.join(tmp, 'raw')
-    voc = registry.get('pascal_voc_seg')
+    voc = layouts.get('pascal_voc_seg')
     if not os.path.isdir(raw):
       start = time.monotonic()
       synthetic.write_dataset('pascal_voc_seg', raw, seed=0, num_train=args.num_images - num_val,

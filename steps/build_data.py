@@ -1,13 +1,14 @@
 """build_data: a raw dataset (folder or archive) -> tfrecords.tar.gz (shards + dataset.json).
 
-The raw layouts each dataset accepts are described in deeplab/datasets/registry.py. Prints one JSON
+The raw layouts each dataset accepts are described in deeplab/datasets/layouts/. Prints one JSON
 metric line: images, images_per_sec, bytes_written (TFRecord bytes), examples_<split> per split,
 skipped (a count) and skipped_examples ('<split>/<id>' names).
 """
+from deeplab.datasets import layouts
 from steps import artifacts
 from steps.flags import FLAG, INTEGER, STRING, Parameter, Path, StepSpec, parse_flags
 
-DATASETS = ('folder', 'pascal_voc_seg', 'ade20k', 'cityscapes')
+DATASETS = ('folder',) + tuple(name for name in layouts.NAMES if name != 'folder')  # default first
 
 SPEC = StepSpec(
     name='build_data',
@@ -35,12 +36,12 @@ SPEC = StepSpec(
 def main(argv=None) -> None:
   args = parse_flags(SPEC, argv)
   # Imported after parsing so that --help stays fast (numpy, PIL; never TensorFlow).
-  from deeplab.datasets import build, registry
+  from deeplab.datasets import build
   options = {}
   if args.dataset == 'folder':
     options = dict(num_classes=args.num_classes, ignore_label=args.ignore_label,
                    class_names=args.class_names)
-  dataset = registry.get(args.dataset, **options)
+  dataset = layouts.get(args.dataset, **options)
   raw_data = artifacts.input_location('build_data', 'raw_data', args.raw_data)
   out_path = artifacts.output_location('build_data', 'output', args.output, 'tfrecords.tar.gz',
                                       {'raw_data': raw_data})

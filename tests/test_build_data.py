@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab.datasets import build, manifest, registry, synthetic, tfrecord
+from deeplab.datasets import build, layouts, manifest, synthetic, tfrecord
 from deeplab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def check_against_sources(examples, sources, label_of=lambda path: np.asarray(Im
 
 def test_folder_layout_from_synthetic(tmp_path):
   raw = synthetic.write_dataset('folder', str(tmp_path / 'raw'), **TINY)
-  result = build_into(tmp_path, registry.get('folder'), raw, num_shards=2)
+  result = build_into(tmp_path, layouts.get('folder'), raw, num_shards=2)
   built, stats = result
   assert (built.name, built.num_classes, built.ignore_label) == ('folder', 4, 255)
   assert built.class_names == list(synthetic.CLASS_NAMES)
@@ -72,7 +72,7 @@ def test_folder_layout_from_synthetic(tmp_path):
       'train-00000-of-00002.tfrecord', 'train-00001-of-00002.tfrecord']
   assert [s['num_examples'] for s in built.splits['train'].shards] == [2, 3]
   assert stats.images == 8 and stats.split_counts == {'train': 5, 'val': 3}
-  dataset = registry.get('folder').with_root(raw)
+  dataset = layouts.get('folder').with_root(raw)
   for split in ('train', 'val'):
     examples = records(result, split)
     sources, problems = dataset.scan(raw, split)
@@ -87,10 +87,10 @@ def test_folder_layout_from_synthetic(tmp_path):
 
 def test_pascal_layout_from_synthetic(tmp_path):
   raw = synthetic.write_dataset('pascal_voc_seg', str(tmp_path / 'raw'), **TINY)
-  result = build_into(tmp_path, registry.get('pascal_voc_seg'), raw)
+  result = build_into(tmp_path, layouts.get('pascal_voc_seg'), raw)
   built, _ = result
   assert {k: v.num_examples for k, v in built.splits.items()} == {'train': 5, 'trainval': 8, 'val': 3}
-  voc = registry.get('pascal_voc_seg')
+  voc = layouts.get('pascal_voc_seg')
   sources, _ = voc.scan(voc.locate(raw), 'val')
   assert Image.open(sources[0].label).mode == 'P'  # palette masks: the indices are the ids
   check_against_sources(records(result, 'val'), sources)
@@ -102,7 +102,7 @@ def test_pascal_raw_labels_and_train_aug(tmp_path):
   voc_root = raw / 'VOCdevkit' / 'VOC2012'
   lists = voc_root / 'ImageSets' / 'Segmentation'
   (lists / 'train_aug.txt').write_text((lists / 'train.txt').read_text())
-  voc = registry.get('pascal_voc_seg')
+  voc = layouts.get('pascal_voc_seg')
   assert voc.splits(str(voc_root)) == ['train', 'trainval', 'val']  # no SegmentationClassAug/
   # Raw labels (plain class ids) win over the palette ones; train_aug reads SegmentationClassAug.
   for name in ('SegmentationClassRaw', 'SegmentationClassAug'):
@@ -120,10 +120,10 @@ def test_pascal_raw_labels_and_train_aug(tmp_path):
 
 def test_ade20k_layout_from_synthetic(tmp_path):
   raw = synthetic.write_dataset('ade20k', str(tmp_path / 'raw'), **TINY)
-  result = build_into(tmp_path, registry.get('ade20k'), raw, splits=['val'])
+  result = build_into(tmp_path, layouts.get('ade20k'), raw, splits=['val'])
   built, _ = result
   assert list(built.splits) == ['val'] and built.num_classes == 151 and built.ignore_label == 0
-  ade = registry.get('ade20k')
+  ade = layouts.get('ade20k')
   sources, _ = ade.scan(ade.locate(raw), 'val')
   check_against_sources(records(result, 'val'), sources)
   assert built.splits['val'].label_histogram[0] == 0  # the ignore label is not counted
@@ -135,10 +135,10 @@ def test_cityscapes_label_ids_are_mapped_to_train_ids(tmp_path):
                for p in raw.glob('gtFine/*/*/*_labelTrainIds.png')}
   for path in raw.glob('gtFine/*/*/*_labelTrainIds.png'):
     path.unlink()  # only label ids left: the builder converts them
-  result = build_into(tmp_path, registry.get('cityscapes'), raw)
+  result = build_into(tmp_path, layouts.get('cityscapes'), raw)
   built, _ = result
   assert {k: v.num_examples for k, v in built.splits.items()} == {'train': 5, 'val': 3}
-  city = registry.get('cityscapes')
+  city = layouts.get('cityscapes')
   sources, _ = city.scan(str(raw), 'train')
   assert all(s.label.endswith('_gtFine_labelIds.png') for s in sources)
   check_against_sources(records(result, 'train'), sources,
@@ -174,11 +174,11 @@ def test_output_is_identical_whatever_the_worker_count(tmp_path):
 
 @needs_fixtures
 def test_real_folder_sample_with_suffixed_names(tmp_path):
-  result = build_into(tmp_path, registry.get('folder'), RAW / 'folder')
+  result = build_into(tmp_path, layouts.get('folder'), RAW / 'folder')
   built, _ = result
   assert {k: v.num_examples for k, v in built.splits.items()} == {'train': 4, 'val': 1}
   assert built.num_classes == 4  # auto: labels go up to 3
-  dataset = registry.get('folder')
+  dataset = layouts.get('folder')
   sources, _ = dataset.scan(str(RAW / 'folder'), 'train')
   assert [s.id for s in sources] == ['00000', '00001', '00002', '00003']
   check_against_sources(records(result, 'train'), sources)
@@ -186,10 +186,10 @@ def test_real_folder_sample_with_suffixed_names(tmp_path):
 
 @needs_fixtures
 def test_real_pascal_sample(tmp_path):
-  result = build_into(tmp_path, registry.get('pascal_voc_seg'), RAW / 'pascal_voc')
+  result = build_into(tmp_path, layouts.get('pascal_voc_seg'), RAW / 'pascal_voc')
   built, _ = result
   assert {k: v.num_examples for k, v in built.splits.items()} == {'train': 2, 'trainval': 3, 'val': 1}
-  voc = registry.get('pascal_voc_seg')
+  voc = layouts.get('pascal_voc_seg')
   sources, _ = voc.scan(voc.locate(str(RAW / 'pascal_voc')), 'trainval')
   check_against_sources(records(result, 'trainval'), sources)
   present = set(np.flatnonzero(built.splits['trainval'].label_histogram))
@@ -198,19 +198,19 @@ def test_real_pascal_sample(tmp_path):
 
 @needs_fixtures
 def test_real_ade20k_sample(tmp_path):
-  result = build_into(tmp_path, registry.get('ade20k'), RAW / 'ade20k')
+  result = build_into(tmp_path, layouts.get('ade20k'), RAW / 'ade20k')
   built, _ = result
   assert {k: v.num_examples for k, v in built.splits.items()} == {'train': 1}
   example = records(result, 'train')[0]
   assert example[tfrecord.IMAGE_FILENAME] == b'ADE_train_00000001'
   assert (example[tfrecord.IMAGE_HEIGHT], example[tfrecord.IMAGE_WIDTH]) == (512, 683)
-  ade = registry.get('ade20k')
+  ade = layouts.get('ade20k')
   check_against_sources([example], ade.scan(ade.locate(str(RAW / 'ade20k')), 'train')[0])
 
 
 @needs_fixtures
 def test_real_cityscapes_sample_train_ids_and_label_ids(tmp_path):
-  result = build_into(tmp_path, registry.get('cityscapes'), RAW / 'cityscapes')
+  result = build_into(tmp_path, layouts.get('cityscapes'), RAW / 'cityscapes')
   shipped = records(result, 'val')[0]
   assert shipped[tfrecord.IMAGE_FILENAME] == b'frankfurt_000000_000294'
   assert shipped[tfrecord.IMAGE_FORMAT] == b'png'
@@ -222,7 +222,7 @@ def test_real_cityscapes_sample_train_ids_and_label_ids(tmp_path):
     path.unlink()
   converted_dir = tmp_path / 'converted'
   converted_dir.mkdir()
-  converted, _ = build.build(registry.get('cityscapes'), str(copy), str(converted_dir),
+  converted, _ = build.build(layouts.get('cityscapes'), str(copy), str(converted_dir),
                              num_workers=1, progress=False)
   example = tfrecord.parse_example(next(tfrecord.read_records(converted.shard_paths('val')[0])))
   agreement = np.mean(decode(example)[1] == decode(shipped)[1])
@@ -349,15 +349,15 @@ def test_split_with_only_invalid_examples_fails_even_when_skipping(tmp_path):
   for path in (raw / 'masks').glob('val_*.png'):
     path.unlink()
   with pytest.raises(UserError, match="split 'val' has no valid examples"):
-    build_into(tmp_path, registry.get('folder'), raw, skip_invalid=True)
+    build_into(tmp_path, layouts.get('folder'), raw, skip_invalid=True)
 
 
 def test_unknown_split_and_wrong_layout_name_what_was_expected(tmp_path):
   raw = synthetic.write_dataset('folder', str(tmp_path / 'raw'), **TINY)
   with pytest.raises(UserError, match=r"split 'test' not found .* splits found: train, val"):
-    build_into(tmp_path, registry.get('folder'), raw, splits=['test'])
+    build_into(tmp_path, layouts.get('folder'), raw, splits=['test'])
   with pytest.raises(UserError, match='not a cityscapes dataset; expected leftImg8bit'):
-    build_into(tmp_path, registry.get('cityscapes'), raw)
+    build_into(tmp_path, layouts.get('cityscapes'), raw)
 
 
 def test_help_is_fast_and_does_not_import_tensorflow():

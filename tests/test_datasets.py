@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from deeplab import colormaps
-from deeplab.datasets import build, imagefile, manifest, registry, synthetic, tfrecord
+from deeplab.datasets import build, imagefile, layouts, manifest, synthetic, tfrecord
+from deeplab.datasets.layouts import cityscapes
 from deeplab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,27 +24,31 @@ FIXTURES = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures'
 @pytest.mark.parametrize('name, num_classes, ignore_label', [
     ('pascal_voc_seg', 21, 255), ('ade20k', 151, 0), ('cityscapes', 19, 255)])
 def test_known_datasets(name, num_classes, ignore_label):
-  dataset = registry.get(name)
+  dataset = layouts.get(name)
   assert (dataset.name, dataset.num_classes, dataset.ignore_label) == (name, num_classes, ignore_label)
   assert len(dataset.class_names) == len(dataset.colormap) == num_classes
   assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in dataset.colormap)
 
 
+def test_each_registered_name_makes_the_dataset_of_that_name():
+  assert [layouts.get(name).name for name in layouts.NAMES] == list(layouts.NAMES)
+
+
 def test_unknown_dataset_names_the_known_ones():
   with pytest.raises(UserError, match='unknown dataset .*pascal_voc_seg, ade20k, cityscapes, folder'):
-    registry.get('coco')
+    layouts.get('coco')
 
 
 def test_class_facts():
-  voc = registry.get('pascal_voc_seg')
+  voc = layouts.get('pascal_voc_seg')
   assert voc.class_names[15] == 'person' and voc.colormap[15] == [192, 128, 128]
   assert voc.colormap[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
   assert colormaps.pascal_colormap()[255] == [224, 224, 192]  # the VOC boundary colour
-  city = registry.get('cityscapes')
+  city = layouts.get('cityscapes')
   assert city.class_names[13] == 'car' and city.colormap[13] == [0, 0, 142]
-  assert registry.CITYSCAPES_TRAIN_ID_TABLE[7] == 0 and registry.CITYSCAPES_TRAIN_ID_TABLE[33] == 18
-  assert registry.CITYSCAPES_TRAIN_ID_TABLE[0] == 255 and registry.CITYSCAPES_TRAIN_ID_TABLE[9] == 255
-  ade = registry.get('ade20k')
+  assert cityscapes.TRAIN_ID_TABLE[7] == 0 and cityscapes.TRAIN_ID_TABLE[33] == 18
+  assert cityscapes.TRAIN_ID_TABLE[0] == 255 and cityscapes.TRAIN_ID_TABLE[9] == 255
+  ade = layouts.get('ade20k')
   assert ade.class_names[0] == 'other' and ade.colormap[0] == [0, 0, 0]
   assert ade.colormap[1] == [120, 120, 120] and ade.colormap[150] == [92, 0, 255]
 
@@ -53,16 +58,16 @@ def test_class_facts():
 def test_ade20k_names_are_the_benchmark_table():
   with open(FIXTURES / 'raw' / 'ade20k' / 'object150_info.csv') as f:
     names = [row['Name'] for row in csv.DictReader(f)]
-  assert registry.get('ade20k').class_names[1:] == names
+  assert layouts.get('ade20k').class_names[1:] == names
 
 
 def test_folder_class_options():
-  assert registry.get('folder', class_names=('bg', 'cat')).num_classes == 2
-  assert registry.get('folder', num_classes=3).class_names == ['background', 'class_1', 'class_2']
+  assert layouts.get('folder', class_names=('bg', 'cat')).num_classes == 2
+  assert layouts.get('folder', num_classes=3).class_names == ['background', 'class_1', 'class_2']
   with pytest.raises(UserError, match='--num_classes=3 disagrees'):
-    registry.get('folder', num_classes=3, class_names=('bg', 'cat'))
+    layouts.get('folder', num_classes=3, class_names=('bg', 'cat'))
   with pytest.raises(UserError, match='only for the folder layout'):
-    registry.get('ade20k', num_classes=3)
+    layouts.get('ade20k', num_classes=3)
 
 
 def test_folder_pairs_plain_names_and_has_a_default_split(tmp_path):
@@ -72,7 +77,7 @@ def test_folder_pairs_plain_names_and_has_a_default_split(tmp_path):
     Image.new('RGB', (4, 4)).save(tmp_path / 'images' / f'{name}.png')
     Image.new('L', (4, 4)).save(tmp_path / 'masks' / f'{name}.png')
   Image.new('RGB', (4, 4)).save(tmp_path / 'images' / 'c.jpg')  # no mask
-  folder = registry.get('folder')
+  folder = layouts.get('folder')
   assert folder.splits(str(tmp_path)) == ['train']
   examples, problems = folder.scan(str(tmp_path), 'train')
   assert [e.id for e in examples] == ['a', 'b']
@@ -183,7 +188,7 @@ def test_our_shards_parse_with_the_original_key_set(tmp_path, layout):
                                 image_size=(24, 32))
   out = tmp_path / 'out'
   out.mkdir()
-  dataset = registry.get(layout)
+  dataset = layouts.get(layout)
   built, _ = build.build(dataset, raw, str(out), splits=['val'], num_workers=1, progress=False)
   sources, _ = dataset.scan(dataset.locate(raw), 'val')
   # Graph mode: the library switches the process to tf.compat.v1 graph mode once imported.

@@ -1,19 +1,12 @@
 """Raw dataset layout -> TFRecord shards in the original DeepLab format + `dataset.json`.
 
 `build(dataset, raw_root, output_dir, ...)` finds the dataset's splits and examples in `raw_root`
-(see `registry`), checks and encodes every example, and writes `{split}-{i:05d}-of-{n:05d}.tfrecord`
+(see `layouts`), checks and encodes every example, and writes `{split}-{i:05d}-of-{n:05d}.tfrecord`
 shards and the manifest into `output_dir`.
 
-- Each example keeps its image's original file bytes (no re-encoding); `image/format` says what
-  the bytes are ('jpeg' or 'png', by content), `image/filename` is the example id, and height,
-  width and channels come from the image header. The label is a single-channel PNG of class ids:
-  the original file when it already is one (8-bit grey, no value mapping), the pixel data of an
-  8-bit palette PNG under a greyscale header, else re-encoded.
-- Images are checked for being whole JPEG/PNG files from their structure (`imagefile`), without
-  decoding pixels; labels are decoded and checked for mode (class ids, not colours), size (the
-  image's) and values (< num_classes or the ignore label).
-  A bad example is a UserError naming the file, split and id, unless `skip_invalid`, which leaves it
-  out and lists it in the manifest's `skipped`.
+- Each example is checked and encoded on its own (`encode`); a bad example is a UserError naming
+  the file, split and id, unless `skip_invalid`, which leaves it out and lists it in the
+  manifest's `skipped`.
 - Shards cut each split's examples into contiguous runs of nearly equal size (as many shards as
   asked, but never more than examples). Shards are the unit of parallel work: each of
   `num_workers` processes encodes and writes whole shards, one example in memory at a time, so
@@ -25,31 +18,25 @@ shards and the manifest into `output_dir`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import io
 import multiprocessing
+from multiprocessing import shared_memory
 import os
-import struct
 import sys
 import time
-import zlib
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 import tqdm
 
-from deeplab.datasets import imagefile
+from deeplab.datasets import encode
 from deeplab.datasets import manifest as manifest_lib
-from deeplab.datasets import registry
 from deeplab.datasets import tfrecord
+from deeplab.datasets.layouts import base
 from deeplab.errors import UserError
 
-# Label histograms: every how-many-th pixel is sampled for the values present, and how many
-# values are counted one by one before a full bincount is cheaper.
-_HISTOGRAM_SAMPLE_STRIDE = 31
-_HISTOGRAM_MAX_COMPARES = 8
 # Runs shorter than this many examples take seconds: no progress bar to clutter the log.
 _PROGRESS_MIN_EXAMPLES = 1000
 _PROGRESS_POLL_SECONDS = 0.5
@@ -69,12 +56,6 @@ class BuildStats:
     return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclasses.dataclass
-class _Encoded:
-  record: bytes
-  histogram: np.ndarray  # int64[256]: pixels per label value
-
-
 def default_num_workers() -> int:
   try:
     return len(os.sched_getaffinity(0))
@@ -82,7 +63,7 @@ def default_num_workers() -> int:
     return os.cpu_count() or 1
 
 
-def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Sequence[str] = (),
+def build(dataset: base.Dataset, raw_root: str, output_dir: str, splits: Sequence[str] = (),
           num_shards: int = 4, num_workers: int = 0, skip_invalid: bool = False,
           progress: bool = True) -> Tuple[manifest_lib.Manifest, BuildStats]:
   """Writes the shards and dataset.json of `splits` (default: all found) into `output_dir`."""
@@ -98,7 +79,7 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
       raise UserError(message)
     skipped.append({'split': split, 'id': example_id, 'reason': message})
 
-  examples: Dict[str, List[registry.Example]] = {}
+  examples: Dict[str, List[base.Example]] = {}
   for split in split_names:
     found, problems = dataset.scan(root, split)
     for problem in problems:
@@ -111,18 +92,25 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
   tasks = []
   for split in split_names:
     runs = _shard_runs(examples[split], num_shards)
-    tasks += [_ShardTask(split, manifest_lib.shard_name(split, index, len(runs)), run)
-              for index, run in enumerate(runs)]
+    for index, run in enumerate(runs):
+      tasks.append(_ShardTask(split, manifest_lib.shard_name(split, index, len(runs)), run,
+                              progress_slot=len(tasks)))
   histograms = {split: np.zeros(256, np.int64) for split in split_names}
   shards: Dict[str, List[dict]] = {split: [] for split in split_names}
   total = sum(len(v) for v in examples.values())
   workers = min(num_workers or default_num_workers(), len(tasks))
-  write = functools.partial(_write_shard, dataset=dataset, output_dir=output_dir,
-                            stop_at_invalid=not skip_invalid)
-  with tqdm.tqdm(total=total, unit='img', file=sys.stderr,
-                 disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
-                 mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
-    for task, result in zip(tasks, _run_in_order(write, tasks, workers, bar)):
+  with _progress_counts(len(tasks)) as counts, tqdm.tqdm(
+      total=total, unit='img', file=sys.stderr,
+      disable=not progress or total < _PROGRESS_MIN_EXAMPLES,
+      mininterval=1.0 if sys.stderr.isatty() else 30.0, desc='build_data') as bar:
+    write = functools.partial(_write_shard, dataset=dataset, output_dir=output_dir,
+                              stop_at_invalid=not skip_invalid, progress_counts=counts.name)
+
+    def show_progress():
+      with counts.buf.cast('q') as done:
+        bar.update(sum(done) - bar.n)
+
+    for task, result in zip(tasks, _run_in_order(write, tasks, workers, show_progress)):
       for example_id, message in result.invalid:
         reject(task.split, example_id, message)
       histograms[task.split] += result.histogram
@@ -155,8 +143,8 @@ def build(dataset: registry.Dataset, raw_root: str, output_dir: str, splits: Seq
   return manifest, stats
 
 
-def _shard_runs(examples: Sequence[registry.Example], num_shards: int
-                ) -> List[Sequence[registry.Example]]:
+def _shard_runs(examples: Sequence[base.Example], num_shards: int
+                ) -> List[Sequence[base.Example]]:
   """The examples cut into contiguous, nearly equal runs, one per shard; never an empty one."""
   count = min(num_shards, len(examples))
   bounds = [i * len(examples) // count for i in range(count + 1)]
@@ -170,124 +158,14 @@ def _classes_in(histograms: Iterable[np.ndarray], ignore_label: int) -> int:
   return int(present[-1]) + 1 if len(present) else 1
 
 
-# ----------------------------------------------------------------------------- one example
-
-class _Invalid(Exception):
-  """A bad example; its message is the one line the user sees."""
-
-
-def encode_files(example: registry.Example, dataset: registry.Dataset) -> Union[_Encoded, str]:
-  """The encoded example, or one line saying why its files cannot be used."""
-  try:
-    return _encode(example, dataset)
-  except _Invalid as e:
-    return str(e)
-
-
-def _encode(example: registry.Example, dataset: registry.Dataset) -> _Encoded:
-  where = f'(split {example.split!r}, id {example.id!r})'
-  image = _read(example.image, where)
-  try:
-    info = imagefile.inspect(image)
-  except imagefile.BadImage as e:
-    raise _Invalid(f'{example.image}: {e} {where}; expected a whole JPEG or PNG image') from None
-
-  label_bytes = _read(example.label, where)
-  if not label_bytes.startswith(imagefile.PNG_MAGIC):
-    raise _Invalid(f'{example.label}: label is not a PNG {where}; expected a PNG of class ids')
-  try:
-    with Image.open(io.BytesIO(label_bytes)) as label:
-      label.load()
-      mode = label.mode
-      ids = np.asarray(label)  # palette images give their indices, which are the class ids
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise _Invalid(f'{example.label}: corrupt or truncated label PNG {where}: {e}') from None
-  if mode not in ('L', 'P'):
-    kind = 'colours (RGB)' if mode in ('RGB', 'RGBA') else f'mode {mode}'
-    raise _Invalid(f'{example.label}: label holds {kind}, not class ids {where}; '
-                   f'{dataset.rgb_label_hint}')
-  if ids.shape != (info.height, info.width):
-    raise _Invalid(f'{example.label}: label is {ids.shape[1]}x{ids.shape[0]} but image '
-                   f'{example.image} is {info.width}x{info.height} {where}; expected the same size')
-  histogram = _histogram(ids)
-  table = dataset.label_table(example.label)
-  if table is not None:
-    histogram = np.bincount(table, weights=histogram, minlength=256).astype(np.int64)
-  if dataset.num_classes:
-    bad = [v for v in np.nonzero(histogram[dataset.num_classes:])[0] + dataset.num_classes
-           if v != dataset.ignore_label]
-    if bad:
-      raise _Invalid(f'{example.label}: label values {_list(bad)} out of range {where}; expected '
-                     f'0..{dataset.num_classes - 1} or the ignore label {dataset.ignore_label}')
-  label_png = _class_id_png(label_bytes, ids, table)
-  record = tfrecord.encode_example(image, info.format, example.id, info.height, info.width,
-                                   info.channels, label_png)
-  return _Encoded(record, histogram)
-
-
-def _read(path: str, where: str) -> bytes:
-  try:
-    with open(path, 'rb') as f:
-      return f.read()
-  except OSError as e:
-    raise _Invalid(f'{path}: cannot read {where}: {e.strerror}') from None
-
-
-def _histogram(ids: np.ndarray) -> np.ndarray:
-  """int64[256]: pixels per value of a uint8 label map.
-
-  A label map holds a few values: those seen in a sparse sample are counted exactly with
-  vectorised compares, several times faster than a full bincount, which remains the answer when
-  the sample missed a value (the counts then fall short of the pixel count) or saw many.
-  """
-  flat = ids.reshape(-1)
-  seen = np.flatnonzero(np.bincount(flat[::_HISTOGRAM_SAMPLE_STRIDE], minlength=256))
-  histogram = np.zeros(256, np.int64)
-  if len(seen) <= _HISTOGRAM_MAX_COMPARES:
-    for value in seen.tolist():  # Python ints: `flat == value` then compares as uint8
-      histogram[value] = np.count_nonzero(flat == value)
-    if histogram.sum() == flat.size:
-      return histogram
-  return np.bincount(flat, minlength=256).astype(np.int64)
-
-
-def _class_id_png(data: bytes, ids: np.ndarray, table: Optional[np.ndarray]) -> bytes:
-  """The label as an 8-bit greyscale PNG of class ids, re-encoding only when it must.
-
-  An 8-bit greyscale PNG is kept as is. An 8-bit palette PNG stores one index byte per pixel, as an
-  8-bit greyscale PNG stores one value byte: its pixel data is kept and only the header says
-  greyscale (the palette and the other optional chunks go). Anything else is encoded anew.
-  """
-  if table is None and len(data) > 26 and data[12:16] == b'IHDR' and data[24] == 8:
-    if data[25] == imagefile.PNG_GREY:
-      return data
-    if data[25] == imagefile.PNG_PALETTE:
-      kept = []
-      for kind, body in imagefile.png_chunks(data):
-        if kind == b'IHDR':
-          body = bytearray(body)
-          body[9] = imagefile.PNG_GREY
-        if kind in (b'IHDR', b'IDAT', b'IEND'):
-          kept.append(struct.pack('>I', len(body)) + kind + bytes(body)
-                      + struct.pack('>I', zlib.crc32(kind + bytes(body))))
-      return imagefile.PNG_MAGIC + b''.join(kept)
-  buffer = io.BytesIO()
-  Image.fromarray(ids if table is None else table[ids], 'L').save(buffer, 'PNG')
-  return buffer.getvalue()
-
-
-def _list(values: Sequence[int], limit: int = 5) -> str:
-  text = ', '.join(str(int(v)) for v in values[:limit])
-  return text + (', ...' if len(values) > limit else '')
-
-
 # ----------------------------------------------------------------------------- shards in parallel
 
 @dataclasses.dataclass(frozen=True)
 class _ShardTask:
   split: str
   file: str
-  examples: Sequence[registry.Example]
+  examples: Sequence[base.Example]
+  progress_slot: int  # where this task counts its examples in the progress counts
 
 
 @dataclasses.dataclass
@@ -299,28 +177,35 @@ class _ShardResult:
   invalid: List[Tuple[str, str]]  # (id, message) of examples left out
 
 
-# Counts encoded examples across worker processes, for the progress bar (set in each worker).
-_progress_counter = None
+@contextlib.contextmanager
+def _progress_counts(num_tasks: int) -> Iterator[shared_memory.SharedMemory]:
+  """Shared memory for the examples each shard task has encoded so far, one int64 per task.
+
+  The workers open it by its name, which travels with their work (a multiprocessing.Value only
+  reaches pool workers through a global set by the pool's initializer). Each task counts in its
+  own slot, so counting takes no lock; the progress bar shows the sum.
+  """
+  memory = shared_memory.SharedMemory(create=True, size=8 * num_tasks)
+  try:
+    yield memory
+  finally:
+    memory.close()
+    memory.unlink()
 
 
-def _set_progress_counter(counter) -> None:
-  global _progress_counter
-  _progress_counter = counter
-
-
-def _write_shard(task: _ShardTask, dataset: registry.Dataset, output_dir: str,
-                 stop_at_invalid: bool) -> _ShardResult:
+def _write_shard(task: _ShardTask, dataset: base.Dataset, output_dir: str, stop_at_invalid: bool,
+                 progress_counts: str) -> _ShardResult:
   """Encodes the task's examples into its shard file, streaming; stops at the first invalid one
-  when asked (the build then fails with its message)."""
+  when asked (the build then fails with its message). Counts each example in its slot of the
+  shared memory named `progress_counts`."""
   histogram = np.zeros(256, np.int64)
   invalid = []
-  with open(os.path.join(output_dir, task.file), 'wb') as f:
+  with contextlib.closing(shared_memory.SharedMemory(progress_counts)) as counts, \
+      counts.buf.cast('q') as done, open(os.path.join(output_dir, task.file), 'wb') as f:
     writer = tfrecord.RecordWriter(f)
     for example in task.examples:
-      result = encode_files(example, dataset)
-      if _progress_counter is not None:
-        with _progress_counter.get_lock():
-          _progress_counter.value += 1
+      result = encode.encode_files(example, dataset)
+      done[task.progress_slot] += 1
       if isinstance(result, str):
         invalid.append((example.id, result))
         if stop_at_invalid:
@@ -331,32 +216,29 @@ def _write_shard(task: _ShardTask, dataset: registry.Dataset, output_dir: str,
   return _ShardResult(writer.num_records, writer.num_bytes, writer.sha256(), histogram, invalid)
 
 
-def _run_in_order(fn: Callable, tasks: Sequence, num_workers: int, bar: tqdm.tqdm) -> Iterator:
-  """fn(task) for each task, in order, by `num_workers` processes; keeps `bar` up to date.
+def _run_in_order(fn: Callable, tasks: Sequence, num_workers: int,
+                  show_progress: Callable[[], None]) -> Iterator:
+  """fn(task) for each task, in order, by `num_workers` processes; calls `show_progress` after
+  each task and, while waiting for one, every _PROGRESS_POLL_SECONDS.
 
   The workers write whole shards, so only small results travel between processes.
   """
-  counter = multiprocessing.get_context('spawn').Value('q', 0)
   if num_workers <= 1:
-    _set_progress_counter(counter)
-    try:
-      for task in tasks:
-        yield fn(task)
-        bar.update(counter.value - bar.n)
-    finally:
-      _set_progress_counter(None)
+    for task in tasks:
+      result = fn(task)
+      show_progress()
+      yield result
     return
   # spawn, not fork: the parent may have TensorFlow's threads running (tests, notebooks).
-  with multiprocessing.get_context('spawn').Pool(
-      num_workers, initializer=_set_progress_counter, initargs=(counter,)) as pool:
+  with multiprocessing.get_context('spawn').Pool(num_workers) as pool:
     results = pool.imap(fn, tasks)
     while True:
       try:
         result = results.next(timeout=_PROGRESS_POLL_SECONDS)
       except multiprocessing.TimeoutError:
-        bar.update(counter.value - bar.n)
+        show_progress()
         continue
       except StopIteration:
         return
-      bar.update(counter.value - bar.n)
+      show_progress()
       yield result

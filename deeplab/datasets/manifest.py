@@ -182,8 +182,8 @@ def load_dataset(folder: str, dataset: str = '') -> Manifest:
   if not dataset:
     raise UserError(f'{folder}: TFRecords without {MANIFEST_NAME} (made by the original DeepLab '
                     'tools?): pass --dataset=<name> to say which dataset they hold')
-  from deeplab.datasets import registry
-  info = registry.get(dataset)
+  from deeplab.datasets import layouts
+  info = layouts.get(dataset)
   if not info.num_classes:
     raise UserError(f'{folder}: TFRecords without {MANIFEST_NAME} cannot be read as --dataset='
                     f'{dataset}, which has no fixed classes; pass the tfrecords.tar.gz of build_data')

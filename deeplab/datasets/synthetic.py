@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from deeplab import colormaps
-from deeplab.datasets import registry
+from deeplab.datasets.layouts import ade20k, cityscapes
 
 CLASS_NAMES = ('background', 'red_striped', 'green_spotted', 'blue_checkered')
 NUM_CLASSES = len(CLASS_NAMES)
@@ -248,7 +248,7 @@ def _write_example(layout, output, split, index, image, label) -> str:
     palette = [v for rgb in colormaps.pascal_colormap(256) for v in rgb]
     _save(mapped, os.path.join(root, 'SegmentationClass', f'{example_id}.png'), palette)
   elif layout == 'ade20k':
-    folder = registry.Ade20k.SPLIT_FOLDERS[split]
+    folder = ade20k.Ade20k.SPLIT_FOLDERS[split]
     example_id = f'ADE_{"train" if split == "train" else "val"}_{index + 1:08d}'
     root = os.path.join(output, 'ADEChallengeData2016')
     _save(image, os.path.join(root, 'images', folder, f'{example_id}.jpg'))
@@ -258,8 +258,8 @@ def _write_example(layout, output, split, index, image, label) -> str:
     example_id = f'{city}_000000_{index:06d}'
     _save(image, os.path.join(output, 'leftImg8bit', split, city, f'{example_id}_leftImg8bit.png'))
     stem = os.path.join(output, 'gtFine', split, city, example_id)
-    _save(mapped, stem + registry.Cityscapes.LABEL_ID_SUFFIX)
-    _save(registry.CITYSCAPES_TRAIN_ID_TABLE[mapped], stem + registry.Cityscapes.TRAIN_ID_SUFFIX)
+    _save(mapped, stem + cityscapes.Cityscapes.LABEL_ID_SUFFIX)
+    _save(cityscapes.TRAIN_ID_TABLE[mapped], stem + cityscapes.Cityscapes.TRAIN_ID_SUFFIX)
   return example_id
 
 
