@@ -1,7 +1,7 @@
 """An evaluation report in a folder: PNG figures and one self-contained HTML page.
 
 `write_report` writes, into one folder:
-  per_class_iou.png     per-class IoU bars, best first; classes absent from the split hatched grey
+  per_class_iou.png     per-class IoU bars, best first; classes without an IoU hatched grey
   confusion_matrix.png  the confusion matrix normalised per ground-truth row, as a heat map
   training_curves.png   one panel per training scalar (only when scalars are given)
   worst_images.png      the images with the lowest per-image mIoU: image | ground truth | prediction
@@ -40,8 +40,9 @@ from deeplab import metrics
 from deeplab.colormaps import colorize
 
 DPI = 100
-# Ignored pixels in the label panels: white, the colour `colorize` gives ids without a colour, so
-# the report and the saved overlays agree. The panels keep their frame, so white stays bounded.
+# Ignored ground-truth pixels: white, the colour `colorize` gives ids without a colour (such as
+# 255), so the report and the saved overlays agree. The panels keep their frame, so white stays
+# bounded.
 IGNORE_COLOR = (255, 255, 255)
 # Up to this many classes the confusion matrix names every class on both axes (about 20 stay
 # readable at the sizes below); beyond it (ADE20K has 151) the axes show class ids and the HTML's
@@ -174,7 +175,8 @@ def write_report(folder: str, *, miou: Optional[float], pixel_accuracy: Optional
   """Writes the figures and report.html into `folder` (created if missing); {name: path} of each file.
 
   confusion: [C, C] pixel counts, rows = ground truth, columns = prediction, C = len(class_names).
-  per_class_iou: IoU by class name; None (or NaN) for a class absent from the split.
+  per_class_iou: IoU by class name; None (or NaN) for a class absent from the split (as
+  `deeplab.metrics.summarize` gives it: neither in the ground truth nor predicted).
   worst, best: `ScoredImage`s (e.g. from `ExtremesCollector`), in the order to show; an empty list
   writes no figure. training_scalars: {tag: [(step, value), ...]} as from `read_event_scalars`;
   None or empty writes no training_curves.png.
@@ -188,26 +190,25 @@ def write_report(folder: str, *, miou: Optional[float], pixel_accuracy: Optional
                      f'{num_classes}) for {num_classes} class names')
   ious = [_iou_or_none(per_class_iou.get(name)) for name in class_names]
 
-  figures = {
-      'per_class_iou': _per_class_iou_figure(class_names, ious, miou),
-      'confusion_matrix': _confusion_figure(confusion, class_names),
-  }
-  if training_scalars and any(training_scalars.values()):
-    figures['training_curves'] = _training_curves_figure(training_scalars)
-  if worst:
-    figures['worst_images'] = _images_figure(
-        f'The {len(worst)} images with the lowest mIoU', worst, class_names, colormap, ignore_label)
-  if best:
-    figures['best_images'] = _images_figure(
-        f'The {len(best)} images with the highest mIoU', best, class_names, colormap, ignore_label)
+  # The style applies while artists are created and while they are drawn, so both happen inside.
+  with matplotlib.style.context('default'):
+    figures = {
+        'per_class_iou': _per_class_iou_figure(class_names, ious, miou),
+        'confusion_matrix': _confusion_figure(confusion, class_names),
+    }
+    if training_scalars and any(training_scalars.values()):
+      figures['training_curves'] = _training_curves_figure(training_scalars)
+    if worst:
+      figures['worst_images'] = _images_figure('Images with the lowest per-image mIoU', worst,
+                                               class_names, colormap, ignore_label)
+    if best:
+      figures['best_images'] = _images_figure('Images with the highest per-image mIoU', best,
+                                              class_names, colormap, ignore_label)
+    png_bytes = {name: _png_bytes(figure) for name, figure in figures.items()}
 
   os.makedirs(folder, exist_ok=True)
-  written = {}
-  png_bytes = {}
-  for name, filename in FIGURE_FILES:
-    if name in figures:
-      png_bytes[name] = _png_bytes(figures[name])
-      written[name] = _write(os.path.join(folder, filename), png_bytes[name])
+  written = {name: _write(os.path.join(folder, filename), png_bytes[name])
+             for name, filename in FIGURE_FILES if name in png_bytes}
   page = _html_page(miou=miou, pixel_accuracy=pixel_accuracy, num_images=num_images,
                     class_names=class_names, ious=ious, confusion=confusion, worst=worst, best=best,
                     png_bytes=png_bytes)
@@ -233,52 +234,44 @@ def _new_figure(width: float, height: float) -> Figure:
   return figure
 
 
-def _png_bytes(draw) -> bytes:
-  """Runs `draw()` -> Figure under matplotlib's default style and returns the figure as PNG bytes."""
-  # The style applies while artists are created and while they are drawn, so both happen inside.
-  with matplotlib.style.context('default'):
-    figure = draw()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=DPI, metadata={'Software': None})
+def _png_bytes(figure: Figure) -> bytes:
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png', dpi=DPI, metadata={'Software': None})
   return buffer.getvalue()
 
 
 def _per_class_iou_figure(class_names: Sequence[str], ious: Sequence[Optional[float]],
-                          miou: Optional[float]):
+                          miou: Optional[float]) -> Figure:
   """Horizontal bars, best class on top; absent classes last, as hatched grey rows."""
-
-  def draw() -> Figure:
-    present = sorted((i for i, iou in enumerate(ious) if iou is not None),
-                     key=lambda i: (-ious[i], class_names[i]))
-    absent = [i for i, iou in enumerate(ious) if iou is None]
-    order = present + absent
-    font_size = 8 if len(order) <= 40 else 6
-    figure = _new_figure(7.0, 1.0 + 0.2 * len(order))
-    axes = figure.add_subplot()
-    rows = np.arange(len(order))
-    axes.barh(rows[:len(present)], [ious[i] for i in present], color='tab:blue', height=0.7)
-    for row, i in zip(rows, present):
-      axes.text(ious[i] + 0.01, row, f'{ious[i]:.3f}', va='center', fontsize=font_size)
-    # A full-width hatched row rather than a bar of some length, so no one reads a value into it.
-    axes.barh(rows[len(present):], 1.0, color='0.92', edgecolor='0.6', hatch='//', linewidth=0,
-              height=0.7)
-    for row in rows[len(present):]:
-      axes.text(0.02, row, 'absent', va='center', fontsize=font_size, color='0.3')
-    title = 'Per-class IoU'
-    if miou is not None:
-      axes.axvline(miou, color='tab:red', linestyle='--', linewidth=1.2)
-      title += f' (dashed line: mIoU {miou:.3f})'
-    axes.set_title(title, fontsize=10)
-    axes.set_yticks(rows, labels=[class_names[i] for i in order], fontsize=font_size,
-                    parse_math=False)
-    axes.set_ylim(len(order) - 0.5, -0.5)
-    axes.set_xlim(0.0, 1.1)
-    axes.set_xticks(np.linspace(0.0, 1.0, 6))
-    axes.set_xlabel('IoU')
-    axes.grid(axis='x', alpha=0.3)
-    return figure
-
-  return draw
+  present = sorted((i for i, iou in enumerate(ious) if iou is not None),
+                   key=lambda i: (-ious[i], class_names[i]))
+  absent = [i for i, iou in enumerate(ious) if iou is None]
+  order = present + absent
+  font_size = 8 if len(order) <= 40 else 6
+  figure = _new_figure(7.0, 1.0 + 0.2 * len(order))
+  axes = figure.add_subplot()
+  rows = np.arange(len(order))
+  axes.barh(rows[:len(present)], [ious[i] for i in present], color='tab:blue', height=0.7)
+  for row, i in zip(rows, present):
+    axes.text(ious[i] + 0.01, row, f'{ious[i]:.3f}', va='center', fontsize=font_size)
+  # A full-width hatched row rather than a bar of some length, so no one reads a value into it.
+  axes.barh(rows[len(present):], 1.0, color='0.92', edgecolor='0.6', hatch='//', linewidth=0,
+            height=0.7)
+  for row in rows[len(present):]:
+    axes.text(0.02, row, 'absent', va='center', fontsize=font_size, color='0.3')
+  title = 'Per-class IoU'
+  if miou is not None:
+    axes.axvline(miou, color='tab:red', linestyle='--', linewidth=1.2)
+    title += f' (dashed line: mIoU {miou:.3f})'
+  axes.set_title(title, fontsize=10)
+  axes.set_yticks(rows, labels=[class_names[i] for i in order], fontsize=font_size,
+                  parse_math=False)
+  axes.set_ylim(len(order) - 0.5, -0.5)
+  axes.set_xlim(0.0, 1.1)
+  axes.set_xticks(np.linspace(0.0, 1.0, 6))
+  axes.set_xlabel('IoU')
+  axes.grid(axis='x', alpha=0.3)
+  return figure
 
 
 def _row_normalised(confusion: np.ndarray) -> np.ndarray:
@@ -287,60 +280,52 @@ def _row_normalised(confusion: np.ndarray) -> np.ndarray:
   return np.divide(confusion, totals, out=np.full(confusion.shape, np.nan), where=totals > 0)
 
 
-def _confusion_figure(confusion: np.ndarray, class_names: Sequence[str]):
+def _confusion_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
   """The row-normalised heat map; grey rows are classes without ground-truth pixels."""
-
-  def draw() -> Figure:
-    num_classes = len(class_names)
-    fractions = _row_normalised(confusion)
-    named = num_classes <= NAMED_CONFUSION_MAX_CLASSES
-    side = 2.2 + 0.3 * num_classes if named else 9.0
-    figure = _new_figure(side + 1.3, side)
-    axes = figure.add_subplot()
-    colours = matplotlib.colormaps['Blues'].with_extremes(bad='0.8')
-    image = axes.imshow(np.ma.masked_invalid(fractions), cmap=colours, vmin=0.0, vmax=1.0,
-                        interpolation='nearest')
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02,
-                    label='fraction of the ground-truth class pixels')
-    if named:
-      positions = np.arange(num_classes)
-      axes.set_xticks(positions, labels=class_names, rotation=90, fontsize=8, parse_math=False)
-      axes.set_yticks(positions, labels=class_names, fontsize=8, parse_math=False)
-      axes.set_xlabel('predicted class')
-      axes.set_ylabel('ground-truth class')
-      axes.set_title('Confusion matrix (rows sum to 1; grey: no ground truth)', fontsize=10)
-    else:
-      axes.set_xlabel('predicted class id')
-      axes.set_ylabel('ground-truth class id')
-      axes.set_title(f'Confusion matrix of {num_classes} classes (rows sum to 1; grey: no ground '
-                     'truth)\nclass names: the per-class table of report.html', fontsize=10)
-    if num_classes <= ANNOTATED_CONFUSION_MAX_CLASSES:
-      for (truth, predicted), fraction in np.ndenumerate(fractions):
-        if fraction >= 0.005:
-          axes.text(predicted, truth, f'{fraction:.0%}', ha='center', va='center', fontsize=7,
-                    color='white' if fraction > 0.6 else 'black')
-    return figure
-
-  return draw
+  num_classes = len(class_names)
+  fractions = _row_normalised(confusion)
+  named = num_classes <= NAMED_CONFUSION_MAX_CLASSES
+  side = 3.4 + 0.3 * num_classes if named else 9.0
+  figure = _new_figure(side + 1.2, side)
+  axes = figure.add_subplot()
+  colours = matplotlib.colormaps['Blues'].with_extremes(bad='0.8')
+  image = axes.imshow(np.ma.masked_invalid(fractions), cmap=colours, vmin=0.0, vmax=1.0,
+                      interpolation='nearest')
+  figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02, label='share of the row')
+  if named:
+    positions = np.arange(num_classes)
+    axes.set_xticks(positions, labels=class_names, rotation=90, fontsize=8, parse_math=False)
+    axes.set_yticks(positions, labels=class_names, fontsize=8, parse_math=False)
+    axes.set_xlabel('predicted class')
+    axes.set_ylabel('ground-truth class')
+    axes.set_title('Confusion matrix, each row sums to 1\n(grey rows: no ground-truth pixels)',
+                   fontsize=10)
+  else:
+    axes.set_xlabel('predicted class id')
+    axes.set_ylabel('ground-truth class id')
+    axes.set_title(f'Confusion matrix of {num_classes} classes, each row sums to 1\n(grey rows: '
+                   'no ground-truth pixels; class names: the table of report.html)', fontsize=10)
+  if num_classes <= ANNOTATED_CONFUSION_MAX_CLASSES:
+    for (truth, predicted), fraction in np.ndenumerate(fractions):
+      if fraction >= 0.005:
+        axes.text(predicted, truth, f'{fraction:.0%}', ha='center', va='center', fontsize=7,
+                  color='white' if fraction > 0.6 else 'black')
+  return figure
 
 
-def _training_curves_figure(training_scalars: Dict[str, List[Tuple[int, float]]]):
+def _training_curves_figure(training_scalars: Dict[str, List[Tuple[int, float]]]) -> Figure:
   """One panel per tag, sharing the step axis."""
-
-  def draw() -> Figure:
-    tags = sorted(tag for tag, points in training_scalars.items() if points)
-    figure = _new_figure(7.0, 0.6 + 1.9 * len(tags))
-    panels = figure.subplots(len(tags), 1, sharex=True, squeeze=False)[:, 0]
-    for panel, tag in zip(panels, tags):
-      steps, values = zip(*sorted(training_scalars[tag]))
-      # Markers only for short series, where a lone point would otherwise be invisible.
-      panel.plot(steps, values, linewidth=1.2, marker='.' if len(steps) <= 30 else None)
-      panel.set_title(tag, loc='left', fontsize=9, parse_math=False)
-      panel.grid(alpha=0.3)
-    panels[-1].set_xlabel('step')
-    return figure
-
-  return draw
+  tags = sorted(tag for tag, points in training_scalars.items() if points)
+  figure = _new_figure(7.0, 0.6 + 1.9 * len(tags))
+  panels = figure.subplots(len(tags), 1, sharex=True, squeeze=False)[:, 0]
+  for panel, tag in zip(panels, tags):
+    steps, values = zip(*sorted(training_scalars[tag]))
+    # Markers only for short series, where a lone point would otherwise be invisible.
+    panel.plot(steps, values, linewidth=1.2, marker='.' if len(steps) <= 30 else None)
+    panel.set_title(tag, loc='left', fontsize=9, parse_math=False)
+    panel.grid(alpha=0.3)
+  panels[-1].set_xlabel('step')
+  return figure
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -350,10 +335,10 @@ def _shorten(text: str, limit: int = 60) -> str:
   return text[:half] + '…' + text[-half:]
 
 
-def _coloured_labels(label: np.ndarray, colormap: Sequence[Sequence[int]],
-                     ignore_label: int) -> np.ndarray:
-  """[H, W] class ids -> [H, W, 3] uint8; ignored pixels in IGNORE_COLOR even when the ignore
-  label has a colour of its own (ADE20K's 0)."""
+def _coloured_truth(label: np.ndarray, colormap: Sequence[Sequence[int]],
+                    ignore_label: int) -> np.ndarray:
+  """[H, W] ground-truth ids -> [H, W, 3] uint8; ignored pixels in IGNORE_COLOR even when the ignore
+  label is also a class id with a colour (ADE20K's 0)."""
   label = np.asarray(label)
   colours = colorize(label, colormap, ignore_color=IGNORE_COLOR)
   colours[label == ignore_label] = IGNORE_COLOR
@@ -361,62 +346,57 @@ def _coloured_labels(label: np.ndarray, colormap: Sequence[Sequence[int]],
 
 
 def _images_figure(title: str, rows: Sequence[ScoredImage], class_names: Sequence[str],
-                   colormap: Sequence[Sequence[int]], ignore_label: int):
+                   colormap: Sequence[Sequence[int]], ignore_label: int) -> Figure:
   """A row per image (image | ground truth | prediction) and a legend of the classes shown.
 
-  The prediction is shown everywhere, also where the ground truth is ignored: those pixels are what
-  the model said, they only do not count in the score.
+  The prediction is coloured everywhere, also where the ground truth is ignored: those pixels are
+  what the model said, they only do not count in the score. A predicted id equal to the ignore label
+  (ADE20K's 0, 'other') is a class like any other there.
   """
-
-  def draw() -> Figure:
-    shown = set()
-    has_ignored = False
-    aspects = []
-    for _, _, image, label, prediction in rows:
-      label = np.asarray(label)
-      shown.update(np.unique(label).tolist())
-      shown.update(np.unique(prediction).tolist())
-      has_ignored = has_ignored or bool((label == ignore_label).any())
-      height, width = np.shape(image)[:2]
-      aspects.append(min(max(height / width, 0.3), 2.0))
-    shown.discard(ignore_label)
-    legend = [Patch(facecolor=np.asarray(colormap[i]) / 255.0, edgecolor='0.5',
-                    label=_shorten(class_names[i], 30))
-              for i in sorted(shown)]
-    if has_ignored:
-      legend.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255.0, edgecolor='0.5',
-                          label='ignored (not scored)'))
-    legend_columns = 4
-    row_heights = [IMAGE_PANEL_INCHES * aspect + 0.45 for aspect in aspects]
-    legend_height = 0.3 + 0.22 * math.ceil(len(legend) / legend_columns)
-    figure = _new_figure(3 * IMAGE_PANEL_INCHES + 0.4, sum(row_heights) + legend_height + 0.4)
-    figure.suptitle(title, fontsize=11)
-    parts = figure.subfigures(len(rows) + 1, 1, height_ratios=row_heights + [legend_height],
-                              squeeze=False)[:, 0]
-    for index, (part, (score, name, image, label, prediction)) in enumerate(zip(parts, rows)):
-      part.suptitle(f'{_shorten(name)}    mIoU {score:.3f}', fontsize=9, parse_math=False)
-      pictures = (np.asarray(image), _coloured_labels(label, colormap, ignore_label),
-                  _coloured_labels(prediction, colormap, ignore_label))
-      for column, (panel, picture) in enumerate(zip(part.subplots(1, 3), pictures)):
-        # Label maps without smoothing: blended colours would look like classes that are not there.
-        panel.imshow(picture, interpolation='antialiased' if column == 0 else 'nearest',
-                     cmap='gray' if picture.ndim == 2 else None)
-        panel.set_xticks([])
-        panel.set_yticks([])
-        if index == 0:
-          panel.set_title(('image', 'ground truth', 'prediction')[column], fontsize=8)
-    if legend:
-      drawn = parts[-1].legend(handles=legend, loc='center', ncol=legend_columns, frameon=False,
-                               fontsize=8)
-      for text in drawn.get_texts():
-        text.set_parse_math(False)
-    return figure
-
-  return draw
+  shown = set()
+  has_ignored = False
+  aspects = []
+  for _, _, image, label, prediction in rows:
+    scored = np.asarray(label) != ignore_label
+    shown.update(np.unique(np.asarray(label)[scored]).tolist())
+    shown.update(np.unique(prediction).tolist())
+    has_ignored = has_ignored or not scored.all()
+    height, width = np.shape(image)[:2]
+    aspects.append(min(max(height / width, 0.3), 2.0))
+  legend = [Patch(facecolor=np.asarray(colormap[i]) / 255.0, edgecolor='0.5',
+                  label=_shorten(class_names[i], 30))
+            for i in sorted(shown)]
+  if has_ignored:
+    legend.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255.0, edgecolor='0.5',
+                        label='ignored (not scored)'))
+  legend_columns = 4
+  row_heights = [IMAGE_PANEL_INCHES * aspect + 0.45 for aspect in aspects]
+  legend_height = 0.3 + 0.18 * math.ceil(len(legend) / legend_columns)
+  figure = _new_figure(3 * IMAGE_PANEL_INCHES + 0.4, sum(row_heights) + legend_height + 0.4)
+  figure.suptitle(title, fontsize=11)
+  parts = figure.subfigures(len(rows) + 1, 1, height_ratios=row_heights + [legend_height],
+                            squeeze=False)[:, 0]
+  for index, (part, (score, name, image, label, prediction)) in enumerate(zip(parts, rows)):
+    part.suptitle(f'{_shorten(name)}    mIoU {score:.3f}', fontsize=9, parse_math=False)
+    pictures = (np.asarray(image), _coloured_truth(label, colormap, ignore_label),
+                colorize(prediction, colormap))
+    for column, (panel, picture) in enumerate(zip(part.subplots(1, 3), pictures)):
+      # Label maps without smoothing: blended colours would look like classes that are not there.
+      panel.imshow(picture, interpolation='antialiased' if column == 0 else 'nearest')
+      panel.set_xticks([])
+      panel.set_yticks([])
+      if index == 0:
+        panel.set_title(('image', 'ground truth', 'prediction')[column], fontsize=8)
+  if legend:
+    drawn = parts[-1].legend(handles=legend, loc='center', ncol=legend_columns, frameon=False,
+                             fontsize=8)
+    for text in drawn.get_texts():
+      text.set_parse_math(False)
+  return figure
 
 
-def _format(value: Optional[float], digits: int = 4) -> str:
-  return 'n/a' if value is None else f'{value:.{digits}f}'
+def _format(value: Optional[float]) -> str:
+  return 'n/a' if value is None else f'{value:.4f}'
 
 
 def _data_uri(png: bytes) -> str:
@@ -431,7 +411,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
 .headline b { display: block; font-size: 1.8em; color: #222; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: right; }
-th:nth-child(2), td:nth-child(2) { text-align: left; }
+th:nth-child(2), td:nth-child(2), table.pairs td:first-child, table.pairs th:first-child {
+  text-align: left; }
 tr.absent td { color: #888; font-style: italic; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; }
@@ -467,7 +448,8 @@ def _html_page(*, miou, pixel_accuracy, num_images, class_names, ious, confusion
 
   parts.append('<h2>Per-class IoU</h2>')
   figure('per_class_iou', 'per-class IoU bars',
-         'Sorted best first; hatched rows are classes with no pixels in the split (not in mIoU).')
+         'Sorted best first. Hatched rows: classes neither in the ground truth nor predicted, which '
+         'have no IoU and do not count in the mIoU.')
   parts.append('<table><thead><tr><th>id</th><th>class</th><th>IoU</th>'
                '<th>ground-truth pixels</th><th>predicted pixels</th></tr></thead><tbody>')
   for index, name in enumerate(class_names):
@@ -482,10 +464,10 @@ def _html_page(*, miou, pixel_accuracy, num_images, class_names, ious, confusion
          'Rows are the ground truth, columns the prediction; each row sums to 1.')
   pairs = _most_confused_pairs(confusion)
   if pairs:
-    parts.append('<table><thead><tr><th>ground truth</th><th>predicted as</th>'
+    parts.append('<table class=pairs><thead><tr><th>ground truth</th><th>predicted as</th>'
                  '<th>share of its pixels</th><th>pixels</th></tr></thead><tbody>')
     for truth, predicted, fraction in pairs:
-      parts.append(f'<tr><td style="text-align:left">{escape(class_names[truth])}</td>'
+      parts.append(f'<tr><td>{escape(class_names[truth])}</td>'
                    f'<td>{escape(class_names[predicted])}</td><td>{fraction:.1%}</td>'
                    f'<td>{confusion[truth, predicted]}</td></tr>')
     parts.append('</tbody></table>')
