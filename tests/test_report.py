@@ -19,9 +19,9 @@ from deeplab.colormaps import ade20k_colormap, pascal_colormap
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# A class name from a user's file that is HTML and one that is matplotlib mathtext: both must be
-# shown as written.
-CLASS_NAMES = ['background', '<b>x</b>', 'cat $x$', 'dog', 'unseen']
+# Class names come from users' files: one is HTML, one would stop matplotlib's mathtext parser
+# (an unknown symbol between dollars). Both must be shown as written.
+CLASS_NAMES = ['background', '<b>x</b>', r'cat $\q$', 'dog', 'unseen']
 TAB_BLUE = (31, 119, 180)  # the per-class IoU bars
 BLUES_FULL = (8, 48, 107)  # a confusion row all on its diagonal
 VOC_CLASS_1 = (128, 0, 0)  # '<b>x</b>' in the image grids
@@ -186,7 +186,7 @@ def test_html_embeds_the_figures_and_escapes_class_names(tiny_report):
     encoded = base64.b64encode((folder / filename).read_bytes()).decode('ascii')
     assert f'src="data:image/png;base64,{encoded}"' in page, filename
   assert '&lt;b&gt;x&lt;/b&gt;' in page and '<b>x</b>' not in page
-  assert 'cat $x$' in page
+  assert r'cat $\q$' in page
   # Self-contained: nothing to fetch outside the data URIs.
   markup = re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', '', page).replace('http-equiv', '')
   assert '<script' not in markup and '<link' not in markup and 'http' not in markup
