@@ -1,20 +1,21 @@
 """Checkpoint folders: model.json, TF checkpoint files, and restoring from foreign checkpoints.
 
 A checkpoint folder (the contents of checkpoint.tar.gz) holds:
-    model.json              {"format_version", "model": ModelConfig, "dataset": manifest facts,
-                             "training": the training options and the final global step}
+    model.json              `ModelCard`: the model, dataset facts, training options, final step
     checkpoint              TF's index, with a relative path (the folder can move)
     model.ckpt-N.index, model.ckpt-N.data-*
     events.out.tfevents.*   TensorBoard summaries of the run
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 from typing import Optional
 
-from deeplab.config import ModelConfig
+from deeplab.config import ExportConfig, ModelConfig, TrainConfig
+from deeplab.datasets.manifest import DatasetInfo
 from deeplab.errors import UserError, tf_error_summary
 
 log = logging.getLogger(__name__)
@@ -25,31 +26,64 @@ FORMAT_VERSION = 1
 _TRAINING_STATE_MARKERS = ('global_step', '/Momentum', 'ExponentialMovingAverage', '/Adam')
 
 
-def write_model_json(folder: str, config: ModelConfig, dataset: dict, **sections) -> str:
-  path = os.path.join(folder, MODEL_JSON)
-  data = {'format_version': FORMAT_VERSION, 'model': config.to_json(), 'dataset': dataset}
-  data.update(sections)
-  with open(path, 'w') as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write('\n')
-  return path
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+  """model.json: what a checkpoint or an exported model is, for the steps that read it.
 
+      {"format_version": 1,
+       "model": ModelConfig,                 the network evaluate and export rebuild
+       "dataset": DatasetInfo,               classes, colormap, ignore label
+       "training": TrainConfig + "global_step" (checkpoints of train)
+       "checkpoint": "model.ckpt-N"          the prefix in the folder (checkpoints)
+       "export": ExportConfig}               (exported models)
+  """
+  model: ModelConfig
+  dataset: DatasetInfo
+  training: Optional[TrainConfig] = None
+  global_step: Optional[int] = None
+  checkpoint: Optional[str] = None
+  export: Optional[ExportConfig] = None
 
-def read_model_json(folder: str) -> dict:
-  """model.json of a checkpoint or model folder, with 'model' parsed into a ModelConfig."""
-  path = os.path.join(folder, MODEL_JSON)
-  if not os.path.exists(path):
-    raise UserError(f'{folder}: no {MODEL_JSON}; expected a checkpoint from the train step '
-                    '(or a model from the export step)')
-  try:
-    with open(path) as f:
-      data = json.load(f)
-    data['model'] = ModelConfig.from_json(data['model'])
-    if 'num_classes' not in data['dataset']:
-      raise KeyError('dataset.num_classes')
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise UserError(f'{path}: malformed ({e!r})') from None
-  return data
+  def to_json(self) -> dict:
+    data = {'format_version': FORMAT_VERSION, 'model': self.model.to_json(),
+            'dataset': self.dataset.to_json()}
+    if self.training is not None:
+      data['training'] = dict(self.training.to_json(), global_step=self.global_step)
+    if self.checkpoint is not None:
+      data['checkpoint'] = self.checkpoint
+    if self.export is not None:
+      data['export'] = self.export.to_json()
+    return data
+
+  @classmethod
+  def from_json(cls, data: dict) -> 'ModelCard':
+    training = dict(data.get('training') or {})
+    global_step = training.pop('global_step', None)
+    return cls(model=ModelConfig.from_json(data['model']),
+               dataset=DatasetInfo.from_json(data['dataset']),
+               training=TrainConfig.from_json(training) if training else None,
+               global_step=global_step, checkpoint=data.get('checkpoint'),
+               export=ExportConfig.from_json(data['export']) if data.get('export') else None)
+
+  def write(self, folder: str) -> str:
+    path = os.path.join(folder, MODEL_JSON)
+    with open(path, 'w') as f:
+      json.dump(self.to_json(), f, indent=2, sort_keys=True)
+      f.write('\n')
+    return path
+
+  @classmethod
+  def read(cls, folder: str) -> 'ModelCard':
+    """model.json of a checkpoint or model folder; a missing or malformed one is a UserError."""
+    path = os.path.join(folder, MODEL_JSON)
+    if not os.path.exists(path):
+      raise UserError(f'{folder}: no {MODEL_JSON}; expected a checkpoint from the train step '
+                      '(or a model from the export step)')
+    try:
+      with open(path) as f:
+        return cls.from_json(json.load(f))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+      raise UserError(f'{path}: malformed ({e!r})') from None
 
 
 def latest_prefix(folder: str) -> Optional[str]:

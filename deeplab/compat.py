@@ -3,7 +3,7 @@
 Import this module before building any graph; it is idempotent and patches only what is missing,
 so it is a no-op on TensorFlow versions that still have the names.
 
-tf-slim 1.1.0 reaches private TensorFlow names that later TF releases removed (see NOTES.md):
+tf-slim 1.1.0 reaches private TensorFlow names that later TF releases removed:
 `ops.Tensor`, `ops.IndexedSlices`, `array_ops.stack/unstack`, `control_flow_ops.cond/case/
 while_loop/Assert` and `variable_scope.variable`. Each is restored from its public equivalent.
 tf-slim's `batch_norm` is not used at all (it reaches a Keras module no package ships); the

@@ -10,6 +10,7 @@ ignore label, so padding never counts in the loss.
 import re
 
 from deeplab.compat import tf
+from deeplab.config import ModelConfig, TrainConfig
 from deeplab.datasets import tfrecord
 
 MEAN_PIXEL = 127.5
@@ -114,14 +115,17 @@ def describe_assertion(message: str) -> str:
           f'{"x".join(image_hw)} (height x width); expected the same size (labels are never stretched)')
 
 
-def train_preprocess(example, crop_size, ignore_label, min_resize_value=0, max_resize_value=0,
-                     min_scale=0.5, max_scale=2.0, scale_step=0.25):
-  """One decoded example -> (float32 [h, w, 3] in [-1, 1], int32 [h, w] labels), h, w = crop_size."""
+def train_preprocess(example, model_config: ModelConfig, train_config: TrainConfig, ignore_label):
+  """One decoded example -> (float32 [h, w, 3] in [-1, 1], int32 [h, w] labels),
+  (h, w) = train_crop_size: resize to the model's range, random scale, pad, crop, flip."""
+  crop_size = train_config.train_crop_size
   image = tf.cast(example['image'], tf.float32)
   label = assert_label_fits_image(example)
-  image = resize_to_range(image, min_resize_value, max_resize_value)
-  label = resize_to_range(label, min_resize_value, max_resize_value, method='nearest')
-  image, label = random_scale(image, label, min_scale, max_scale, scale_step)
+  image = resize_to_range(image, model_config.min_resize_value, model_config.max_resize_value)
+  label = resize_to_range(label, model_config.min_resize_value, model_config.max_resize_value,
+                          method='nearest')
+  image, label = random_scale(image, label, train_config.min_scale_factor,
+                              train_config.max_scale_factor, train_config.scale_factor_step_size)
   image, label = pad_and_random_crop(image, label, crop_size, ignore_label)
   flip = tf.random.uniform([]) < 0.5
   image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
@@ -131,10 +135,11 @@ def train_preprocess(example, crop_size, ignore_label, min_resize_value=0, max_r
   return image / MEAN_PIXEL - 1.0, label[:, :, 0]
 
 
-def train_dataset(shard_paths, batch_size, crop_size, ignore_label, seed=0, min_resize_value=0,
-                  max_resize_value=0, min_scale=0.5, max_scale=2.0, scale_step=0.25):
-  """Endless shuffled, augmented batches: (images [B, h, w, 3] float32, labels [B, h, w] int32)."""
+def train_dataset(shard_paths, model_config: ModelConfig, train_config: TrainConfig, ignore_label):
+  """Endless shuffled, augmented batches: (images [B, h, w, 3] float32, labels [B, h, w] int32),
+  B = train_batch_size, (h, w) = train_crop_size; images resized to the model's range first."""
   autotune = tf.data.AUTOTUNE
+  seed = train_config.seed
   files = tf.data.Dataset.from_tensor_slices(list(shard_paths)).shuffle(len(shard_paths), seed=seed)
   dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shard_paths)),
                              num_parallel_calls=autotune)
@@ -142,11 +147,10 @@ def train_dataset(shard_paths, batch_size, crop_size, ignore_label, seed=0, min_
   # One map for decoding and augmentation (fewer dataset stages, less per-element overhead), in
   # whatever order the parallel calls finish: training order is not reproducible bit for bit anyway.
   dataset = dataset.map(
-      lambda serialized: train_preprocess(parse_example(serialized), crop_size, ignore_label,
-                                          min_resize_value, max_resize_value, min_scale,
-                                          max_scale, scale_step),
+      lambda serialized: train_preprocess(parse_example(serialized), model_config, train_config,
+                                          ignore_label),
       num_parallel_calls=autotune, deterministic=False)
-  return dataset.batch(batch_size, drop_remainder=True).prefetch(autotune)
+  return dataset.batch(train_config.train_batch_size, drop_remainder=True).prefetch(autotune)
 
 
 def eval_dataset(shard_paths):

@@ -12,7 +12,6 @@ Initialisation, first match wins: the newest checkpoint in work_dir (a resumed r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import math
@@ -20,13 +19,13 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 from deeplab import input as model_input
 from deeplab import checkpoint as ckpt
 from deeplab import losses, model, schedules
 from deeplab.compat import tf
-from deeplab.config import ModelConfig
+from deeplab.config import ModelConfig, TrainConfig
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
 
@@ -35,46 +34,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_BASENAME = 'model.ckpt'
 FINGERPRINT = 'fingerprint.json'
 LOCK_FILE = 'lock'
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Training options (names follow the original DeepLab train.py flags)."""
-  training_number_of_steps: int = 30000
-  train_batch_size: int = 8
-  train_crop_size: Tuple[int, int] = (513, 513)
-  train_split: str = 'train'
-  base_learning_rate: float = 1e-4
-  learning_policy: str = 'poly'
-  learning_power: float = 0.9
-  end_learning_rate: float = 0.0
-  learning_rate_decay_step: int = 2000
-  learning_rate_decay_factor: float = 0.1
-  slow_start_step: int = 0
-  slow_start_learning_rate: float = 1e-4
-  momentum: float = 0.9
-  fine_tune_batch_norm: bool = True
-  min_scale_factor: float = 0.5
-  max_scale_factor: float = 2.0
-  scale_factor_step_size: float = 0.25
-  initialize_last_layer: bool = True
-  last_layers_contain_logits_only: bool = False
-  log_steps: int = 10
-  save_interval_steps: int = 1000
-  seed: int = 0
-
-  def __post_init__(self):
-    if len(self.train_crop_size) != 2:
-      raise UserError(f'--train_crop_size={",".join(map(str, self.train_crop_size))}: '
-                      'expected two integers, height,width (e.g. 513,513)')
-    if self.min_scale_factor > self.max_scale_factor:
-      raise UserError(f'--min_scale_factor={self.min_scale_factor} exceeds '
-                      f'--max_scale_factor={self.max_scale_factor}')
-
-  def to_json(self) -> dict:
-    data = dataclasses.asdict(self)
-    data['train_crop_size'] = list(self.train_crop_size)
-    return data
 
 
 class TrainingDiverged(UserError):
@@ -96,7 +55,7 @@ class TrainingInterrupted(Exception):
 def fingerprint(model_config: ModelConfig, train_config: TrainConfig, manifest: Manifest) -> dict:
   """What makes two runs the same run (logging and saving intervals do not)."""
   training = train_config.to_json()
-  for key in ('log_steps', 'save_interval_steps'):
+  for key in TrainConfig.NOT_IN_FINGERPRINT:
     training.pop(key)
   split = manifest.splits.get(train_config.train_split)
   return {'model': model_config.to_json(), 'training': training, 'dataset': manifest.name,
@@ -152,12 +111,7 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   loss = losses.softmax_cross_entropy(scores, labels, model_config.num_classes, ignore_label)
   regularization = tf.compat.v1.losses.get_regularization_losses()
   total_loss = tf.add_n([loss] + regularization, name='total_loss')
-  learning_rate = schedules.learning_rate(
-      global_step, train_config.learning_policy, train_config.base_learning_rate,
-      train_config.training_number_of_steps, train_config.learning_power,
-      train_config.end_learning_rate, train_config.learning_rate_decay_step,
-      train_config.learning_rate_decay_factor, train_config.slow_start_step,
-      train_config.slow_start_learning_rate)
+  learning_rate = schedules.learning_rate(global_step, train_config)
   optimizer = tf.compat.v1.train.MomentumOptimizer(learning_rate, train_config.momentum)
   gradients = optimizer.compute_gradients(total_loss)
   # Watched every step: a non-finite norm means the run has diverged (see run_training).
@@ -189,11 +143,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
     with open(os.path.join(work_dir, FINGERPRINT), 'w') as f:
       json.dump(fingerprint(model_config, train_config, manifest), f, indent=2, sort_keys=True)
     tf.compat.v1.set_random_seed(train_config.seed)
-    dataset = model_input.train_dataset(
-        shards, train_config.train_batch_size, train_config.train_crop_size, manifest.ignore_label,
-        seed=train_config.seed, min_resize_value=model_config.min_resize_value,
-        max_resize_value=model_config.max_resize_value, min_scale=train_config.min_scale_factor,
-        max_scale=train_config.max_scale_factor, scale_step=train_config.scale_factor_step_size)
+    dataset = model_input.train_dataset(shards, model_config, train_config, manifest.ignore_label)
     images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label)
     return run_training(ops, train_config, work_dir, initial_checkpoint, resume_from, report,

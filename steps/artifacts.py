@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
@@ -29,9 +30,12 @@ import tempfile
 import traceback
 import zipfile
 import zlib
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Optional
 
 from deeplab.errors import UserError
+
+if TYPE_CHECKING:
+  from deeplab.checkpoint import ModelCard
 
 log = logging.getLogger('steps')
 
@@ -460,3 +464,120 @@ def check_output(flag: str, out_path: str, inputs: dict) -> str:
     raise UserError(f'--{flag}={out_path}: cannot write in {ancestor} ({e.strerror}); expected a '
                     'writable folder') from None
   return out_path
+
+
+# ----------------------------------------------------------------------------- typed artifacts
+# Each artifact kind a step reads or writes: where its contents come from, what they must hold,
+# and how they are packed. Steps use these, never each other.
+
+def _open_artifact(stack: contextlib.ExitStack, path: str, marker: str, kind: str,
+                   made_by: str) -> str:
+  """The folder of an artifact input holding `marker`; another kind of artifact is named as such."""
+  folder = stack.enter_context(open_input(path, marker=marker))
+  if os.path.exists(os.path.join(folder, marker)):
+    return folder
+  found = next((what for name, what in _ARTIFACT_MARKERS if os.path.exists(os.path.join(folder, name))),
+               'no artifact of this project')
+  raise UserError(f'{path} holds {found}, not {kind}; expected the output of the {made_by} step')
+
+
+# What tells the kinds apart, most specific first: a model holds a model.json too.
+_ARTIFACT_MARKERS = (('frozen_inference_graph.pb', 'an exported model'),
+                     ('model.json', 'a checkpoint'),
+                     ('dataset.json', 'TFRecords (dataset.json)'))
+
+
+class TFRecords:
+  """tfrecords.tar.gz of build_data (shards + dataset.json), or a folder of original DeepLab shards
+  (then `dataset` names the dataset they hold)."""
+  filename = 'tfrecords.tar.gz'
+
+  @staticmethod
+  def open(stack: contextlib.ExitStack, path: str, dataset: str = ''):
+    """The dataset Manifest, its shards in a folder that lives as long as `stack`."""
+    from deeplab.datasets.manifest import MANIFEST_NAME, load_dataset
+    return load_dataset(stack.enter_context(open_input(path, marker=MANIFEST_NAME)), dataset)
+
+  @staticmethod
+  def write(staging: str, out_path: str) -> str:
+    return write_tarball(staging, out_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """checkpoint.tar.gz of train: model.json + a TF checkpoint (relative index) + TensorBoard events."""
+  card: 'ModelCard'
+  prefix: str  # the TF checkpoint prefix inside the opened folder
+  filename: ClassVar[str] = 'checkpoint.tar.gz'
+
+  @classmethod
+  def open(cls, stack: contextlib.ExitStack, path: str) -> 'Checkpoint':
+    from deeplab import checkpoint
+    folder = _open_artifact(stack, path, checkpoint.MODEL_JSON, 'a checkpoint', 'train')
+    return cls(checkpoint.ModelCard.read(folder), checkpoint.resolve_checkpoint_path(folder))
+
+  @staticmethod
+  def write(out_path: str, prefix: str, events_dir: str, card: 'ModelCard') -> str:
+    """Packs checkpoint `prefix` (a path), the events in `events_dir` and `card`."""
+    from deeplab import checkpoint
+    with scratch_dir('checkpoint') as staging:
+      name = os.path.basename(prefix)
+      for filename in os.listdir(os.path.dirname(prefix)):
+        if filename.startswith(name + '.'):
+          shutil.copy2(os.path.join(os.path.dirname(prefix), filename), staging)
+      for filename in os.listdir(events_dir):
+        if filename.startswith('events.out.tfevents'):
+          shutil.copy2(os.path.join(events_dir, filename), staging)
+      checkpoint.write_index(staging, name)
+      dataclasses.replace(card, checkpoint=name).write(staging)
+      return write_tarball(staging, out_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """model.tar.gz of export: the frozen graph + model.json."""
+  card: 'ModelCard'
+  folder: str
+  filename: ClassVar[str] = 'model.tar.gz'
+
+  @property
+  def graph_path(self) -> str:
+    from deeplab import export
+    return os.path.join(self.folder, export.FROZEN_GRAPH)
+
+  @classmethod
+  def open(cls, stack: contextlib.ExitStack, path: str) -> 'Model':
+    from deeplab import checkpoint, export
+    folder = _open_artifact(stack, path, export.FROZEN_GRAPH, 'an exported model', 'export')
+    return cls(checkpoint.ModelCard.read(folder), folder)
+
+  @staticmethod
+  def write(out_path: str, graph_def, card: 'ModelCard') -> str:
+    from deeplab import export
+    with scratch_dir('model') as staging:
+      export.write_frozen_graph(graph_def, os.path.join(staging, export.FROZEN_GRAPH))
+      card.write(staging)
+      return write_tarball(staging, out_path)
+
+
+class Predictions:
+  """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.png`,
+  filled one image at a time in a scratch folder that lives as long as `stack`."""
+  filename = 'predictions.tar.gz'
+
+  def __init__(self, stack: contextlib.ExitStack):
+    self.staging = stack.enter_context(scratch_dir('predictions'))
+
+  def add(self, name: str, labels, overlay) -> None:
+    from PIL import Image
+    from deeplab import visualize
+    visualize.save_label_png(labels, self._path('labels', name))
+    Image.fromarray(overlay).save(self._path('overlays', name))
+
+  def _path(self, kind: str, name: str) -> str:
+    path = os.path.join(self.staging, kind, name + '.png')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+  def write(self, out_path: str) -> str:
+    return write_tarball(self.staging, out_path)

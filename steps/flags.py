@@ -1,10 +1,12 @@
-"""One definition of every step's flags.
+"""Every step's flags, derived from the settings schemas.
 
-Each step module declares a `SPEC = StepSpec(...)` at import time (no TensorFlow import), and
-everything else is derived from it: the argparse parser here, and the consistency tests that hold
-valohai.yaml, params.yaml and the Kubeflow pipeline to the same names, types and defaults.
+Each step module declares a `SPEC = StepSpec(...)` at import time (no TensorFlow import) whose
+parameters come from the schemas in deeplab/config.py (`parameters_from`) plus the few that only
+say where the step finds its input (e.g. `dataset` for TFRecords without a manifest). Everything
+else is derived from the SPEC: the argparse parser here, valohai.yaml, params.yaml and the Kubeflow
+components (pipelines/), and the tests that hold those files to the same names, types and defaults.
 
-Flag conventions (DESIGN.md section 2):
+Flag conventions:
 - snake_case names, `--name=value` or `--name value`;
 - booleans accept `--name`, `--no-name`, `--name=true|false|1|0|yes|no`;
 - multi-valued parameters accept a repeated flag and/or comma-separated values
@@ -16,9 +18,12 @@ import argparse
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from deeplab.config import PRESET, check_bounds, settings_of
+
 # Parameter types, named as valohai.yaml names them.
 STRING, INTEGER, FLOAT, FLAG = 'string', 'integer', 'float', 'flag'
 _CASTS = {STRING: str, INTEGER: int, FLOAT: float}
+_TYPE_NAMES = {str: STRING, int: INTEGER, float: FLOAT, bool: FLAG}
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off'}
 
@@ -73,13 +78,28 @@ def parse_bool(text: str) -> bool:
 
 
 def _check_range(param: Parameter, value):
-  if param.min is not None and value < param.min:
-    raise ValueError(f'must be >= {param.min}, got {value}')
-  if param.max is not None and value > param.max:
-    raise ValueError(f'must be <= {param.max}, got {value}')
-  if param.choices and value not in param.choices:
-    raise ValueError(f'expected one of {", ".join(map(str, param.choices))}, got {value!r}')
+  check_bounds(value, param.min, param.max, param.choices)
   return value
+
+
+def parameters_from(schema: type, exclude: Sequence[str] = ()) -> tuple:
+  """The step parameters of a settings schema (deeplab/config.py): one per flag field.
+
+  A field that defaults to the model variant's preset becomes a string parameter whose values are
+  `preset`, `none` or the numbers themselves; the schema reads them.
+  """
+  parameters = []
+  for info in settings_of(schema):
+    if not info.flag or info.name in exclude:
+      continue
+    if info.preset:
+      parameters.append(Parameter(info.name, STRING, (PRESET,) if info.multiple else PRESET,
+                                  info.help, multiple=info.multiple))
+    else:
+      parameters.append(Parameter(info.name, _TYPE_NAMES[info.kind], info.default, info.help,
+                                  choices=info.choices, multiple=info.multiple, min=info.min,
+                                  max=info.max))
+  return tuple(parameters)
 
 
 def cast_value(param: Parameter, raw) -> Any:

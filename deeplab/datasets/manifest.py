@@ -50,6 +50,28 @@ class SplitInfo:
   label_histogram: Optional[List[int]] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a trained model keeps of its dataset (model.json's "dataset"): enough to name and colour
+  its predictions."""
+  name: str
+  num_classes: int
+  ignore_label: int
+  class_names: List[str]
+  colormap: List[List[int]]
+  split_sizes: Dict[str, int]
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict) -> 'DatasetInfo':
+    return cls(name=data['name'], num_classes=int(data['num_classes']),
+               ignore_label=int(data['ignore_label']), class_names=list(data['class_names']),
+               colormap=[list(c) for c in data['colormap']],
+               split_sizes=dict(data.get('split_sizes', {})))
+
+
 @dataclasses.dataclass
 class Manifest:
   name: str
@@ -104,16 +126,12 @@ class Manifest:
         'skipped': list(self.skipped),
     }
 
-  def describe(self) -> dict:
+  def describe(self) -> 'DatasetInfo':
     """The dataset facts a trained model keeps in model.json (no shard list)."""
-    return {
-        'name': self.name,
-        'num_classes': self.num_classes,
-        'ignore_label': self.ignore_label,
-        'class_names': list(self.class_names),
-        'colormap': [list(map(int, c)) for c in self.colormap],
-        'split_sizes': {k: v.num_examples for k, v in sorted(self.splits.items())},
-    }
+    return DatasetInfo(name=self.name, num_classes=self.num_classes, ignore_label=self.ignore_label,
+                       class_names=list(self.class_names),
+                       colormap=[list(map(int, c)) for c in self.colormap],
+                       split_sizes={k: v.num_examples for k, v in sorted(self.splits.items())})
 
   @classmethod
   def from_json(cls, data: dict, folder: str = '') -> 'Manifest':
