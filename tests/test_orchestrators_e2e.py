@@ -46,7 +46,7 @@ def test_valohai_local_runs_train_evaluate_export(raw_data, tmp_path):
   assignments += [('-p', f'train.{k}={",".join(map(str, v)) if isinstance(v, list) else v}')
                   for k, v in TINY_TRAIN.items()]
   run_dir = tmp_path / 'run'
-  run([sys.executable, '-m', 'pipelines.valohai_local', 'pipeline', 'train-evaluate-export',
+  run([sys.executable, '-m', 'pipelines.valohai.local', 'pipeline', 'train-evaluate-export',
        '--run-dir', str(run_dir), *[word for pair in assignments for word in pair]], ROOT)
   summary = json.loads((run_dir / 'summary.json').read_text())
   assert list(summary) == ['build-data', 'train', 'evaluate', 'export', 'predict']
@@ -124,7 +124,7 @@ def test_kubeflow_pipeline_runs_locally_with_a_two_point_sweep(raw_data, tmp_pat
   script = f'''
 import json, sys
 from kfp import local
-from pipelines.deeplab_pipeline import deeplab_pipeline
+from pipelines.kubeflow.pipeline import deeplab_pipeline
 local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root={str(tmp_path / "root")!r},
            workspace_root={str(tmp_path / "workspace")!r})
 task = deeplab_pipeline(raw_data_uri={str(raw_data)!r}, images_uri={str(raw_data / "images")!r},

@@ -1,41 +1,35 @@
 """The DeepLab pipeline for Kubeflow Pipelines (kfp 2): build data, sweep the learning rate, keep the best.
 
-    python -m pipelines.deeplab_pipeline            # compile to pipelines/deeplab_pipeline.yaml
-    python -m pipelines.deeplab_pipeline --check    # exit 1 if the committed YAML is out of date
+Compiled to pipelines/kubeflow/pipeline.yaml by `python -m pipelines.kubeflow`.
 
 raw data (importer) -> build_data -> ParallelFor(base_learning_rates): train -> evaluate
   -> select_best (highest mIoU) -> export -> predict on the images (importer)
 
-Every task runs the step components (pipelines/kfp_components.py) in the project image, which the
-`image` argument names at run time. Artifacts travel as KFP artifacts; the steps take their
-suffix-less paths. Each step's JSON metric lines are logged as KFP metrics. Inputs come in by URI
-(`raw_data_uri`, `images_uri`: a local path with kfp.local, an object store URI on a cluster) because
-pipeline-level input artifacts cannot be given to a local run.
+Every task runs the step components (pipelines/kubeflow/components.py, generated from the SPECs) in
+the project image, which the `image` argument names at run time. Artifacts travel as KFP artifacts;
+the steps take their suffix-less paths. Each step's JSON metric lines are logged as KFP metrics. Inputs
+come in by URI (`raw_data_uri`, `images_uri`: a local path with kfp.local, an object store URI on a
+cluster) because pipeline-level input artifacts cannot be given to a local run.
 """
 # No `from __future__ import annotations`: kfp reads the component annotations as types.
 
-import argparse
 import os
-import sys
 import tempfile
 from typing import List
 
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from pipelines import kfp_components as components
-from pipelines.generated import write_or_check
-from pipelines.images import PROJECT_IMAGE
-from pipelines.step_specs import SPECS
+from pipelines.kubeflow import components
+from pipelines.kubeflow.step_component import input_default
+from pipelines.shared import PROJECT_IMAGE, SPECS
 
-COMPILED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'deeplab_pipeline.yaml')
-TRAIN = SPECS['train']
+COMPILED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pipeline.yaml')
 SWEEP_LEARNING_RATES = [0.007, 0.02]
 
 
 def _train_default(name: str):
-  default = TRAIN.parameter(name).default
-  return list(default) if isinstance(default, tuple) else default
+  return input_default(SPECS['train'].parameter(name))
 
 
 @dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
@@ -122,14 +116,3 @@ def compile_text() -> str:
     with open(path) as f:
       return f.read()
 
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m pipelines.deeplab_pipeline', description=__doc__.split('\n')[0])
-  parser.add_argument('--check', action='store_true', help='only check that the compiled YAML is up to date')
-  parser.add_argument('--output', default=COMPILED_PATH, help='where to write the compiled pipeline')
-  args = parser.parse_args(argv)
-  return write_or_check(args.output, compile_text(), args.check, 'python -m pipelines.deeplab_pipeline')
-
-
-if __name__ == '__main__':
-  sys.exit(main())
