@@ -49,9 +49,9 @@ def test_component_inputs_are_the_step_flags(step):
   assert list(parameters) == [p.name for p in spec.parameters]
   for param in spec.parameters:
     declared = parameters[param.name]
-    scalar = {STRING: 'str', INTEGER: 'int', FLOAT: 'float'}.get(param.type)
-    assert declared.type == (f'typing.List[{scalar}]' if param.multiple else KFP_TYPES[param.type]), param.name
-    assert declared.default == (list(param.default) if param.multiple else param.default), param.name
+    # A multi-valued flag is its comma-separated text, as on the command line.
+    assert declared.type == ('String' if param.multiple else KFP_TYPES[param.type]), param.name
+    assert declared.default == (','.join(map(str, param.default)) if param.multiple else param.default), param.name
   assert {name: i.optional for name, i in artifacts.items()} == {p.name: p.optional for p in spec.inputs}
   assert set(component.outputs) == {o.name for o in spec.outputs} | {'metrics'}
 
@@ -62,16 +62,18 @@ def test_component_defaults_become_flags_that_parse_to_the_spec_defaults(step, t
   values = {name: p.default for name, p in inspect.signature(getattr(components, step).python_func).parameters.items()}
   for path in spec.inputs + spec.outputs:
     values[path.name] = types.SimpleNamespace(path=str(tmp_path / path.name))
-  args = parse_flags(spec, step_argv(step, values))
+  args = parse_flags(spec, step_argv(values))
   assert {p.name: getattr(args, p.name) for p in spec.parameters} == spec.defaults()
   for path in spec.inputs + spec.outputs:
     assert getattr(args, path.name) == str(tmp_path / path.name)
 
 
-def test_list_items_that_kfp_turns_into_floats_are_integers_again():
-  argv = step_argv('train', {'train_crop_size': [65.0, 97.0], 'atrous_rates': [], 'checkpoint': None})
-  assert argv == ['--train_crop_size=65,97', '--atrous_rates=']
-  assert parse_flags(SPECS['train'], argv).train_crop_size == (65, 97)
+def test_arguments_become_flags_as_given():
+  argv = step_argv({'train_crop_size': '65,97', 'atrous_rates': '', 'checkpoint': None,
+                    'fine_tune_batch_norm': False, 'metrics': types.SimpleNamespace(path='/m')})
+  assert argv == ['--train_crop_size=65,97', '--atrous_rates=', '--fine_tune_batch_norm=false']
+  args = parse_flags(SPECS['train'], argv)
+  assert (args.train_crop_size, args.atrous_rates, args.fine_tune_batch_norm) == ((65, 97), (), False)
 
 
 def test_metrics_are_the_last_number_of_each_key():

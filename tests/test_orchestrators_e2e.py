@@ -129,7 +129,7 @@ local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root={str(tmp
            workspace_root={str(tmp_path / "workspace")!r})
 task = deeplab_pipeline(raw_data_uri={str(raw_data)!r}, images_uri={str(raw_data / "images")!r},
                         base_learning_rates=[0.01, 0.05], training_number_of_steps=4, train_batch_size=2,
-                        train_crop_size=[65, 65], depth_multiplier=0.5, log_steps=2)
+                        train_crop_size='65,65', depth_multiplier=0.5, log_steps=2)
 print(json.dumps({{"best_miou": task.output}}))
 '''
   # Run from tmp_path: train keeps its resumable run folder (.deeplab-train/) in the working directory.

@@ -6,8 +6,6 @@ passed to the step as paths, `output` is the artifact the step writes, and `metr
 of the step's JSON metric lines. The function bodies run inside the image, where `pipelines` and
 `steps` are importable (PYTHONPATH=/app).
 """
-from typing import List
-
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -20,12 +18,12 @@ def build_data(
     output: Output[Dataset],
     metrics: Output[Metrics],
     dataset: str = 'folder',
-    splits: List[str] = [],
+    splits: str = '',
     num_shards: int = 4,
     num_workers: int = 0,
     num_classes: int = 0,
     ignore_label: int = 255,
-    class_names: List[str] = [],
+    class_names: str = '',
     skip_invalid: bool = False,
 ):
   """Build TFRecords in the original DeepLab format from a raw dataset layout."""
@@ -44,7 +42,7 @@ def train(
     model_variant: str = 'mobilenet_v2',
     depth_multiplier: float = 1.0,
     output_stride: int = 16,
-    atrous_rates: List[int] = [],
+    atrous_rates: str = '',
     decoder_output_stride: int = 0,
     add_image_level_feature: bool = True,
     aspp_with_separable_conv: bool = True,
@@ -55,7 +53,7 @@ def train(
     train_split: str = 'train',
     training_number_of_steps: int = 30000,
     train_batch_size: int = 8,
-    train_crop_size: List[int] = [513, 513],
+    train_crop_size: str = '513,513',
     base_learning_rate: float = 0.0001,
     learning_policy: str = 'poly',
     learning_power: float = 0.9,
@@ -92,7 +90,7 @@ def evaluate(
     metrics: Output[Metrics],
     dataset: str = '',
     eval_split: str = 'val',
-    eval_scales: List[float] = [1.0],
+    eval_scales: str = '1.0',
     add_flipped_images: bool = False,
 ):
   """Evaluate a checkpoint on a split in one pass over whole images."""
@@ -106,7 +104,7 @@ def export(
     checkpoint: Input[Model],
     output: Output[Model],
     metrics: Output[Metrics],
-    inference_scales: List[float] = [1.0],
+    inference_scales: str = '1.0',
     add_flipped_images: bool = False,
 ):
   """Freeze a checkpoint into a graph: ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0."""

@@ -76,7 +76,7 @@ def deeplab_pipeline(
     depth_multiplier: float = _train_default('depth_multiplier'),
     training_number_of_steps: int = _train_default('training_number_of_steps'),
     train_batch_size: int = _train_default('train_batch_size'),
-    train_crop_size: List[int] = _train_default('train_crop_size'),
+    train_crop_size: str = _train_default('train_crop_size'),
     log_steps: int = _train_default('log_steps'),
 ) -> float:
   """Returns the mIoU of the checkpoint that was exported."""

@@ -5,9 +5,11 @@ Why generated source: KFP runs a lightweight component from its function's sourc
 component's inputs from that function's signature, so every step flag has to be spelled out as a typed,
 defaulted argument. Writing them from the SPECs keeps them identical to the flags.
 
-Every component input is a step flag of the same name, input artifacts are passed as their
-(suffix-less) paths, the `output` artifact is the path the step writes, and the numbers in the step's
-JSON metric lines (the last value of each) are logged to the `metrics` output.
+Every component input is the value of the step flag of the same name. A multi-valued flag is a string
+in the step's own comma-separated form (`train_crop_size='513,513'`), as on the command line, rather
+than a list: KFP hands list items over as JSON numbers, so integers would come back as floats (65.0)
+that the step rejects. Input artifacts are passed as their (suffix-less) paths, `output` is the path
+the step writes, and `metrics` gets the last value of each number in the step's JSON metric lines.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import os
 import sys
 from typing import Dict, List
 
-from pipelines.shared import SPECS, run_passing_through
+from pipelines.shared import run_passing_through
 
 COMPONENTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'components.py')
 
@@ -37,8 +39,6 @@ passed to the step as paths, `output` is the artifact the step writes, and `metr
 of the step's JSON metric lines. The function bodies run inside the image, where `pipelines` and
 `steps` are importable (PYTHONPATH=/app).
 """
-from typing import List
-
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -48,13 +48,12 @@ from pipelines.shared import PROJECT_IMAGE
 
 def input_type(param) -> str:
   """The Python type of a parameter's component input."""
-  scalar = _PYTHON_TYPES[param.type]
-  return f'List[{scalar}]' if param.multiple else scalar
+  return 'str' if param.multiple else _PYTHON_TYPES[param.type]
 
 
 def input_default(param):
   """A SPEC default as the value of the parameter's component input."""
-  return list(param.default) if param.multiple else param.default
+  return ','.join(map(str, param.default)) if param.multiple else param.default
 
 
 def component_source(spec) -> str:
@@ -84,13 +83,11 @@ def components_source(specs) -> str:
   return HEADER + ''.join(component_source(spec) for spec in specs)
 
 
-def step_argv(step: str, arguments: Dict) -> List[str]:
-  """The step flags of a component's arguments: artifacts as their paths, lists comma-joined, booleans
-  as true/false.
+def step_argv(arguments: Dict) -> List[str]:
+  """The step flags of a component's arguments: artifacts as their paths, booleans as true/false.
 
   None (an optional input artifact that was not connected) is left out.
   """
-  integer_lists = {p.name for p in SPECS[step].parameters if p.multiple and p.type == 'integer'}
   argv = []
   for name, value in arguments.items():
     if name == METRICS_OUTPUT or value is None:
@@ -99,10 +96,6 @@ def step_argv(step: str, arguments: Dict) -> List[str]:
       value = value.path
     elif isinstance(value, bool):
       value = 'true' if value else 'false'
-    elif isinstance(value, (list, tuple)):
-      # KFP hands list items over as JSON numbers, so [65, 65] arrives as [65.0, 65.0].
-      items = [int(v) for v in value] if name in integer_lists else value
-      value = ','.join(map(str, items))
     argv.append(f'--{name}={value}')
   return argv
 
@@ -118,7 +111,7 @@ def last_numbers(records: List[dict]) -> Dict[str, float]:
 def run_step(step: str, arguments: Dict) -> None:
   """Runs `python -m steps.<step>` with a component's arguments as flags (KFP has created the folder of
   the `output` path), logs the numbers of its metric lines to `metrics`; raises when the step fails."""
-  command = [sys.executable, '-m', f'steps.{step}'] + step_argv(step, arguments)
+  command = [sys.executable, '-m', f'steps.{step}'] + step_argv(arguments)
   print(' '.join(command), file=sys.stderr, flush=True)
   exit_code, records = run_passing_through(command)
   if exit_code != 0:
