@@ -1,10 +1,13 @@
-"""The Kubeflow components mirror the step SPECs, the generated files are current, and the IR asks for
-what a cluster needs (GPU, resources, retries, the sweep). The local run is in test_orchestrators_e2e.py."""
+"""The Kubeflow components mirror the step SPECs, the generated files are current, select_best keeps
+evaluate's rule, and the IR asks for what a cluster needs (GPU, resources, retries, the sweep). The
+local run is in test_orchestrators_e2e.py."""
 import inspect
+import json
 import types
 
 import pytest
 import yaml
+from kfp.dsl import Metrics
 
 from pipelines.kubeflow import components, pipeline
 from pipelines.kubeflow.__main__ import main as regenerate
@@ -103,3 +106,19 @@ def test_ir_has_the_sweep_resources_retries_and_the_image_parameter(compiled):
   assert {'raw_data_uri', 'images_uri', 'image', 'base_learning_rates'} <= set(
       ir['root']['inputDefinitions']['parameters'])
 
+
+def test_select_best_keeps_evaluate_rule_and_reports_a_missing_miou_as_minus_one(tmp_path):
+  """The highest mIoU, the first on a tie; null (no pixel evaluated) is worst."""
+  mious = [None, 0.5, 0.75, 0.75]
+  checkpoints, evaluations = [], []
+  for index, miou in enumerate(mious):
+    (tmp_path / f'checkpoint{index}').write_text(str(index))
+    (tmp_path / f'evaluation{index}').write_text(json.dumps({'miou': miou}))
+    checkpoints.append(types.SimpleNamespace(path=str(tmp_path / f'checkpoint{index}')))
+    evaluations.append(types.SimpleNamespace(path=str(tmp_path / f'evaluation{index}')))
+  best, metrics = types.SimpleNamespace(path=str(tmp_path / 'best')), Metrics()
+  rates = [0.001, 0.01, 0.1, 1.0]
+  assert pipeline.select_best.python_func(checkpoints, evaluations, rates, best, metrics) == 0.75
+  assert (tmp_path / 'best').read_text() == '2'
+  assert metrics.metadata == {'best_miou': 0.75, 'best_base_learning_rate': 0.1, 'miou_at_lr_0.001': -1.0,
+                              'miou_at_lr_0.01': 0.5, 'miou_at_lr_0.1': 0.75, 'miou_at_lr_1.0': 0.75}

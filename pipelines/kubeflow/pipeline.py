@@ -40,18 +40,20 @@ def select_best(
     best: Output[Model],
     metrics: Output[Metrics],
 ) -> float:
-  """Copies the checkpoint whose evaluation has the highest mIoU; returns that mIoU.
+  """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule); returns that mIoU.
 
-  The three lists are in sweep order (dsl.Collected keeps the ParallelFor order).
+  The three lists are in sweep order (dsl.Collected keeps the ParallelFor order). KFP metrics and
+  outputs are numbers: a missing mIoU (no pixel evaluated) is reported as -1.
   """
   import json
   import shutil
-  scores = []
+  from deeplab.metrics import best_index
+  mious = []
   for evaluation in evaluations:
     with open(evaluation.path) as f:
-      miou = json.load(f).get('miou')
-    scores.append(-1.0 if miou is None else float(miou))  # null: nothing was predicted right
-  index = max(range(len(scores)), key=scores.__getitem__)
+      mious.append(json.load(f)['miou'])
+  index = best_index(mious)
+  scores = [-1.0 if miou is None else miou for miou in mious]
   shutil.copyfile(checkpoints[index].path, best.path)
   metrics.log_metric('best_miou', scores[index])
   metrics.log_metric('best_base_learning_rate', learning_rates[index])
