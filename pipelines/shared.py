@@ -1,5 +1,5 @@
-"""What every orchestrator shares: the step SPECs, the images, the steps' metric lines, and writing or
-checking a generated file."""
+"""What every orchestrator shares: the step SPECs, the images, the sweep, the steps' metric lines, and
+writing or checking a generated file."""
 from __future__ import annotations
 
 import json
@@ -20,6 +20,13 @@ BASE_IMAGE = 'tensorflow/tensorflow:2.21.0-gpu'
 # your registry and pass that name as the pipeline's `image` argument (or set DEEPLAB_IMAGE when
 # compiling) to run on a cluster.
 PROJECT_IMAGE = os.environ.get('DEEPLAB_IMAGE', 'deeplab-pipelines:latest')
+
+# The sweep. Valohai's grid task trains every learning rate with every variant; Kubeflow's ParallelFor
+# trains every learning rate for the one model_variant of a run. Three rates around DeepLab's
+# published 0.007 rather than two: kfp.local trains them one after another, and at the size of the
+# end-to-end test the third point adds well under a minute. Only variants of deeplab.config.
+SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
+SWEEP_MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta')
 
 
 def metric_record(line: str) -> Optional[dict]:

@@ -12,7 +12,7 @@ from kfp.dsl import Metrics
 from pipelines.kubeflow import components, pipeline
 from pipelines.kubeflow.__main__ import main as regenerate
 from pipelines.kubeflow.step_component import COMPONENTS_PATH, components_source, last_numbers, step_argv
-from pipelines.shared import SPECS
+from pipelines.shared import SPECS, SWEEP_LEARNING_RATES
 from steps.flags import FLAG, FLOAT, INTEGER, STRING, parse_flags
 
 KFP_TYPES = {STRING: 'String', INTEGER: 'Integer', FLOAT: 'Float', FLAG: 'Boolean'}
@@ -103,8 +103,9 @@ def test_ir_has_the_sweep_resources_retries_and_the_image_parameter(compiled):
   assert train['resources']['cpuRequest'] and train['resources']['memoryRequest']
   for executor in (e for e in executors.values() if 'container' in e):  # the others are importers
     assert executor['container']['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"
-  assert {'raw_data_uri', 'images_uri', 'image', 'base_learning_rates'} <= set(
-      ir['root']['inputDefinitions']['parameters'])
+  parameters = ir['root']['inputDefinitions']['parameters']
+  assert {'raw_data_uri', 'images_uri', 'image'} <= set(parameters)
+  assert parameters['base_learning_rates']['defaultValue'] == list(SWEEP_LEARNING_RATES)
 
 
 def test_select_best_keeps_evaluate_rule_and_reports_a_missing_miou_as_minus_one(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import valohai_yaml
 from valohai_yaml.lint import lint_file
 
-from pipelines.shared import SPECS
+from pipelines.shared import SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
 from pipelines.valohai import config as generator
 from pipelines.valohai.config import dashed
 from steps.flags import FLAG, parse_flags
@@ -164,3 +164,8 @@ def test_sweep_task_values_are_valid_parameter_values(config):
       for value in variant.rules['items']:
         assert step.parameters[variant.name].validate(value) == value, (task.name, variant.name, value)
 
+
+def test_sweep_task_is_the_shared_grid(config):
+  (task,) = config.tasks.values()
+  assert {v.name: tuple(v.rules['items']) for v in task.parameters} == {
+      'base_learning_rate': SWEEP_LEARNING_RATES, 'model_variant': SWEEP_MODEL_VARIANTS}

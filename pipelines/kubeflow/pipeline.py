@@ -22,10 +22,9 @@ from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from pipelines.kubeflow import components
 from pipelines.kubeflow.step_component import input_default
-from pipelines.shared import PROJECT_IMAGE, SPECS
+from pipelines.shared import PROJECT_IMAGE, SPECS, SWEEP_LEARNING_RATES
 
 COMPILED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pipeline.yaml')
-SWEEP_LEARNING_RATES = [0.007, 0.02]
 
 
 def _train_default(name: str):
@@ -73,7 +72,7 @@ def deeplab_pipeline(
     images_uri: str,
     image: str = PROJECT_IMAGE,
     dataset: str = SPECS['build_data'].parameter('dataset').default,
-    base_learning_rates: List[float] = SWEEP_LEARNING_RATES,
+    base_learning_rates: List[float] = list(SWEEP_LEARNING_RATES),
     model_variant: str = _train_default('model_variant'),
     depth_multiplier: float = _train_default('depth_multiplier'),
     training_number_of_steps: int = _train_default('training_number_of_steps'),

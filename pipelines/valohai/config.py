@@ -17,7 +17,7 @@ import sys
 
 import yaml
 
-from pipelines.shared import BASE_IMAGE, SPECS, write_or_check
+from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS, write_or_check
 
 SETUP_COMMAND = 'sh pipelines/install_requirements.sh'
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,9 +36,6 @@ DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master
                     f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
 STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
 
-# The sweep: a grid over these values feeds evaluate. Only variants that exist in deeplab.config.
-SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
-SWEEP_MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta')
 # Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
 PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
 
