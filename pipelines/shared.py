@@ -23,8 +23,9 @@ PROJECT_IMAGE = os.environ.get('DEEPLAB_IMAGE', 'deeplab-pipelines:latest')
 
 # The sweep. Valohai's grid task trains every learning rate with every variant; Kubeflow's ParallelFor
 # trains every learning rate for the one model_variant of a run. Three rates around DeepLab's
-# published 0.007 rather than two: kfp.local trains them one after another, and at the size of the
-# end-to-end test the third point adds well under a minute. Only variants of deeplab.config.
+# published 0.007 (Valohai's grid; Kubeflow had only two): kfp.local trains the points one after
+# another, and at the end-to-end test's size a point costs about 25 s of a two-minute local run on two
+# cores, so the third keeps the local run quick. Only variants of deeplab.config.
 SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
 SWEEP_MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta')
 
