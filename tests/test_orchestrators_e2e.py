@@ -1,6 +1,6 @@
 """The same tiny pipeline run end to end by each orchestrator's local runner.
 
-The Valohai and Kubeflow runs (about a minute each) are part of the default suite; the DVC run with
+The Valohai and Kubeflow runs (one to two minutes each) are part of the default suite; the DVC run with
 its queued sweep takes several minutes and is marked slow (`pytest -m slow`).
 
 A tiny synthetic dataset (8 train + 4 val images of 65x65) and a few training steps: these check the
