@@ -1,5 +1,5 @@
 # The project image: every step (`python -m steps.<name>`) on CUDA TensorFlow; the Kubeflow components
-# run in it. Build: docker build -t deeplab-pipelines:latest .
+# (pipelines/kubeflow/) run in it. Build: docker build -t deeplab-pipelines:latest .
 #
 # GPU swap: requirements.txt pins tensorflow-cpu for CPU machines. The base is the official GPU image
 # of that same TensorFlow version; pipelines/install_requirements.sh checks the versions agree and

@@ -35,3 +35,9 @@ def summarize(confusion, class_names):
       'num_pixels': int(total),
       'confusion_matrix': confusion.astype(np.int64).tolist(),
   }
+
+
+def best_index(mious):
+  """The index of the highest mIoU, the first one on a tie. None (no pixel was evaluated, so there is
+  no IoU) counts as worse than any number. `mious` must not be empty."""
+  return max(range(len(mious)), key=lambda i: (mious[i] is not None, mious[i] or 0.0))

@@ -85,7 +85,8 @@ def main():
                                pixel_accuracy=result['pixel_accuracy'])
   # Several checkpoints: the best by mIoU is reported at the top level, all of them under
   # "checkpoints", so one metrics.json shape serves a single run and a sweep.
-  best = max(results, key=lambda r: -1.0 if r['miou'] is None else r['miou'])
+  from deeplab.metrics import best_index
+  best = results[best_index([r['miou'] for r in results])]
   if len(results) > 1:
     best = dict(best, checkpoints=summaries)
   artifacts.write_json_atomic(best, out_path)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from pipelines.images import BASE_IMAGE
+from pipelines.shared import BASE_IMAGE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_IN_IMAGE = {'tests', 'bench'}  # development only; .dockerignore keeps them out

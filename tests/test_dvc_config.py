@@ -14,8 +14,8 @@ import yaml
 from dvc.parsing.interpolate import to_str
 from dvc.repo import Repo
 
-from pipelines import per_class_iou, record_metrics
-from pipelines.step_specs import SPECS, output_filename
+from pipelines.dvc import plots
+from pipelines.shared import SPECS
 from steps.flags import FLAG, cast_value, parse_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def test_every_step_is_a_stage_with_its_section_artifact_and_parsed_flags(repo, 
         spec.defaults(), **{k: tuple(v) if isinstance(v, list) else v for k, v in params[step].items()}), step
     (output,) = spec.outputs
     written = getattr(args, output.name)
-    assert os.path.basename(written) == output_filename(step), step
+    assert os.path.basename(written) == output.filename, step
     declared = {str(o.def_path) for o in stage.outs} | {str(m.def_path) for m in stage.metrics}
     assert written in declared, (step, written)
     assert step in {p for dep in stage.deps if hasattr(dep, 'params') for p in dep.params}, step
@@ -105,7 +105,7 @@ def test_lists_render_as_repeated_flags_the_steps_parse(repo):
   assert args.train_crop_size == (129, 97) and args.atrous_rates == (6, 12, 18)
 
 
-def test_record_metrics_keeps_the_exit_code_and_the_metric_lines(tmp_path):
+def test_record_keeps_the_exit_code_and_the_metric_lines(tmp_path):
   script = ('import json, sys\n'
             'print("log line")\n'
             'print(json.dumps({"step": 1, "loss": 0.5}))\n'
@@ -113,12 +113,12 @@ def test_record_metrics_keeps_the_exit_code_and_the_metric_lines(tmp_path):
             'print(json.dumps({"step": 2, "loss": 0.25}))\n'
             'sys.exit(4)\n')
   to = tmp_path / 'sub' / 'log.json'
-  run = subprocess.run([sys.executable, '-m', 'pipelines.record_metrics', f'--to={to}', '--',
+  run = subprocess.run([sys.executable, '-m', 'pipelines.dvc.plots', 'record', f'--to={to}', '--',
                         sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True)
   assert run.returncode == 4
   assert 'log line' in run.stdout  # passed through
   assert json.loads(to.read_text()) == [{'step': 1, 'loss': 0.5}, {'step': 2, 'loss': 0.25}]
-  assert record_metrics.main([f'--to={to}', '--only-with=', '--', sys.executable, '-c', script]) == 4
+  assert plots.main(['record', f'--to={to}', '--only-with=', '--', sys.executable, '-c', script]) == 4
   assert len(json.loads(to.read_text())) == 3
 
 
@@ -126,6 +126,6 @@ def test_per_class_iou_records_leave_out_absent_classes(tmp_path):
   metrics = tmp_path / 'metrics.json'
   metrics.write_text(json.dumps({'miou': 0.5, 'per_class_iou': {'background': 0.9, 'cat': None, 'dog': 0.1}}))
   out = tmp_path / 'iou.json'
-  assert per_class_iou.main([str(metrics), f'--to={out}']) == 0
+  assert plots.main(['per-class-iou', str(metrics), f'--to={out}']) == 0
   assert json.loads(out.read_text()) == [{'class': 'background', 'iou': 0.9}, {'class': 'dog', 'iou': 0.1}]
-  assert per_class_iou.main([str(tmp_path / 'missing.json'), f'--to={out}']) == 1
+  assert plots.main(['per-class-iou', str(tmp_path / 'missing.json'), f'--to={out}']) == 1

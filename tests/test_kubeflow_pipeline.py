@@ -1,14 +1,18 @@
-"""The Kubeflow components mirror the step SPECs, the compiled pipeline is current, and the IR asks for
-what a cluster needs (GPU, resources, retries, the sweep). The local run is in test_orchestrators_e2e.py."""
+"""The Kubeflow components mirror the step SPECs, the generated files are current, select_best keeps
+evaluate's rule, and the IR asks for what a cluster needs (GPU, resources, retries, the sweep). The
+local run is in test_orchestrators_e2e.py."""
 import inspect
+import json
 import types
 
 import pytest
 import yaml
+from kfp.dsl import Metrics
 
-from pipelines import deeplab_pipeline, kfp_codegen, kfp_components
-from pipelines.kfp_step import flag_arguments, last_numbers
-from pipelines.step_specs import SPECS
+from pipelines.kubeflow import components, pipeline
+from pipelines.kubeflow.__main__ import main as regenerate
+from pipelines.kubeflow.step_component import COMPONENTS_PATH, components_source, last_numbers, step_argv
+from pipelines.shared import SPECS, SWEEP_LEARNING_RATES
 from steps.flags import FLAG, FLOAT, INTEGER, STRING, parse_flags
 
 KFP_TYPES = {STRING: 'String', INTEGER: 'Integer', FLOAT: 'Float', FLAG: 'Boolean'}
@@ -16,30 +20,41 @@ KFP_TYPES = {STRING: 'String', INTEGER: 'Integer', FLOAT: 'Float', FLAG: 'Boolea
 
 @pytest.fixture(scope='module')
 def compiled():
-  with open(deeplab_pipeline.COMPILED_PATH) as f:
+  with open(pipeline.COMPILED_PATH) as f:
     return f.read()
 
 
 def test_generated_components_are_up_to_date():
-  with open(kfp_codegen.COMPONENTS_PATH) as f:
-    assert f.read() == kfp_codegen.render(), 'run: python -m pipelines.kfp_codegen'
+  with open(COMPONENTS_PATH) as f:
+    assert f.read() == components_source(SPECS.values()), 'run: python -m pipelines.kubeflow'
 
 
 def test_compiled_pipeline_is_up_to_date(compiled):
-  assert compiled == deeplab_pipeline.compile_text(), 'run: python -m pipelines.deeplab_pipeline'
+  assert compiled == pipeline.compile_text(), 'run: python -m pipelines.kubeflow'
+  assert regenerate(['--check']) == 0
+
+
+def test_check_fails_on_a_hand_edited_compiled_pipeline_and_leaves_it_alone(compiled, tmp_path, monkeypatch,
+                                                                           capsys):
+  edited = tmp_path / 'pipeline.yaml'
+  edited.write_text(compiled.replace('maxRetryCount: 2', 'maxRetryCount: 5'))
+  monkeypatch.setattr(pipeline, 'COMPILED_PATH', str(edited))
+  assert regenerate(['--check']) == 1
+  assert 'maxRetryCount: 5' in edited.read_text()
+  assert f'{edited} is out of date: run python -m pipelines.kubeflow' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('step', list(SPECS))
 def test_component_inputs_are_the_step_flags(step):
-  spec, component = SPECS[step], getattr(kfp_components, step).component_spec
+  spec, component = SPECS[step], getattr(components, step).component_spec
   parameters = {name: i for name, i in component.inputs.items() if not i.type.startswith('system.')}
   artifacts = {name: i for name, i in component.inputs.items() if i.type.startswith('system.')}
   assert list(parameters) == [p.name for p in spec.parameters]
   for param in spec.parameters:
     declared = parameters[param.name]
-    scalar = {STRING: 'str', INTEGER: 'int', FLOAT: 'float'}.get(param.type)
-    assert declared.type == (f'typing.List[{scalar}]' if param.multiple else KFP_TYPES[param.type]), param.name
-    assert declared.default == (list(param.default) if param.multiple else param.default), param.name
+    # A multi-valued flag is its comma-separated text, as on the command line.
+    assert declared.type == ('String' if param.multiple else KFP_TYPES[param.type]), param.name
+    assert declared.default == (','.join(map(str, param.default)) if param.multiple else param.default), param.name
   assert {name: i.optional for name, i in artifacts.items()} == {p.name: p.optional for p in spec.inputs}
   assert set(component.outputs) == {o.name for o in spec.outputs} | {'metrics'}
 
@@ -47,19 +62,21 @@ def test_component_inputs_are_the_step_flags(step):
 @pytest.mark.parametrize('step', list(SPECS))
 def test_component_defaults_become_flags_that_parse_to_the_spec_defaults(step, tmp_path):
   spec = SPECS[step]
-  values = {name: p.default for name, p in inspect.signature(getattr(kfp_components, step).python_func).parameters.items()}
+  values = {name: p.default for name, p in inspect.signature(getattr(components, step).python_func).parameters.items()}
   for path in spec.inputs + spec.outputs:
     values[path.name] = types.SimpleNamespace(path=str(tmp_path / path.name))
-  args = parse_flags(spec, flag_arguments(step, values))
+  args = parse_flags(spec, step_argv(values))
   assert {p.name: getattr(args, p.name) for p in spec.parameters} == spec.defaults()
   for path in spec.inputs + spec.outputs:
     assert getattr(args, path.name) == str(tmp_path / path.name)
 
 
-def test_list_items_that_kfp_turns_into_floats_are_integers_again():
-  argv = flag_arguments('train', {'train_crop_size': [65.0, 97.0], 'atrous_rates': [], 'checkpoint': None})
-  assert argv == ['--train_crop_size=65,97', '--atrous_rates=']
-  assert parse_flags(SPECS['train'], argv).train_crop_size == (65, 97)
+def test_arguments_become_flags_as_given():
+  argv = step_argv({'train_crop_size': '65,97', 'atrous_rates': '', 'checkpoint': None,
+                    'fine_tune_batch_norm': False, 'metrics': types.SimpleNamespace(path='/m')})
+  assert argv == ['--train_crop_size=65,97', '--atrous_rates=', '--fine_tune_batch_norm=false']
+  args = parse_flags(SPECS['train'], argv)
+  assert (args.train_crop_size, args.atrous_rates, args.fine_tune_batch_norm) == ((65, 97), (), False)
 
 
 def test_metrics_are_the_last_number_of_each_key():
@@ -86,5 +103,23 @@ def test_ir_has_the_sweep_resources_retries_and_the_image_parameter(compiled):
   assert train['resources']['cpuRequest'] and train['resources']['memoryRequest']
   for executor in (e for e in executors.values() if 'container' in e):  # the others are importers
     assert executor['container']['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"
-  assert {'raw_data_uri', 'images_uri', 'image', 'base_learning_rates'} <= set(
-      ir['root']['inputDefinitions']['parameters'])
+  parameters = ir['root']['inputDefinitions']['parameters']
+  assert {'raw_data_uri', 'images_uri', 'image'} <= set(parameters)
+  assert parameters['base_learning_rates']['defaultValue'] == list(SWEEP_LEARNING_RATES)
+
+
+def test_select_best_keeps_evaluate_rule_and_reports_a_missing_miou_as_minus_one(tmp_path):
+  """The highest mIoU, the first on a tie; null (no pixel evaluated) is worst."""
+  mious = [None, 0.5, 0.75, 0.75]
+  checkpoints, evaluations = [], []
+  for index, miou in enumerate(mious):
+    (tmp_path / f'checkpoint{index}').write_text(str(index))
+    (tmp_path / f'evaluation{index}').write_text(json.dumps({'miou': miou}))
+    checkpoints.append(types.SimpleNamespace(path=str(tmp_path / f'checkpoint{index}')))
+    evaluations.append(types.SimpleNamespace(path=str(tmp_path / f'evaluation{index}')))
+  best, metrics = types.SimpleNamespace(path=str(tmp_path / 'best')), Metrics()
+  rates = [0.001, 0.01, 0.1, 1.0]
+  assert pipeline.select_best.python_func(checkpoints, evaluations, rates, best, metrics) == 0.75
+  assert (tmp_path / 'best').read_text() == '2'
+  assert metrics.metadata == {'best_miou': 0.75, 'best_base_learning_rate': 0.1, 'miou_at_lr_0.001': -1.0,
+                              'miou_at_lr_0.01': 0.5, 'miou_at_lr_0.1': 0.75, 'miou_at_lr_1.0': 0.75}

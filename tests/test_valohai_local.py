@@ -1,13 +1,12 @@
 """The local Valohai runner: rendering, /valohai folders, edges, metadata and failures, on a stand-in
 config whose steps are a tiny script (the real pipeline runs in test_orchestrators_e2e.py)."""
 import json
-import os
 import sys
 import textwrap
 
 import pytest
 
-from pipelines import valohai_local
+from pipelines.valohai import local as valohai_local
 
 STAND_IN_STEP = '''
 import argparse, glob, json, os, sys
@@ -122,6 +121,7 @@ def test_failed_command_fails_the_run_and_names_the_node(config_path, tmp_path, 
 @pytest.mark.parametrize('args, message', [
     (('step', 'first', '-p', 'times=many'), 'parameter times'),
     (('step', 'first', '-p', 'nope=1'), "no parameter 'nope'"),
+    (('step', 'first', '-p', 'shout=maybe'), 'parameter shout: expected true or false'),
     (('step', 'first', '-i', 'nope=/tmp'), "no input 'nope'"),
     (('pipeline', 'chain', '-p', 'nope=1'), "no parameter 'nope'"),
     (('pipeline', 'missing'), "no pipeline 'missing'"),
@@ -135,7 +135,7 @@ def test_bad_requests_are_one_error_line(config_path, tmp_path, capsys, args, me
 def test_real_config_renders_every_step(tmp_path):
   """Each step of valohai.yaml renders to one fail-fast command running its module."""
   import valohai_yaml
-  with open(os.path.join(valohai_local.ROOT, 'valohai.yaml')) as f:
+  with open(valohai_local.CONFIG_PATH) as f:
     config = valohai_yaml.parse(f)
   for step in config.steps.values():
     (command,) = step.build_command(step.get_parameter_defaults(include_flags=True))

@@ -14,8 +14,9 @@ import pytest
 import valohai_yaml
 from valohai_yaml.lint import lint_file
 
-from pipelines import valohai_yaml as generator
-from pipelines.step_specs import SPECS, dashed
+from pipelines.shared import SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
+from pipelines.valohai import config as generator
+from pipelines.valohai.config import dashed
 from steps.flags import FLAG, parse_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +54,7 @@ def test_lint_is_clean_with_strict_warnings():
 
 def test_generated_file_is_up_to_date():
   with open(CONFIG_PATH) as f:
-    assert f.read() == generator.render(), 'run: python -m pipelines.valohai_yaml'
+    assert f.read() == generator.render(), f'run: {generator.REGENERATE}'
 
 
 def test_every_step_module_has_a_step_of_its_name(config):
@@ -162,3 +163,9 @@ def test_sweep_task_values_are_valid_parameter_values(config):
     for variant in task.parameters:
       for value in variant.rules['items']:
         assert step.parameters[variant.name].validate(value) == value, (task.name, variant.name, value)
+
+
+def test_sweep_task_is_the_shared_grid(config):
+  (task,) = config.tasks.values()
+  assert {v.name: tuple(v.rules['items']) for v in task.parameters} == {
+      'base_learning_rate': SWEEP_LEARNING_RATES, 'model_variant': SWEEP_MODEL_VARIANTS}

@@ -1,7 +1,7 @@
 """Runs valohai.yaml steps and pipelines on this machine the way Valohai runs them.
 
-    python -m pipelines.valohai_local step train -p training_number_of_steps=10 -i tfrecords=out/tfrecords.tar.gz
-    python -m pipelines.valohai_local pipeline train-evaluate-export \
+    python -m pipelines.valohai.local step train -p training_number_of_steps=10 -i tfrecords=out/tfrecords.tar.gz
+    python -m pipelines.valohai.local pipeline train-evaluate-export \
         -i build-data.raw_data=data/raw -p build-data.dataset=folder -p train.training_number_of_steps=10
 
 Commands are rendered by valohai-yaml from the parameter defaults (flags included, as the Valohai CLI
@@ -26,10 +26,8 @@ import urllib.request
 import valohai_yaml
 from valohai_yaml.excs import ValidationErrors
 
-from pipelines.metric_lines import run_passing_through
-from steps.flags import parse_bool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pipelines.shared import run_passing_through
+from pipelines.valohai.config import CONFIG_PATH, ROOT
 
 
 class RunError(Exception):
@@ -53,7 +51,11 @@ def cast_parameter(step, name: str, raw):
     raise RunError(f'step {step.name} has no parameter {name!r}')
   parameter = step.parameters[name]
   if parameter.type == 'flag':
-    return raw if isinstance(raw, bool) else parse_bool(raw)
+    if isinstance(raw, bool):
+      return raw
+    if raw not in ('true', 'false'):
+      raise RunError(f'{step.name}: parameter {name}: expected true or false, got {raw!r}')
+    return raw == 'true'
   if parameter.multiple and isinstance(raw, str):
     raw = [part for part in raw.split(',') if part]
   try:
@@ -188,7 +190,7 @@ def _check_node(pipeline, node: str) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m pipelines.valohai_local',
+  parser = argparse.ArgumentParser(prog='python -m pipelines.valohai.local',
                                    description='Run valohai.yaml steps and pipelines locally, as Valohai would.')
   parser.add_argument('kind', choices=('step', 'pipeline'))
   parser.add_argument('name', help='the step or pipeline name in valohai.yaml')
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
                       help='an input file or folder (pipelines: NODE.NAME=PATH)')
   parser.add_argument('--run-dir', help='where the executions lay out their /valohai folders '
                       '(default: .valohai/runs/<timestamp>)')
-  parser.add_argument('--config', default=os.path.join(ROOT, 'valohai.yaml'))
+  parser.add_argument('--config', default=CONFIG_PATH)
   args = parser.parse_args(argv)
   run_dir = os.path.abspath(args.run_dir or os.path.join(
       ROOT, '.valohai', 'runs', datetime.datetime.now().strftime('%Y%m%d-%H%M%S')))
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
     return 1
   with open(os.path.join(run_dir, 'summary.json'), 'w') as f:
     json.dump(results, f, indent=2)
-  print(f'[valohai_local] done: {run_dir}/summary.json', file=sys.stderr)
+  print(f'[pipelines.valohai.local] done: {run_dir}/summary.json', file=sys.stderr)
   return 0
 
 

@@ -1,41 +1,34 @@
 """The DeepLab pipeline for Kubeflow Pipelines (kfp 2): build data, sweep the learning rate, keep the best.
 
-    python -m pipelines.deeplab_pipeline            # compile to pipelines/deeplab_pipeline.yaml
-    python -m pipelines.deeplab_pipeline --check    # exit 1 if the committed YAML is out of date
+Compiled to pipelines/kubeflow/pipeline.yaml by `python -m pipelines.kubeflow`.
 
 raw data (importer) -> build_data -> ParallelFor(base_learning_rates): train -> evaluate
   -> select_best (highest mIoU) -> export -> predict on the images (importer)
 
-Every task runs the step components (pipelines/kfp_components.py) in the project image, which the
-`image` argument names at run time. Artifacts travel as KFP artifacts; the steps take their
-suffix-less paths. Each step's JSON metric lines are logged as KFP metrics. Inputs come in by URI
-(`raw_data_uri`, `images_uri`: a local path with kfp.local, an object store URI on a cluster) because
-pipeline-level input artifacts cannot be given to a local run.
+Every task runs the step components (pipelines/kubeflow/components.py, generated from the SPECs) in
+the project image, which the `image` argument names at run time. Artifacts travel as KFP artifacts;
+the steps take their suffix-less paths. Each step's JSON metric lines are logged as KFP metrics. Inputs
+come in by URI (`raw_data_uri`, `images_uri`: a local path with kfp.local, an object store URI on a
+cluster) because pipeline-level input artifacts cannot be given to a local run.
 """
 # No `from __future__ import annotations`: kfp reads the component annotations as types.
 
-import argparse
 import os
-import sys
 import tempfile
 from typing import List
 
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from pipelines import kfp_components as components
-from pipelines.generated import write_or_check
-from pipelines.images import PROJECT_IMAGE
-from pipelines.step_specs import SPECS
+from pipelines.kubeflow import components
+from pipelines.kubeflow.step_component import input_default
+from pipelines.shared import PROJECT_IMAGE, SPECS, SWEEP_LEARNING_RATES
 
-COMPILED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'deeplab_pipeline.yaml')
-TRAIN = SPECS['train']
-SWEEP_LEARNING_RATES = [0.007, 0.02]
+COMPILED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pipeline.yaml')
 
 
 def _train_default(name: str):
-  default = TRAIN.parameter(name).default
-  return list(default) if isinstance(default, tuple) else default
+  return input_default(SPECS['train'].parameter(name))
 
 
 @dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
@@ -46,18 +39,20 @@ def select_best(
     best: Output[Model],
     metrics: Output[Metrics],
 ) -> float:
-  """Copies the checkpoint whose evaluation has the highest mIoU; returns that mIoU.
+  """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule); returns that mIoU.
 
-  The three lists are in sweep order (dsl.Collected keeps the ParallelFor order).
+  The three lists are in sweep order (dsl.Collected keeps the ParallelFor order). KFP metrics and
+  outputs are numbers: a missing mIoU (no pixel evaluated) is reported as -1.
   """
   import json
   import shutil
-  scores = []
+  from deeplab.metrics import best_index
+  mious = []
   for evaluation in evaluations:
     with open(evaluation.path) as f:
-      miou = json.load(f).get('miou')
-    scores.append(-1.0 if miou is None else float(miou))  # null: nothing was predicted right
-  index = max(range(len(scores)), key=scores.__getitem__)
+      mious.append(json.load(f)['miou'])
+  index = best_index(mious)
+  scores = [-1.0 if miou is None else miou for miou in mious]
   shutil.copyfile(checkpoints[index].path, best.path)
   metrics.log_metric('best_miou', scores[index])
   metrics.log_metric('best_base_learning_rate', learning_rates[index])
@@ -77,12 +72,12 @@ def deeplab_pipeline(
     images_uri: str,
     image: str = PROJECT_IMAGE,
     dataset: str = SPECS['build_data'].parameter('dataset').default,
-    base_learning_rates: List[float] = SWEEP_LEARNING_RATES,
+    base_learning_rates: List[float] = list(SWEEP_LEARNING_RATES),
     model_variant: str = _train_default('model_variant'),
     depth_multiplier: float = _train_default('depth_multiplier'),
     training_number_of_steps: int = _train_default('training_number_of_steps'),
     train_batch_size: int = _train_default('train_batch_size'),
-    train_crop_size: List[int] = _train_default('train_crop_size'),
+    train_crop_size: str = _train_default('train_crop_size'),
     log_steps: int = _train_default('log_steps'),
 ) -> float:
   """Returns the mIoU of the checkpoint that was exported."""
@@ -122,14 +117,3 @@ def compile_text() -> str:
     with open(path) as f:
       return f.read()
 
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m pipelines.deeplab_pipeline', description=__doc__.split('\n')[0])
-  parser.add_argument('--check', action='store_true', help='only check that the compiled YAML is up to date')
-  parser.add_argument('--output', default=COMPILED_PATH, help='where to write the compiled pipeline')
-  args = parser.parse_args(argv)
-  return write_or_check(args.output, compile_text(), args.check, 'python -m pipelines.deeplab_pipeline')
-
-
-if __name__ == '__main__':
-  sys.exit(main())

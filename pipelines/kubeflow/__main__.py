@@ -1,0 +1,29 @@
+"""Regenerates the Kubeflow files from the step SPECs: components.py, then pipeline.yaml compiled with it.
+
+    python -m pipelines.kubeflow            # rewrite both
+    python -m pipelines.kubeflow --check    # exit 1 if either is out of date
+"""
+import argparse
+import sys
+
+from pipelines.kubeflow.step_component import COMPONENTS_PATH, components_source
+from pipelines.shared import SPECS, write_or_check
+
+REGENERATE = 'python -m pipelines.kubeflow'
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog=REGENERATE, description=__doc__.split('\n')[0])
+  parser.add_argument('--check', action='store_true', help='only check that both files are up to date')
+  args = parser.parse_args(argv)
+  status = write_or_check(COMPONENTS_PATH, components_source(SPECS.values()), args.check, REGENERATE)
+  if status:
+    return status
+  # Imported only now, so that the pipeline is built from the components just written (and a
+  # components.py that no longer imports cannot stop its own regeneration).
+  from pipelines.kubeflow.pipeline import COMPILED_PATH, compile_text
+  return write_or_check(COMPILED_PATH, compile_text(), args.check, REGENERATE)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
