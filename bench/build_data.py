@@ -24,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from deeplab.config import BuildConfig  # noqa: E402
 from deeplab.datasets import build, layouts, synthetic  # noqa: E402
 from steps import artifacts  # noqa: E402
 
@@ -122,8 +123,8 @@ def main():
       out = os.path.join(tmp, f'out{workers}')
       os.makedirs(out)
       with PeakMemory() as memory:
-        _, stats = build.build(voc, raw, out, splits=('train', 'val'), num_workers=workers,
-                               progress=False)
+        _, stats = build.build(voc, raw, out, BuildConfig(splits=('train', 'val'),
+                                                          num_workers=workers), progress=False)
       print(f'build, {workers} worker{"s" if workers > 1 else ""}:{" " * (22 - len(str(workers)))}'
             f'{stats.images_per_sec:8.1f} images/s  ratio to floor {stats.images_per_sec / floor_ips:.2f}'
             f'  peak RSS {memory.peak / 2 ** 20:.0f} MiB ({stats.bytes_written / 2 ** 20:.0f} MiB '

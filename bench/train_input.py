@@ -57,19 +57,17 @@ def main():
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from deeplab.compat import tf
   from deeplab import input as model_input, training
-  from deeplab.config import ModelConfig
+  from deeplab.config import ModelConfig, TrainConfig
   from deeplab.datasets.manifest import read_manifest
 
   with tempfile.TemporaryDirectory() as folder:
     manifest = read_manifest(_make_tfrecords(folder))
     model_config = ModelConfig(num_classes=manifest.num_classes, depth_multiplier=0.5)
-    train_config = training.TrainConfig(train_batch_size=args.batch,
-                                        train_crop_size=(args.crop, args.crop),
-                                        min_scale_factor=0.75, max_scale_factor=1.25)
-    crop = (args.crop, args.crop)
+    train_config = TrainConfig(train_batch_size=args.batch, train_crop_size=(args.crop, args.crop),
+                               min_scale_factor=0.75, max_scale_factor=1.25)
     with tf.Graph().as_default():
-      dataset = model_input.train_dataset(manifest.shard_paths('train'), args.batch, crop,
-                                          manifest.ignore_label, min_scale=0.75, max_scale=1.25)
+      dataset = model_input.train_dataset(manifest.shard_paths('train'), model_config, train_config,
+                                          manifest.ignore_label)
       images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
       pipeline = _Session(model_config, train_config, images, labels, manifest.ignore_label)
       batch = pipeline.session.run([images, labels])

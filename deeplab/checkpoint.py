@@ -150,7 +150,7 @@ def restore_matching(session, prefix: str, variables, exclude_scopes=()) -> dict
   def excluded(name):
     return any(name.startswith(scope) for scope in exclude_scopes)
 
-  restore, missing, mismatched = {}, [], []
+  matched, missing, mismatched = {}, [], []
   for variable in variables:
     name = variable.op.name
     if excluded(name) or any(m in name for m in _TRAINING_STATE_MARKERS):
@@ -161,24 +161,24 @@ def restore_matching(session, prefix: str, variables, exclude_scopes=()) -> dict
       mismatched.append(f'{name} is {shapes[name]} in the checkpoint but {variable.shape.as_list()} '
                         'in the model')
     else:
-      restore[name] = variable
+      matched[name] = variable
   if mismatched:
     hint = (' (a different class count? pass --initialize_last_layer=false)'
             if any(m.startswith('logits') for m in mismatched) else
             ' (is model_variant / depth_multiplier / atrous_rates / output_stride right?)')
     raise UserError(f'{prefix}: {len(mismatched)} variables do not fit the model, first: '
                     f'{mismatched[0]}{hint}')
-  if not restore:
+  if not matched:
     raise UserError(f'{prefix}: no variable of the checkpoint belongs to this model '
                     '(wrong model_variant, or not a DeepLab/backbone checkpoint?)')
   model_names = {v.op.name for v in variables}
   unexpected = sorted(n for n in shapes if n not in model_names and not excluded(n)
                       and not any(m in n for m in _TRAINING_STATE_MARKERS))
-  restore(session, tf.compat.v1.train.Saver(restore), prefix)
+  restore(session, tf.compat.v1.train.Saver(matched), prefix)
   if missing:
     log.warning('%d model variables are not in %s and start from their initializers, first: %s',
                 len(missing), prefix, missing[0])
   if unexpected:
     log.warning('%d checkpoint variables are not in the model and were ignored, first: %s',
                 len(unexpected), unexpected[0])
-  return {'restored': sorted(restore), 'missing': missing, 'unexpected': unexpected}
+  return {'restored': sorted(matched), 'missing': missing, 'unexpected': unexpected}

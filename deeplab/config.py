@@ -128,7 +128,8 @@ class Settings:
         value = _typed(info, value)
         info.check(value)
       except ValueError as e:
-        raise UserError(f'--{info.name}={_show(value)}: {e}') from None
+        unknown = 'unknown ' + info.name.replace('_', ' ') + '; ' if 'one of' in str(e) else ''
+        raise UserError(f'--{info.name}={_show(value)}: {unknown}{e}') from None
       object.__setattr__(self, info.name, value)
     self.validate()
 
@@ -180,7 +181,7 @@ class ModelConfig(Settings):
   num_classes: int = setting(21, 'classes the logits layer predicts (from the dataset)', min=2,
                              flag=False)
   depth_multiplier: float = setting(1.0, 'MobileNetV2 width multiplier', min=0.01)
-  output_stride: int = setting(16, 'input size / feature size (atrous convolution below 32)',
+  output_stride: int = setting(16, 'input size / feature size (8, 16 or 32)',
                                choices=(8, 16, 32))
   atrous_rates: Tuple[int, ...] = setting(
       PRESET, 'ASPP atrous rates, one 3x3 branch each ("preset" = the model_variant\'s; "none" = '

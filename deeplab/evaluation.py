@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
-
 import numpy as np
 
 from deeplab import input as model_input
 from deeplab import checkpoint, metrics, model
 from deeplab.compat import tf
-from deeplab.config import ModelConfig
+from deeplab.config import EvalConfig, ModelConfig
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
 
@@ -32,18 +30,18 @@ def check_labels(label, name, num_classes, ignore_label, split):
                     f'label {ignore_label}')
 
 
-def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest, split: str,
-             scales=(1.0,), add_flipped_images=False,
-             progress: Callable[[int], None] = lambda count: None) -> dict:
-  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `split`."""
+def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
+             eval_config: EvalConfig) -> dict:
+  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `eval_config.eval_split`."""
+  split = eval_config.eval_split
   shards = manifest.verified_shard_paths(split)
   num_classes, ignore_label = config.num_classes, manifest.ignore_label
   confusion = np.zeros((num_classes, num_classes), np.int64)
   count = 0
   with tf.Graph().as_default():
     example = tf.compat.v1.data.make_one_shot_iterator(model_input.eval_dataset(shards)).get_next()
-    predictions, _ = model.predict_labels(example['image'][tf.newaxis], config, scales,
-                                          add_flipped_images)
+    predictions, _ = model.predict_labels(example['image'][tf.newaxis], config,
+                                          eval_config.eval_scales, eval_config.add_flipped_images)
     with tf.compat.v1.Session() as session:
       checkpoint.restore(session, tf.compat.v1.train.Saver(), checkpoint_prefix)
       started = time.perf_counter()
@@ -64,7 +62,6 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest, sp
         check_labels(label, name.decode(), num_classes, ignore_label, split)
         confusion += metrics.confusion_matrix(label, predicted[0], num_classes, ignore_label)
         count += 1
-        progress(count)
   if not count:
     raise UserError(f'split {split!r} of {manifest.folder} has no examples')
   result = metrics.summarize(confusion, manifest.class_names)

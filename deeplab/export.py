@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from deeplab import checkpoint, model
 from deeplab.compat import tf
-from deeplab.config import ModelConfig
+from deeplab.config import ExportConfig, ModelConfig
 
 INPUT_TENSOR = 'ImageTensor'
 PREDICTIONS_TENSOR = 'SemanticPredictions'
@@ -19,11 +19,12 @@ PROBABILITIES_TENSOR = 'SemanticProbabilities'
 FROZEN_GRAPH = 'frozen_inference_graph.pb'
 
 
-def freeze(config: ModelConfig, checkpoint_prefix: str, scales=(1.0,), add_flipped_images=False):
+def freeze(config: ModelConfig, checkpoint_prefix: str, export_config: ExportConfig):
   """Returns the frozen GraphDef of the inference graph of `checkpoint_prefix`."""
   with tf.Graph().as_default() as graph:
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_TENSOR)
-    predictions, probabilities = model.predict_labels(images, config, scales, add_flipped_images)
+    predictions, probabilities = model.predict_labels(
+        images, config, export_config.inference_scales, export_config.add_flipped_images)
     tf.identity(predictions, name=PREDICTIONS_TENSOR)
     tf.identity(probabilities, name=PROBABILITIES_TENSOR)
     with tf.compat.v1.Session(graph=graph) as session:

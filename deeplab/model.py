@@ -11,8 +11,10 @@ DeepLab checkpoints:
 All bilinear resizing uses corner alignment, as the original DeepLab does, so that crops of size
 k * output_stride + 1 map exactly onto their feature grid.
 """
+from typing import Optional
+
 from deeplab.compat import slim, tf
-from deeplab.config import ModelConfig
+from deeplab.config import ModelConfig, TrainConfig
 from deeplab.input import resize_to_range
 from deeplab.nets import mobilenet_v2, resnet_v1_beta, xception
 from deeplab.nets.batch_norm import batch_norm
@@ -62,17 +64,17 @@ def _separable_conv(net, depth, rate, scope, weight_decay):
       weights_regularizer=slim.l2_regularizer(weight_decay), scope=scope + '_pointwise')
 
 
-def _head_arg_scope(config: ModelConfig, is_training: bool, train_batch_norm: bool):
+def _head_arg_scope(config: ModelConfig, hyper: TrainConfig, train_batch_norm: bool):
   with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
-                      weights_regularizer=slim.l2_regularizer(config.weight_decay),
+                      weights_regularizer=slim.l2_regularizer(hyper.weight_decay),
                       activation_fn=tf.nn.relu, normalizer_fn=batch_norm, padding='SAME', stride=1):
-    with slim.arg_scope([batch_norm], is_training=is_training and train_batch_norm,
-                        decay=config.batch_norm_decay, epsilon=config.batch_norm_epsilon,
+    with slim.arg_scope([batch_norm], is_training=train_batch_norm,
+                        decay=hyper.batch_norm_decay, epsilon=config.batch_norm_epsilon,
                         center=True, scale=True) as scope:
       return scope
 
 
-def aspp(features, config: ModelConfig, is_training: bool):
+def aspp(features, config: ModelConfig, is_training: bool, weight_decay: float):
   """Atrous spatial pyramid pooling: [N, h, w, C] -> [N, h, w, 256]."""
   branches = []
   if config.add_image_level_feature:
@@ -83,7 +85,7 @@ def aspp(features, config: ModelConfig, is_training: bool):
   for i, rate in enumerate(config.atrous_rates, start=1):
     scope = f'aspp{i}'
     if config.aspp_with_separable_conv:
-      branches.append(_separable_conv(features, ASPP_DEPTH, rate, scope, config.weight_decay))
+      branches.append(_separable_conv(features, ASPP_DEPTH, rate, scope, weight_decay))
     else:
       branches.append(slim.conv2d(features, ASPP_DEPTH, 3, rate=rate, scope=scope))
   net = tf.concat(branches, axis=3)
@@ -92,7 +94,7 @@ def aspp(features, config: ModelConfig, is_training: bool):
                       scope='concat_projection_dropout')
 
 
-def decoder(features, low_level_features, config: ModelConfig):
+def decoder(features, low_level_features, config: ModelConfig, weight_decay: float):
   """DeepLabv3+ decoder: ASPP output + projected stride-4 features -> [N, h4, w4, 256]."""
   with tf.compat.v1.variable_scope('decoder'):
     size = _spatial_size(low_level_features)
@@ -100,35 +102,41 @@ def decoder(features, low_level_features, config: ModelConfig):
                             scope='feature_projection0')
     net = tf.concat([resize_bilinear(features, size), projected], axis=3)
     if config.decoder_use_separable_conv:
-      net = _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv0', config.weight_decay)
-      return _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv1', config.weight_decay)
+      net = _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv0', weight_decay)
+      return _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv1', weight_decay)
     return slim.repeat(net, 2, slim.conv2d, ASPP_DEPTH, 3, scope='decoder_conv0')
 
 
-def logits(images, config: ModelConfig, is_training: bool = False, train_batch_norm: bool = False):
+def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   """Builds the network on preprocessed images.
 
   Args:
     images: float32 [N, H, W, 3] in [-1, 1].
-    is_training: dropout on, batch norm in training mode when `train_batch_norm` too.
-    train_batch_norm: update batch norm statistics (DeepLab's fine_tune_batch_norm).
+    training: the run's settings when building a training graph (dropout on; batch norm in
+      training mode with fine_tune_batch_norm; its weight decay and batch norm decay); None for
+      inference.
   Returns:
     float32 [N, ceil(H / s), ceil(W / s), num_classes], s = decoder_output_stride or output_stride.
   """
+  # At inference the decay settings shape no op that predictions depend on; the defaults keep the
+  # inference graph the same whatever a run trained with.
+  hyper = training or TrainConfig()
+  is_training = training is not None
+  train_batch_norm = is_training and training.fine_tune_batch_norm
   backbone, backbone_arg_scope, decoder_end_point = _BACKBONES[config.model_variant]
-  with slim.arg_scope(backbone_arg_scope(is_training=is_training and train_batch_norm,
-                                         weight_decay=config.weight_decay,
-                                         batch_norm_decay=config.batch_norm_decay)):
+  with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
+                                         weight_decay=hyper.weight_decay,
+                                         batch_norm_decay=hyper.batch_norm_decay)):
     features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
                                     output_stride=config.output_stride)
-  with slim.arg_scope(_head_arg_scope(config, is_training, train_batch_norm)):
-    net = aspp(features, config, is_training)
+  with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):
+    net = aspp(features, config, is_training, hyper.weight_decay)
     if config.decoder_output_stride:
-      net = decoder(net, end_points[decoder_end_point], config)
+      net = decoder(net, end_points[decoder_end_point], config, hyper.weight_decay)
   with tf.compat.v1.variable_scope(LOGITS_SCOPE):
     return slim.conv2d(net, config.num_classes, 1, activation_fn=None, normalizer_fn=None,
                        weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01),
-                       weights_regularizer=slim.l2_regularizer(config.weight_decay),
+                       weights_regularizer=slim.l2_regularizer(hyper.weight_decay),
                        scope='semantic')
 
 
@@ -151,7 +159,7 @@ def predict_probabilities(images, config: ModelConfig, scales=(1.0,), add_flippe
     for variant, flipped in variants:
       with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
                                        reuse=tf.compat.v1.AUTO_REUSE):
-        scores = logits(preprocess(variant), config, is_training=False)
+        scores = logits(preprocess(variant), config)
       scores = resize_bilinear(scores, size)
       if flipped:
         scores = tf.reverse(scores, [2])

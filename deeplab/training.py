@@ -62,6 +62,11 @@ def fingerprint(model_config: ModelConfig, train_config: TrainConfig, manifest: 
           'shards': split.shards if split else None}
 
 
+def global_step_of(prefix: str) -> int:
+  """The step a checkpoint of this trainer was saved at (its prefix ends in -<step>)."""
+  return int(prefix.rsplit('-', 1)[1])
+
+
 def work_dir_for(base: str, run_fingerprint: dict) -> str:
   """A work folder per distinct run under `base`, so different settings never resume each other."""
   digest = hashlib.sha256(json.dumps(run_fingerprint, sort_keys=True).encode()).hexdigest()[:16]
@@ -106,8 +111,7 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   learning_rate, global_step.
   """
   global_step = tf.compat.v1.train.get_or_create_global_step()
-  scores = model.logits(images, model_config, is_training=True,
-                        train_batch_norm=train_config.fine_tune_batch_norm)
+  scores = model.logits(images, model_config, training=train_config)
   loss = losses.softmax_cross_entropy(scores, labels, model_config.num_classes, ignore_label)
   regularization = tf.compat.v1.losses.get_regularization_losses()
   total_loss = tf.add_n([loss] + regularization, name='total_loss')

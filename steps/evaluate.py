@@ -3,9 +3,10 @@ import contextlib
 import logging
 import os
 
+from deeplab.config import EvalConfig
 from deeplab.errors import UserError
 from steps import artifacts
-from steps.flags import FLAG, FLOAT, STRING, Parameter, Path, StepSpec, parse_flags
+from steps.flags import DATASET_PARAMETER, Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.evaluate')
 
@@ -18,21 +19,8 @@ SPEC = StepSpec(
              'each and reports the best'),
     ),
     outputs=(Path('output', 'metrics JSON', filename='metrics.json'),),
-    parameters=(
-        Parameter('dataset', STRING, '', 'the dataset name, needed only for TFRecords without dataset.json'),
-        Parameter('eval_split', STRING, 'val', 'the split to evaluate'),
-        Parameter('eval_scales', FLOAT, (1.0,), 'image scales to average predictions over',
-                  multiple=True, min=0.01),
-        Parameter('add_flipped_images', FLAG, False, 'also average the left-right flipped image'),
-    ),
+    parameters=(DATASET_PARAMETER,) + parameters_from(EvalConfig),
 )
-
-
-def open_checkpoint(stack, path):
-  """(model.json dict, checkpoint prefix) of a checkpoint input; shared by evaluate and export."""
-  from deeplab import checkpoint
-  folder = stack.enter_context(artifacts.open_input(path, marker=checkpoint.MODEL_JSON))
-  return checkpoint.read_model_json(folder), checkpoint.resolve_checkpoint_path(folder)
 
 
 def sweep_checkpoints(path):
@@ -47,18 +35,18 @@ def sweep_checkpoints(path):
   return [path]
 
 
-def evaluate_checkpoint(stack, path, manifest, args):
+def evaluate_checkpoint(stack, path, manifest, config: EvalConfig):
   from deeplab import evaluation
-  info, prefix = open_checkpoint(stack, path)
-  config = info['model']
-  if manifest.num_classes != config.num_classes:
+  checkpoint = artifacts.Checkpoint.open(stack, path)
+  model_config = checkpoint.card.model
+  if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
-                    f'classes but the checkpoint {path} was trained for {config.num_classes}')
-  result = evaluation.evaluate(config, prefix, manifest, args.eval_split, args.eval_scales,
-                               args.add_flipped_images)
-  result.update(eval_scales=list(args.eval_scales), add_flipped_images=args.add_flipped_images,
+                    f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
+  result = evaluation.evaluate(model_config, checkpoint.prefix, manifest, config)
+  result.update(eval_scales=list(config.eval_scales), add_flipped_images=config.add_flipped_images,
                 dataset=manifest.name)
-  return result, info.get('training')
+  training = checkpoint.card.training
+  return result, training and dict(training.to_json(), global_step=checkpoint.card.global_step)
 
 
 def main():
@@ -67,14 +55,13 @@ def main():
   checkpoint_path = artifacts.input_location('evaluate', 'checkpoint', args.checkpoint)
   out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json',
                                       {'tfrecords': tfrecords, 'checkpoint': checkpoint_path})
+  config = EvalConfig.from_flags(args)
   with contextlib.ExitStack() as stack:
-    from deeplab.datasets.manifest import load_dataset
-    data_dir = stack.enter_context(artifacts.open_input(tfrecords, marker='dataset.json'))
-    manifest = load_dataset(data_dir, args.dataset)
+    manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
     candidates = sweep_checkpoints(checkpoint_path)
     results, summaries = [], []
     for index, path in enumerate(candidates):
-      result, training = evaluate_checkpoint(stack, path, manifest, args)
+      result, training = evaluate_checkpoint(stack, path, manifest, config)
       result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                               else os.path.basename(os.path.normpath(path)))
       results.append(result)
@@ -94,7 +81,7 @@ def main():
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],
                          **{f'iou_{name}': value for name, value in best['per_class_iou'].items()})
   log.info('mIoU %.4f on %d images of split %r (%s); wrote %s', best['miou'] or 0.0,
-           best['num_images'], args.eval_split, best['checkpoint'], out_path)
+           best['num_images'], config.eval_split, best['checkpoint'], out_path)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from typing import Any, Optional, Sequence
 
-from deeplab.config import PRESET, check_bounds, settings_of
+from deeplab.config import NONE, PRESET, check_bounds, settings_of
 
 # Parameter types, named as valohai.yaml names them.
 STRING, INTEGER, FLOAT, FLAG = 'string', 'integer', 'float', 'flag'
@@ -39,6 +39,10 @@ class Parameter:
   multiple: bool = False  # a list of `type` values (default is then a tuple)
   min: Optional[float] = None
   max: Optional[float] = None
+  # Words accepted besides values of `value_type` (then `type` is STRING for the orchestrators):
+  # e.g. `preset` and `none` for a setting that defaults to the model variant's value.
+  keywords: tuple = ()
+  value_type: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,11 @@ class StepSpec:
     return {p.name: p.default for p in self.parameters}
 
 
+# Where train and evaluate learn which dataset original DeepLab shards (no dataset.json) hold.
+DATASET_PARAMETER = Parameter('dataset', STRING, '', 'the dataset name, needed only for TFRecords '
+                              'without dataset.json')
+
+
 def parse_bool(text: str) -> bool:
   lowered = str(text).strip().lower()
   if lowered in _TRUE:
@@ -78,7 +87,8 @@ def parse_bool(text: str) -> bool:
 
 
 def _check_range(param: Parameter, value):
-  check_bounds(value, param.min, param.max, param.choices)
+  if value not in param.keywords:
+    check_bounds(value, param.min, param.max, param.choices)
   return value
 
 
@@ -94,7 +104,9 @@ def parameters_from(schema: type, exclude: Sequence[str] = ()) -> tuple:
       continue
     if info.preset:
       parameters.append(Parameter(info.name, STRING, (PRESET,) if info.multiple else PRESET,
-                                  info.help, multiple=info.multiple))
+                                  info.help, choices=info.choices, multiple=info.multiple,
+                                  min=info.min, max=info.max, keywords=(PRESET, NONE),
+                                  value_type=_TYPE_NAMES[info.kind]))
     else:
       parameters.append(Parameter(info.name, _TYPE_NAMES[info.kind], info.default, info.help,
                                   choices=info.choices, multiple=info.multiple, min=info.min,
@@ -115,10 +127,14 @@ def cast_value(param: Parameter, raw) -> Any:
 
 
 def _cast_scalar(param: Parameter, raw):
+  if raw in param.keywords:
+    return raw
+  kind = param.value_type or param.type
   try:
-    return _CASTS[param.type](raw)
+    return _CASTS[kind](raw)
   except ValueError:
-    raise ValueError(f'expected {"an" if param.type == INTEGER else "a"} {param.type}, got {raw!r}') from None
+    words = ''.join(f'{word!r} or ' for word in param.keywords)
+    raise ValueError(f'expected {words}{"an" if kind == INTEGER else "a"} {kind}, got {raw!r}') from None
 
 
 class _Parser(argparse.ArgumentParser):

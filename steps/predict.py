@@ -4,9 +4,10 @@ import logging
 import os
 import time
 
+from deeplab.config import PredictConfig
 from deeplab.errors import UserError
 from steps import artifacts
-from steps.flags import FLOAT, INTEGER, Parameter, Path, StepSpec, parse_flags
+from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.predict')
 
@@ -17,13 +18,8 @@ SPEC = StepSpec(
         Path('model', 'model.tar.gz from export'),
         Path('images', 'JPEG/PNG images: a folder or an archive'),
     ),
-    outputs=(Path('output', 'label PNGs + overlays', filename='predictions.tar.gz'),),
-    parameters=(
-        Parameter('overlay_alpha', FLOAT, 0.5, 'opacity of the colour mask over the image', min=0, max=1),
-        Parameter('max_inference_pixels', INTEGER, 4194304, 'images with more pixels are scaled '
-                  'down to this many for inference, and their labels scaled back up (nearest), '
-                  'which bounds the memory one large photo takes; 0 = always full size', min=0),
-    ),
+    outputs=(Path('output', 'label PNGs + overlays', filename=artifacts.Predictions.filename),),
+    parameters=parameters_from(PredictConfig),
 )
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -90,47 +86,37 @@ def predict_bounded(model, image, max_pixels):
   return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
 
 
-def _target(staging, kind, name):
-  path = os.path.join(staging, kind, name + '.png')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  return path
-
-
 def main():
   args = parse_flags(SPEC)
   model_path = artifacts.input_location('predict', 'model', args.model)
   images_path = artifacts.input_location('predict', 'images', args.images)
-  out_path = artifacts.output_location('predict', 'output', args.output, 'predictions.tar.gz',
+  out_path = artifacts.output_location('predict', 'output', args.output,
+                                      artifacts.Predictions.filename,
                                       {'model': model_path, 'images': images_path})
+  config = PredictConfig.from_flags(args)
   import numpy as np
-  from PIL import Image
-  from deeplab import checkpoint, export, visualize
+  from deeplab import export, visualize
   with contextlib.ExitStack() as stack:
-    model_dir = stack.enter_context(artifacts.open_input(model_path, marker=checkpoint.MODEL_JSON))
-    dataset = checkpoint.read_model_json(model_dir)['dataset']
-    graph_path = os.path.join(model_dir, export.FROZEN_GRAPH)
-    if not os.path.exists(graph_path):
-      raise UserError(f'--model: {model_path} has no {export.FROZEN_GRAPH}; expected the output '
-                      'of the export step')
+    model = artifacts.Model.open(stack, model_path)
+    dataset = model.card.dataset
     images = find_images(stack.enter_context(artifacts.open_input(images_path)))
     if not images:
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
-    frozen = export.FrozenModel(graph_path)
+    frozen = export.FrozenModel(model.graph_path)
     stack.callback(frozen.close)
-    staging = stack.enter_context(artifacts.scratch_dir('predictions'))
-    pixel_counts = np.zeros(dataset['num_classes'], np.int64)
+    predictions = artifacts.Predictions(stack)
+    pixel_counts = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
     for name, path in images:
       image = read_image(path)
-      labels = predict_bounded(frozen, image, args.max_inference_pixels)
+      labels = predict_bounded(frozen, image, config.max_inference_pixels)
       pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
-      visualize.save_label_png(labels, _target(staging, 'labels', name))
-      Image.fromarray(visualize.overlay(image, labels, dataset['colormap'], args.overlay_alpha)
-                      ).save(_target(staging, 'overlays', name))
+      predictions.add(name, labels,
+                      visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
     elapsed = time.perf_counter() - started
     shares = {name: float(count / pixel_counts.sum())
-              for name, count in zip(dataset['class_names'], pixel_counts)}
-    artifacts.write_tarball(staging, out_path)
+              for name, count in zip(dataset.class_names, pixel_counts)}
+    predictions.write(out_path)
   artifacts.emit_metrics(images=len(images), images_per_sec=len(images) / max(elapsed, 1e-9),
                          **{f'share_{name}': share for name, share in shares.items()})
   log.info('wrote %d label maps and overlays to %s', len(images), out_path)

@@ -10,7 +10,7 @@ import pytest
 
 from deeplab import model, training
 from deeplab.compat import slim, tf
-from deeplab.config import ModelConfig, preset_config
+from deeplab.config import ModelConfig
 from deeplab.errors import UserError
 from deeplab.nets import resnet_v1_beta, xception
 from tf_slim.nets import resnet_utils, resnet_v1  # after deeplab.compat, which patches tf-slim
@@ -142,10 +142,10 @@ def test_resnet_equals_tf_slims_resnet_v1_units():
 
 def test_resnet_presets_and_depth_multiplier():
   for variant in RESNETS:
-    config = preset_config(variant, num_classes=3)
+    config = ModelConfig(model_variant=variant, num_classes=3)
     assert (config.atrous_rates, config.output_stride, config.decoder_output_stride) == \
         ((6, 12, 18), 16, 0)
-    assert preset_config(variant, output_stride=8).atrous_rates == (12, 24, 36)
+    assert ModelConfig(model_variant=variant, output_stride=8).atrous_rates == (12, 24, 36)
     assert ModelConfig.from_json(config.to_json()) == config
   with pytest.raises(UserError, match='--depth_multiplier=0.5: resnet_v1_50_beta has no width'):
     ModelConfig(model_variant='resnet_v1_50_beta', depth_multiplier=0.5)
@@ -153,7 +153,7 @@ def test_resnet_presets_and_depth_multiplier():
 
 @pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
 def test_deeplab_predicts_at_a_tiny_size(variant):
-  config = preset_config(variant, num_classes=3, decoder_output_stride=4)
+  config = ModelConfig(model_variant=variant, num_classes=3, decoder_output_stride=4)
   with tf.Graph().as_default():
     scores = model.logits(tf.zeros([1, HEIGHT, WIDTH, 3]), config)
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3])
@@ -176,7 +176,7 @@ def test_deeplab_predicts_at_a_tiny_size(variant):
     ('resnet_v1_50_beta', 'resnet_v1_50/conv1_1'),
     ('xception_65', 'xception_65/entry_flow/conv1_1')])
 def test_trains_a_step(variant, first_conv):
-  model_config = preset_config(variant, num_classes=3)
+  model_config = ModelConfig(model_variant=variant, num_classes=3)
   train_config = training.TrainConfig(training_number_of_steps=2, train_batch_size=1,
                                       train_crop_size=(HEIGHT, HEIGHT), base_learning_rate=0.01)
   random = np.random.default_rng(0)
@@ -276,10 +276,10 @@ def test_xception_atrous_rates_strides_and_activations(output_stride, rates):
 
 
 def test_xception_preset():
-  config = preset_config('xception_65', num_classes=3)
+  config = ModelConfig(model_variant='xception_65', num_classes=3)
   assert (config.atrous_rates, config.output_stride, config.decoder_output_stride) == \
       ((6, 12, 18), 16, 4)
-  assert preset_config('xception_65', output_stride=8).atrous_rates == (12, 24, 36)
+  assert ModelConfig(model_variant='xception_65', output_stride=8).atrous_rates == (12, 24, 36)
   assert ModelConfig.from_json(config.to_json()) == config
   with pytest.raises(UserError, match='xception_65 has no width multiplier'):
     ModelConfig(model_variant='xception_65', depth_multiplier=0.5)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from PIL import Image
 
+from deeplab.config import BuildConfig
 from deeplab.datasets import build, layouts, manifest, synthetic, tfrecord
 from deeplab.errors import UserError
 
@@ -28,8 +30,8 @@ def build_into(tmp_path, dataset, raw, **kwargs):
   out = tmp_path / f'out{len(list(tmp_path.glob("out*")))}'
   out.mkdir()
   kwargs.setdefault('num_workers', 1)
-  kwargs.setdefault('progress', False)
-  return build.build(dataset, str(raw), str(out), **kwargs)
+  progress = kwargs.pop('progress', False)
+  return build.build(dataset, str(raw), str(out), BuildConfig(**kwargs), progress=progress)
 
 
 def records(result, split):
@@ -223,7 +225,7 @@ def test_real_cityscapes_sample_train_ids_and_label_ids(tmp_path):
   converted_dir = tmp_path / 'converted'
   converted_dir.mkdir()
   converted, _ = build.build(layouts.get('cityscapes'), str(copy), str(converted_dir),
-                             num_workers=1, progress=False)
+                             BuildConfig(num_workers=1), progress=False)
   example = tfrecord.parse_example(next(tfrecord.read_records(converted.shard_paths('val')[0])))
   agreement = np.mean(decode(example)[1] == decode(shipped)[1])
   assert agreement > 0.995

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from PIL import Image
 
 from deeplab import colormaps
+from deeplab.config import BuildConfig
 from deeplab.datasets import build, imagefile, layouts, manifest, synthetic, tfrecord
 from deeplab.datasets.layouts import cityscapes
 from deeplab.errors import UserError
@@ -189,7 +191,8 @@ def test_our_shards_parse_with_the_original_key_set(tmp_path, layout):
   out = tmp_path / 'out'
   out.mkdir()
   dataset = layouts.get(layout)
-  built, _ = build.build(dataset, raw, str(out), splits=['val'], num_workers=1, progress=False)
+  built, _ = build.build(dataset, raw, str(out), BuildConfig(splits=('val',), num_workers=1),
+                         progress=False)
   sources, _ = dataset.scan(dataset.locate(raw), 'val')
   # Graph mode: the library switches the process to tf.compat.v1 graph mode once imported.
   with tf.Graph().as_default():

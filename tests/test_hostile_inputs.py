@@ -183,7 +183,8 @@ def test_a_damaged_archive_is_one_line(tmp_path, tmpdir_env, make):
 def test_the_wrong_artifact_kind_names_the_users_file(tmp_path, tiny_tfrecords):
   result = run_step('export', f'--checkpoint={tiny_tfrecords}', f'--output={tmp_path / "m.tar.gz"}',
                     check=False)
-  _assert_one_error_line(result, str(tiny_tfrecords), 'model.json')
+  _assert_one_error_line(result, str(tiny_tfrecords), 'holds TFRecords (dataset.json), not a checkpoint',
+                         'expected the output of the train step')
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -4,7 +4,7 @@ import pytest
 
 from deeplab import model
 from deeplab.compat import tf
-from deeplab.config import ModelConfig, preset_config
+from deeplab.config import ModelConfig
 from deeplab.errors import UserError
 from deeplab.nets import mobilenet_v2
 
@@ -77,7 +77,8 @@ def test_predict_labels_keeps_any_input_size():
 
 
 def test_config_round_trip_and_validation():
-  config = preset_config('mobilenet_v2', output_stride=8, num_classes=4, atrous_rates=(12, 24))
+  config = ModelConfig(model_variant='mobilenet_v2', output_stride=8, num_classes=4,
+                       atrous_rates=(12, 24))
   assert ModelConfig.from_json(config.to_json()) == config
   with pytest.raises(UserError, match='--model_variant=resnet_v9: unknown model variant'):
     ModelConfig(model_variant='resnet_v9')

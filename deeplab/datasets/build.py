@@ -35,6 +35,7 @@ from deeplab.datasets import encode
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
 from deeplab.datasets.layouts import base
+from deeplab.config import BuildConfig
 from deeplab.errors import UserError
 
 # Runs shorter than this many examples take seconds: no progress bar to clutter the log.
@@ -63,13 +64,14 @@ def default_num_workers() -> int:
     return os.cpu_count() or 1
 
 
-def build(dataset: base.Dataset, raw_root: str, output_dir: str, splits: Sequence[str] = (),
-          num_shards: int = 4, num_workers: int = 0, skip_invalid: bool = False,
+def build(dataset: base.Dataset, raw_root: str, output_dir: str, config: BuildConfig = BuildConfig(),
           progress: bool = True) -> Tuple[manifest_lib.Manifest, BuildStats]:
-  """Writes the shards and dataset.json of `splits` (default: all found) into `output_dir`."""
+  """Writes the shards and dataset.json of `config.splits` (default: all found) into `output_dir`,
+  as `config` says (shards, workers, skipping invalid examples); `dataset` is the layout."""
   root = dataset.locate(raw_root)
   dataset = dataset.with_root(root)
-  split_names = list(dict.fromkeys(splits)) or dataset.splits(root)
+  skip_invalid = config.skip_invalid
+  split_names = list(dict.fromkeys(config.splits)) or dataset.splits(root)
   if not split_names:
     raise UserError(f'{root}: no splits found for the {dataset.name} layout')
   skipped: List[dict] = []
@@ -91,14 +93,14 @@ def build(dataset: base.Dataset, raw_root: str, output_dir: str, splits: Sequenc
   start = time.monotonic()
   tasks = []
   for split in split_names:
-    runs = _shard_runs(examples[split], num_shards)
+    runs = _shard_runs(examples[split], config.num_shards)
     for index, run in enumerate(runs):
       tasks.append(_ShardTask(split, manifest_lib.shard_name(split, index, len(runs)), run,
                               progress_slot=len(tasks)))
   histograms = {split: np.zeros(256, np.int64) for split in split_names}
   shards: Dict[str, List[dict]] = {split: [] for split in split_names}
   total = sum(len(v) for v in examples.values())
-  workers = min(num_workers or default_num_workers(), len(tasks))
+  workers = min(config.num_workers or default_num_workers(), len(tasks))
   with _progress_counts(len(tasks)) as counts, tqdm.tqdm(
       total=total, unit='img', file=sys.stderr,
       disable=not progress or total < _PROGRESS_MIN_EXAMPLES,

@@ -50,16 +50,21 @@ class SplitInfo:
   label_histogram: Optional[List[int]] = None
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a trained model keeps of its dataset (model.json's "dataset"): enough to name and colour
-  its predictions."""
+@dataclasses.dataclass
+class DatasetClasses:
+  """What names and colours a dataset's labels; the manifest and a model's model.json share it."""
   name: str
   num_classes: int
   ignore_label: int
   class_names: List[str]
   colormap: List[List[int]]
-  split_sizes: Dict[str, int]
+
+
+@dataclasses.dataclass
+class DatasetInfo(DatasetClasses):
+  """What a trained model keeps of its dataset (model.json's "dataset"): enough to name and colour
+  its predictions, and the split sizes it was trained with."""
+  split_sizes: Dict[str, int] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -73,12 +78,7 @@ class DatasetInfo:
 
 
 @dataclasses.dataclass
-class Manifest:
-  name: str
-  num_classes: int
-  ignore_label: int
-  class_names: List[str]
-  colormap: List[List[int]]
+class Manifest(DatasetClasses):
   splits: Dict[str, SplitInfo]
   skipped: List[dict] = dataclasses.field(default_factory=list)
   folder: str = ''  # where the shards are; not serialized

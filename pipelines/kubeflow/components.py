@@ -42,8 +42,8 @@ def train(
     model_variant: str = 'mobilenet_v2',
     depth_multiplier: float = 1.0,
     output_stride: int = 16,
-    atrous_rates: str = '',
-    decoder_output_stride: int = 0,
+    atrous_rates: str = 'preset',
+    decoder_output_stride: str = 'preset',
     add_image_level_feature: bool = True,
     aspp_with_separable_conv: bool = True,
     decoder_use_separable_conv: bool = True,
@@ -120,6 +120,7 @@ def predict(
     output: Output[Dataset],
     metrics: Output[Metrics],
     overlay_alpha: float = 0.5,
+    max_inference_pixels: int = 4194304,
 ):
   """Segment images with an exported model: raw label PNGs and colour overlays."""
   arguments = dict(locals())  # before the import below adds a local

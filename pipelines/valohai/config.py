@@ -66,9 +66,11 @@ def parameter_entry(param, default=None) -> dict:
   if param.multiple:
     entry.update({'multiple': 'separate', 'multiple-separator': ','})
   if default in ('', ()):
-    entry['optional'] = True  # empty: send nothing, the step decides (e.g. the preset's atrous rates)
+    entry['optional'] = True  # empty: send nothing, the step decides (e.g. every split found)
   else:
     entry['default'] = list(default) if isinstance(default, tuple) else default
+  if param.keywords:  # words such as `preset` besides numbers: the step checks the values
+    return entry
   if param.choices:
     entry['choices'] = list(param.choices)
   if param.min is not None:
