@@ -1,4 +1,4 @@
-"""Layer defaults shared by the backbones built from depthwise-separable convolutions."""
+"""Layers shared by the backbones: fixed-padding convolutions and layer defaults."""
 from deeplab.compat import slim, tf
 from deeplab.nets.batch_norm import batch_norm
 
@@ -15,3 +15,26 @@ def separable_net_arg_scope(activation_fn, is_training=True, weight_decay=4e-5,
       with slim.arg_scope([slim.conv2d], weights_regularizer=slim.l2_regularizer(weight_decay)):
         with slim.arg_scope([slim.separable_conv2d], weights_regularizer=None) as scope:
           return scope
+
+
+def pad_for_kernel(net, kernel_size, rate=1):
+  """Zero-pads H and W by the reach of a (dilated) kernel minus 1, split evenly (extra after).
+
+  A strided VALID conv after this padding has SAME's output size, ceil(H / stride), but SAME pads
+  only the bottom/right of even inputs, which shifts the features by a pixel against the published
+  weights (trained with this padding).
+  """
+  reach = kernel_size + (kernel_size - 1) * (rate - 1)
+  before, after = (reach - 1) // 2, (reach - 1) - (reach - 1) // 2
+  return tf.pad(net, [[0, 0], [before, after], [before, after], [0, 0]])
+
+
+def conv2d_same(net, depth, kernel_size, stride, rate=1, scope=None):
+  """A conv whose output is [N, ceil(H / stride), ceil(W / stride), depth] for any H, W.
+
+  Stride 1 uses SAME padding; a strided conv pads explicitly (`pad_for_kernel`) and convolves VALID.
+  """
+  if stride == 1:
+    return slim.conv2d(net, depth, kernel_size, stride=1, rate=rate, padding='SAME', scope=scope)
+  return slim.conv2d(pad_for_kernel(net, kernel_size, rate), depth, kernel_size, stride=stride,
+                     rate=rate, padding='VALID', scope=scope)

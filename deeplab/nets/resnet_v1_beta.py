@@ -40,6 +40,7 @@ reads `block1/unit_2/bottleneck_v1/conv3` (stride 4, 256 channels).
 """
 from deeplab.compat import slim, tf
 from deeplab.nets.batch_norm import batch_norm
+from deeplab.nets.layers import conv2d_same
 
 MULTI_GRID = (1, 2, 4)
 DECODER_END_POINT = 'block1/unit_2/bottleneck_v1/conv3'
@@ -71,29 +72,6 @@ def resnet_v1_beta_arg_scope(is_training=True, weight_decay=1e-4, batch_norm_dec
                         epsilon=batch_norm_epsilon, center=True, scale=True):
       with slim.arg_scope([slim.max_pool2d], padding='SAME') as scope:
         return scope
-
-
-def pad_for_kernel(net, kernel_size, rate=1):
-  """Zero-pads H and W by the reach of a (dilated) kernel minus 1, split evenly (extra after).
-
-  A strided VALID conv after this padding has SAME's output size, ceil(H / stride), but SAME pads
-  only the bottom/right of even inputs, which shifts the features by a pixel against the published
-  weights (trained with this padding).
-  """
-  reach = kernel_size + (kernel_size - 1) * (rate - 1)
-  before, after = (reach - 1) // 2, (reach - 1) - (reach - 1) // 2
-  return tf.pad(net, [[0, 0], [before, after], [before, after], [0, 0]])
-
-
-def conv2d_same(net, depth, kernel_size, stride, rate=1, scope=None):
-  """A conv whose output is [N, ceil(H / stride), ceil(W / stride), depth] for any H, W.
-
-  Stride 1 uses SAME padding; a strided conv pads explicitly (`pad_for_kernel`) and convolves VALID.
-  """
-  if stride == 1:
-    return slim.conv2d(net, depth, kernel_size, stride=1, rate=rate, padding='SAME', scope=scope)
-  return slim.conv2d(pad_for_kernel(net, kernel_size, rate), depth, kernel_size, stride=stride,
-                     rate=rate, padding='VALID', scope=scope)
 
 
 def bottleneck(net, depth_bottleneck, stride, rate, end_points, name):

@@ -34,7 +34,7 @@ later stride-2 modules keep the resolution and dilate the modules after them ins
 convolution): at output stride 16 exit_flow/block2 has rate 2; at 8 the middle flow and
 exit_flow/block1 have rate 2 and exit_flow/block2 rate 4. DeepLab's published Xception models use
 no multi-grid (unit rates 1, 1, 1), and neither does this network. Strided convolutions pad
-explicitly, as the published models were trained (resnet_v1_beta.pad_for_kernel).
+explicitly, as the published models were trained (layers.pad_for_kernel).
 
 Inputs are preprocessed to [-1, 1] (model.preprocess), as DeepLab does for Xception.
 
@@ -45,8 +45,7 @@ decoder reads `entry_flow/block2/unit_1/xception_module/separable_conv2_pointwis
 256 channels).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.layers import separable_net_arg_scope
-from deeplab.nets.resnet_v1_beta import conv2d_same, pad_for_kernel
+from deeplab.nets.layers import conv2d_same, pad_for_kernel, separable_net_arg_scope
 
 SCOPE = 'xception_65'
 DECODER_END_POINT = 'entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise'
