@@ -17,7 +17,7 @@ End points: `layer_1` (Conv) ... `layer_18` (expanded_conv_16), and for each blo
 `layer_4/depthwise_output` (stride 4).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.layers import separable_net_arg_scope
+from deeplab.nets.layers import backbone_arg_scope
 
 SCOPE = 'MobilenetV2'
 # Inverted residual blocks: (expansion factor t, output channels c, repeats n, first stride s).
@@ -56,8 +56,8 @@ def channels(base, depth_multiplier):
 def mobilenet_v2_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
                            batch_norm_epsilon=1e-3, stddev=0.09):
   """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU6."""
-  return separable_net_arg_scope(tf.nn.relu6, is_training, weight_decay, batch_norm_decay,
-                                 batch_norm_epsilon, stddev)
+  return backbone_arg_scope(tf.compat.v1.truncated_normal_initializer(stddev=stddev), tf.nn.relu6,
+                            is_training, weight_decay, batch_norm_decay, batch_norm_epsilon)
 
 
 def _inverted_residual(net, expansion, out_channels, stride, rate, end_points, layer, scope):

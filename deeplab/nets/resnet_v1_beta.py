@@ -39,8 +39,7 @@ addition), `blockB/unit_U/bottleneck_v1` (unit output) and `blockB` (block outpu
 reads `block1/unit_2/bottleneck_v1/conv3` (stride 4, 256 channels).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.batch_norm import batch_norm
-from deeplab.nets.layers import conv2d_same
+from deeplab.nets.layers import backbone_arg_scope, conv2d_same
 
 MULTI_GRID = (1, 2, 4)
 DECODER_END_POINT = 'block1/unit_2/bottleneck_v1/conv3'
@@ -64,14 +63,8 @@ def blocks(scope):
 def resnet_v1_beta_arg_scope(is_training=True, weight_decay=1e-4, batch_norm_decay=0.997,
                              batch_norm_epsilon=1e-5):
   """Layer defaults: He (variance scaling) init, L2 on weights, conv -> BN (scaled) -> ReLU."""
-  with slim.arg_scope([slim.conv2d],
-                      weights_initializer=slim.variance_scaling_initializer(),
-                      weights_regularizer=slim.l2_regularizer(weight_decay),
-                      normalizer_fn=batch_norm, activation_fn=tf.nn.relu, padding='SAME'):
-    with slim.arg_scope([batch_norm], is_training=is_training, decay=batch_norm_decay,
-                        epsilon=batch_norm_epsilon, center=True, scale=True):
-      with slim.arg_scope([slim.max_pool2d], padding='SAME') as scope:
-        return scope
+  return backbone_arg_scope(slim.variance_scaling_initializer(), tf.nn.relu, is_training,
+                            weight_decay, batch_norm_decay, batch_norm_epsilon)
 
 
 def bottleneck(net, depth_bottleneck, stride, rate, end_points, name):

@@ -45,7 +45,7 @@ decoder reads `entry_flow/block2/unit_1/xception_module/separable_conv2_pointwis
 256 channels).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.layers import conv2d_same, pad_for_kernel, separable_net_arg_scope
+from deeplab.nets.layers import backbone_arg_scope, conv2d_same, pad_for_kernel
 
 SCOPE = 'xception_65'
 DECODER_END_POINT = 'entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise'
@@ -65,8 +65,8 @@ BLOCKS = (
 def xception_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
                        batch_norm_epsilon=1e-3, stddev=0.09):
   """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU."""
-  return separable_net_arg_scope(tf.nn.relu, is_training, weight_decay, batch_norm_decay,
-                                 batch_norm_epsilon, stddev)
+  return backbone_arg_scope(tf.compat.v1.truncated_normal_initializer(stddev=stddev), tf.nn.relu,
+                            is_training, weight_decay, batch_norm_decay, batch_norm_epsilon)
 
 
 def separable_conv(net, depth, stride, rate, activation_fn, end_points, name, scope):
