@@ -101,7 +101,7 @@ def test_stacker_scopes_strides_rates_and_end_points():
 @pytest.mark.parametrize('output_stride, shape', [(2, [1, 9, 14, 6]), (4, [1, 5, 7, 6]),
                                                   (8, [1, 3, 4, 6])])
 def test_stacker_output_size_is_the_input_size_over_the_output_stride(output_stride, shape):
-  # The [1, 9, 14] input stands for the stem's output of a [1, 18, 28] image (input_stride 2);
+  # The [1, 9, 14] input stands for the root's output of a [1, 18, 28] image (input_stride 2);
   # odd sizes round up at each strided unit.
   net, _, calls, _ = _stack(output_stride)
   assert net.shape.as_list() == shape

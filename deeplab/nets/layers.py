@@ -1,7 +1,7 @@
 """What the backbones share: layer defaults, fixed-padding convolutions and the dense block stacker.
 
-A backbone is a stem (its first convolutions, which subsample by a fixed `input_stride`) followed
-by a list of `Block`s of `Unit`s that `stack_blocks_dense` builds for a target output stride.
+A backbone is a root (its first layers, which subsample by a fixed `input_stride`) followed by a
+list of `Block`s of `Unit`s that `stack_blocks_dense` builds for a target output stride.
 """
 import contextlib
 import dataclasses
@@ -49,6 +49,17 @@ def conv2d_same(net, depth, kernel_size, stride, rate=1, scope=None):
     return slim.conv2d(net, depth, kernel_size, stride=1, rate=rate, padding='SAME', scope=scope)
   return slim.conv2d(pad_for_kernel(net, kernel_size, rate), depth, kernel_size, stride=stride,
                      rate=rate, padding='VALID', scope=scope)
+
+
+def root_convs(net, convs, end_points):
+  """3x3 `conv2d_same`s, one per (scope, depth, stride) of `convs`, each output an end point.
+
+  [N, H, W, C] -> [N, ceil(H / S), ceil(W / S), the last depth], S the product of the strides.
+  """
+  for scope, depth, stride in convs:
+    net = conv2d_same(net, depth, 3, stride, scope=scope)
+    end_points[scope] = net
+  return net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +120,7 @@ def atrous_schedule(strides, rates, output_stride, input_stride=1):
     strides: each unit's stride.
     rates: each unit's multi-grid factor.
     output_stride: the input size over the size of the last unit's output.
-    input_stride: the input size over the size of the first unit's input (the stem's stride).
+    input_stride: the input size over the size of the first unit's input (the root's stride).
   Returns:
     a list of (stride, rate), one per unit.
   Raises:
@@ -134,7 +145,7 @@ def stack_blocks_dense(net, blocks, output_stride, input_stride, end_points):
   """Builds `blocks` on `net`, with atrous convolution beyond `output_stride` (`atrous_schedule`).
 
   Args:
-    net: [N, ceil(H / input_stride), ceil(W / input_stride), C], the stem's output for images of
+    net: [N, ceil(H / input_stride), ceil(W / input_stride), C], the root's output for images of
       height H and width W.
     blocks: a sequence of `Block`s.
     output_stride: the image size over the size of the result.

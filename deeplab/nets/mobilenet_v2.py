@@ -31,7 +31,7 @@ BLOCKS = (
     (6, 320, 1, 1),
 )
 FIRST_CONV_CHANNELS = 32
-STEM_STRIDE = 2  # Conv
+ROOT_STRIDE = 2  # Conv
 DECODER_END_POINT = 'layer_4/depthwise_output'
 
 
@@ -116,8 +116,8 @@ def mobilenet_v2(images, depth_multiplier=1.0, output_stride=16, scope=SCOPE, re
   end_points = {}
   with tf.compat.v1.variable_scope(scope, SCOPE, [images], reuse=reuse):
     net = slim.conv2d(images, channels(FIRST_CONV_CHANNELS, depth_multiplier), 3,
-                      stride=STEM_STRIDE, scope='Conv')
+                      stride=ROOT_STRIDE, scope='Conv')
     end_points['layer_1'] = net
     net = layers.stack_blocks_dense(net, [_inverted_residuals(depth_multiplier)], output_stride,
-                                    STEM_STRIDE, end_points)
+                                    ROOT_STRIDE, end_points)
   return net, end_points

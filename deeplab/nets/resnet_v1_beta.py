@@ -119,10 +119,7 @@ def resnet_v1_beta(images, scope, depth_multiplier=1.0, output_stride=16, multi_
   dense_blocks = _dense_blocks(scope, multi_grid)
   end_points = {}
   with tf.compat.v1.variable_scope(scope, values=[images], reuse=reuse):
-    net = images
-    for conv_scope, depth, stride in ROOT_CONVS:
-      net = layers.conv2d_same(net, depth, 3, stride, scope=conv_scope)
-      end_points[conv_scope] = net
+    net = layers.root_convs(images, ROOT_CONVS, end_points)
     net = slim.max_pool2d(net, 3, stride=2, scope='pool1')
     end_points['pool1'] = net
     net = layers.stack_blocks_dense(net, dense_blocks, output_stride, ROOT_STRIDE, end_points)
