@@ -9,8 +9,7 @@ ignore label, so padding never counts in the loss.
 """
 from deeplab.compat import tf
 from deeplab.datasets import tfrecord
-
-MEAN_PIXEL = 127.5
+from deeplab.preprocess import MEAN_PIXEL, resize, resize_to_range
 
 
 def parse_example(serialized):
@@ -30,30 +29,6 @@ def parse_example(serialized):
   return {'image': image, 'label': label, 'name': features[tfrecord.IMAGE_FILENAME]}
 
 
-def resize_to_range(image, min_size=0, max_size=0, method='bilinear'):
-  """Resizes [H, W, C] so the short side is >= min_size and the long side <= max_size.
-
-  0 disables a bound; with both 0 the image is returned unchanged. Sizes are floored, as the
-  original DeepLab does. `method` is 'bilinear' for images and 'nearest' for labels.
-  """
-  if not min_size and not max_size:
-    return image
-  size = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = tf.constant(1.0)
-  if min_size:
-    scale = float(min_size) / tf.reduce_min(size)
-  if max_size:
-    scale = tf.minimum(scale, float(max_size) / tf.reduce_max(size))
-  new_size = tf.maximum(tf.cast(tf.floor(size * scale), tf.int32), 1)
-  return _resize(image, new_size, method)
-
-
-def _resize(image, size, method):
-  if method == 'nearest':
-    return tf.compat.v1.image.resize_nearest_neighbor(image[tf.newaxis], size, align_corners=True)[0]
-  return tf.compat.v1.image.resize_bilinear(image[tf.newaxis], size, align_corners=True)[0]
-
-
 def random_scale(image, label, min_scale, max_scale, step_size):
   """Scales image (bilinear) and label (nearest) by one random factor.
 
@@ -68,7 +43,7 @@ def random_scale(image, label, min_scale, max_scale, step_size):
   else:
     scale = tf.random.uniform([], min_scale, max_scale)
   size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
-  return _resize(image, size, 'bilinear'), _resize(label, size, 'nearest')
+  return resize(image, size, 'bilinear'), resize(label, size, 'nearest')
 
 
 def pad_and_random_crop(image, label, crop_size, ignore_label):
