@@ -112,7 +112,7 @@ def test_resnet_multi_grid_is_a_builder_argument():
   unit = 'resnet_v1_50/block4/unit_{}/bottleneck_v1/conv2/Conv2D'
   assert tuple(_conv_rate(graph, unit.format(u)) for u in (1, 2, 3)) == (2, 2, 4)
   with tf.Graph().as_default():
-    with pytest.raises(ValueError, match=r'block4: 3 units but multi-grid rates \(1, 2\)'):
+    with pytest.raises(ValueError, match=r'block4: 3 units but multi_grid=\(1, 2\)'):
       resnet_v1_beta.resnet_v1_50_beta(tf.zeros([1, HEIGHT, WIDTH, 3]), multi_grid=(1, 2))
 
 

@@ -29,10 +29,10 @@ def test_schedule_multi_grid_multiplies_each_units_own_rate(output_stride, expec
 def test_schedule_of_the_resnet_layout():
   # block1..block4 of ResNet-50 after its stride-4 root; block4 with multi-grid (1, 2, 4).
   strides = [1, 1, 2] + [1, 1, 1, 2] + [1] * 5 + [2] + [1, 1, 1]
-  rates = [1] * 13 + [1, 2, 4]
+  multi_grid = [1] * 13 + [1, 2, 4]
   for output_stride, block3_rate, block4_rates in ((8, 2, [4, 8, 16]), (16, 1, [2, 4, 8]),
                                                    (32, 1, [1, 2, 4])):
-    schedule = layers.atrous_schedule(strides, rates, output_stride, input_stride=4)
+    schedule = layers.atrous_schedule(strides, multi_grid, output_stride, input_stride=4)
     assert [rate for _, rate in schedule[7:13]] == [block3_rate] * 6
     assert [rate for _, rate in schedule[13:]] == block4_rates
     assert [stride for stride, _ in schedule].count(2) == {8: 1, 16: 2, 32: 3}[output_stride]
@@ -45,12 +45,12 @@ def test_schedule_refuses_an_output_stride_the_strides_cannot_make(output_stride
 
 
 def test_numbered_units_follow_the_published_layout():
-  units = layers.numbered_units('flow/block1', 'module', [1, 2], rates=(1, 2), depth=8)
+  units = layers.numbered_units('flow/block1', 'module', [1, 2], multi_grid=(1, 2), depth=8)
   assert units == (layers.Unit('unit_1', 'flow/block1/unit_1/module', 1, 1, {'depth': 8}),
                    layers.Unit('unit_2', 'flow/block1/unit_2/module', 2, 2, {'depth': 8}))
-  assert [unit.rate for unit in layers.numbered_units('b', 'm', [1, 1, 2])] == [1, 1, 1]
-  with pytest.raises(ValueError, match=r'b: 3 units but multi-grid rates \(1, 2\)'):
-    layers.numbered_units('b', 'm', [1, 1, 2], rates=(1, 2))
+  assert [unit.multi_grid for unit in layers.numbered_units('b', 'm', [1, 1, 2])] == [1, 1, 1]
+  with pytest.raises(ValueError, match=r'b: 3 units but multi_grid=\(1, 2\)'):
+    layers.numbered_units('b', 'm', [1, 1, 2], multi_grid=(1, 2))
 
 
 def _recording_unit(calls):
@@ -67,7 +67,7 @@ def _stack(output_stride, height=9, width=14):
   unit = _recording_unit(calls)
   blocks = [
       layers.Block('block1', unit, layers.numbered_units('block1', 'm', [2, 2], depth=4)),
-      layers.Block(None, unit, [layers.Unit('top', 'layer_3', stride=1, rate=3,
+      layers.Block(None, unit, [layers.Unit('top', 'layer_3', stride=1, multi_grid=3,
                                             args={'depth': 6})]),
   ]
   with tf.Graph().as_default():

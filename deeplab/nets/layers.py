@@ -69,13 +69,13 @@ class Unit:
   scope: its variable scope, inside the block's.
   end_point: the key of its output in the end points; the unit function keys its layers under it.
   stride: how much the unit subsamples while the network is below its output stride.
-  rate: its multi-grid factor, multiplying the atrous rate the unit runs at.
+  multi_grid: its multi-grid factor, multiplying the atrous rate the unit runs at.
   args: the other keyword arguments of the block's unit function.
   """
   scope: str
   end_point: str
   stride: int = 1
-  rate: int = 1
+  multi_grid: int = 1
   args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -94,31 +94,32 @@ class Block:
   units: Sequence[Unit]
 
 
-def numbered_units(block_scope, unit_name, strides, rates=None, **args):
+def numbered_units(block_scope, unit_name, strides, multi_grid=None, **args):
   """Units scoped unit_1, unit_2, ... with end points `<block_scope>/unit_U/<unit_name>`.
 
   This is the layout of the published ResNet and Xception checkpoints; `unit_name` is the scope
-  the unit function opens inside `unit_U`. `rates` are the multi-grid factors (default all 1),
-  `args` go to every unit.
+  the unit function opens inside `unit_U`. `multi_grid` holds the units' multi-grid factors
+  (default all 1), `args` go to every unit.
   """
-  rates = rates or (1,) * len(strides)
-  if len(rates) != len(strides):
-    raise ValueError(f'{block_scope}: {len(strides)} units but multi-grid rates {tuple(rates)}')
-  return tuple(Unit(f'unit_{index}', f'{block_scope}/unit_{index}/{unit_name}', stride, rate, args)
-               for index, (stride, rate) in enumerate(zip(strides, rates), start=1))
+  multi_grid = multi_grid or (1,) * len(strides)
+  if len(multi_grid) != len(strides):
+    raise ValueError(f'{block_scope}: {len(strides)} units but multi_grid={tuple(multi_grid)}')
+  return tuple(Unit(f'unit_{index}', f'{block_scope}/unit_{index}/{unit_name}', stride, factor,
+                    args)
+               for index, (stride, factor) in enumerate(zip(strides, multi_grid), start=1))
 
 
-def atrous_schedule(strides, rates, output_stride, input_stride=1):
+def atrous_schedule(strides, multi_grid, output_stride, input_stride=1):
   """The (stride, atrous rate) each unit runs with so that the network ends at `output_stride`.
 
   Units subsample by their own stride until the running stride (from `input_stride`) reaches
   `output_stride`. From there on a unit keeps the resolution instead, and its stride multiplies
   the atrous rate of the units after it, so they see the context they would have seen at the
-  lower resolution. A unit's multi-grid factor (`rates`) multiplies its own rate only.
+  lower resolution. A unit's multi-grid factor multiplies its own rate only.
 
   Args:
     strides: each unit's stride.
-    rates: each unit's multi-grid factor.
+    multi_grid: each unit's multi-grid factor.
     output_stride: the input size over the size of the last unit's output.
     input_stride: the input size over the size of the first unit's input (the root's stride).
   Returns:
@@ -128,12 +129,12 @@ def atrous_schedule(strides, rates, output_stride, input_stride=1):
   """
   schedule = []
   current_stride, rate = input_stride, 1
-  for stride, unit_rate in zip(strides, rates):
+  for stride, factor in zip(strides, multi_grid):
     if current_stride == output_stride:
-      schedule.append((1, rate * unit_rate))
+      schedule.append((1, rate * factor))
       rate *= stride
     else:
-      schedule.append((stride, rate * unit_rate))
+      schedule.append((stride, rate * factor))
       current_stride *= stride
   if current_stride != output_stride:
     raise ValueError(f'output_stride={output_stride} cannot be reached: the network subsamples '
@@ -158,8 +159,8 @@ def stack_blocks_dense(net, blocks, output_stride, input_stride, end_points):
     ValueError: `output_stride` cannot be reached (raised before any unit is built).
   """
   units = [unit for block in blocks for unit in block.units]
-  schedule = iter(atrous_schedule([unit.stride for unit in units], [unit.rate for unit in units],
-                                  output_stride, input_stride))
+  schedule = iter(atrous_schedule([unit.stride for unit in units],
+                                  [unit.multi_grid for unit in units], output_stride, input_stride))
   for block in blocks:
     with (tf.compat.v1.variable_scope(block.scope) if block.scope else contextlib.nullcontext()):
       for unit in block.units:

@@ -66,9 +66,9 @@ def _dense_blocks(scope, multi_grid):
   dense_blocks = []
   for block_scope, depth_bottleneck, units, last_stride in blocks(scope):
     strides = (1,) * (units - 1) + (last_stride,)
-    rates = multi_grid if block_scope == 'block4' else None
+    block_multi_grid = multi_grid if block_scope == 'block4' else None
     dense_blocks.append(layers.Block(block_scope, bottleneck, layers.numbered_units(
-        block_scope, UNIT_SCOPE, strides, rates, depth_bottleneck=depth_bottleneck)))
+        block_scope, UNIT_SCOPE, strides, block_multi_grid, depth_bottleneck=depth_bottleneck)))
   return dense_blocks
 
 
