@@ -57,7 +57,7 @@ def blocks(scope):
       ('block1', 64, 3, 2),
       ('block2', 128, 4, 2),
       ('block3', 256, BLOCK3_UNITS[scope], 2),
-      ('block4', 512, 3, 1),  # the multi-grid factors are those of its units
+      ('block4', 512, 3, 1),  # one unit per multi-grid factor
   )
 
 
