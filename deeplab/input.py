@@ -12,8 +12,8 @@ import re
 from deeplab.compat import tf
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.datasets import tfrecord
+from deeplab.preprocess import MEAN_PIXEL, resize, resize_to_range
 
-MEAN_PIXEL = 127.5
 # The text of the assertion that a label has its image's size, and how to read the failure back.
 LABEL_SIZE_MISMATCH = 'label size differs from image size in example'
 _MISMATCH_RE = re.compile(re.escape(LABEL_SIZE_MISMATCH) +
@@ -37,30 +37,6 @@ def parse_example(serialized):
   return {'image': image, 'label': label, 'name': features[tfrecord.IMAGE_FILENAME]}
 
 
-def resize_to_range(image, min_size=0, max_size=0, method='bilinear'):
-  """Resizes [H, W, C] so the short side is >= min_size and the long side <= max_size.
-
-  0 disables a bound; with both 0 the image is returned unchanged. Sizes are floored, as the
-  original DeepLab does. `method` is 'bilinear' for images and 'nearest' for labels.
-  """
-  if not min_size and not max_size:
-    return image
-  size = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = tf.constant(1.0)
-  if min_size:
-    scale = float(min_size) / tf.reduce_min(size)
-  if max_size:
-    scale = tf.minimum(scale, float(max_size) / tf.reduce_max(size))
-  new_size = tf.maximum(tf.cast(tf.floor(size * scale), tf.int32), 1)
-  return _resize(image, new_size, method)
-
-
-def _resize(image, size, method):
-  if method == 'nearest':
-    return tf.compat.v1.image.resize_nearest_neighbor(image[tf.newaxis], size, align_corners=True)[0]
-  return tf.compat.v1.image.resize_bilinear(image[tf.newaxis], size, align_corners=True)[0]
-
-
 def random_scale(image, label, min_scale, max_scale, step_size):
   """Scales image (bilinear) and label (nearest) by one random factor.
 
@@ -75,7 +51,7 @@ def random_scale(image, label, min_scale, max_scale, step_size):
   else:
     scale = tf.random.uniform([], min_scale, max_scale)
   size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
-  return _resize(image, size, 'bilinear'), _resize(label, size, 'nearest')
+  return resize(image, size, 'bilinear'), resize(label, size, 'nearest')
 
 
 def pad_and_random_crop(image, label, crop_size, ignore_label):

@@ -15,9 +15,9 @@ from typing import Optional
 
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig, TrainConfig
-from deeplab.input import resize_to_range
 from deeplab.nets import mobilenet_v2, resnet_v1_beta, xception
 from deeplab.nets.batch_norm import batch_norm
+from deeplab.preprocess import MEAN_PIXEL, resize_to_range
 
 ASPP_DEPTH = 256
 DECODER_PROJECTION_DEPTH = 48
@@ -41,7 +41,7 @@ _BACKBONES = {
 
 def preprocess(images):
   """uint8 or float RGB in [0, 255] -> float32 in [-1, 1]."""
-  return tf.cast(images, tf.float32) / 127.5 - 1.0
+  return tf.cast(images, tf.float32) / MEAN_PIXEL - 1.0
 
 
 def resize_bilinear(images, size):

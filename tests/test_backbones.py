@@ -104,6 +104,18 @@ def test_resnet_atrous_rates_and_multi_grid(output_stride, block3_rate, block4_r
   assert all(_conv_stride(graph, unit.format(4, u)) == 1 for u in (1, 2, 3))
 
 
+def test_resnet_multi_grid_is_a_builder_argument():
+  with tf.Graph().as_default() as graph:
+    with slim.arg_scope(resnet_v1_beta.resnet_v1_beta_arg_scope(is_training=False)):
+      resnet_v1_beta.resnet_v1_50_beta(tf.zeros([1, HEIGHT, WIDTH, 3]), output_stride=16,
+                                       multi_grid=(1, 1, 2))
+  unit = 'resnet_v1_50/block4/unit_{}/bottleneck_v1/conv2/Conv2D'
+  assert tuple(_conv_rate(graph, unit.format(u)) for u in (1, 2, 3)) == (2, 2, 4)
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError, match=r'block4: 3 units but multi_grid=\(1, 2\)'):
+      resnet_v1_beta.resnet_v1_50_beta(tf.zeros([1, HEIGHT, WIDTH, 3]), multi_grid=(1, 2))
+
+
 def _tf_slim_resnet_50_beta(images, output_stride):
   """tf-slim's own ResNet-v1-50 units under the beta root; its units have no multi-grid."""
   with tf.compat.v1.variable_scope('resnet_v1_50'):

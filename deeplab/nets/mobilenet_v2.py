@@ -17,7 +17,7 @@ End points: `layer_1` (Conv) ... `layer_18` (expanded_conv_16), and for each blo
 `layer_4/depthwise_output` (stride 4).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.layers import separable_net_arg_scope
+from deeplab.nets import layers
 
 SCOPE = 'MobilenetV2'
 # Inverted residual blocks: (expansion factor t, output channels c, repeats n, first stride s).
@@ -31,6 +31,7 @@ BLOCKS = (
     (6, 320, 1, 1),
 )
 FIRST_CONV_CHANNELS = 32
+ROOT_STRIDE = 2  # Conv
 DECODER_END_POINT = 'layer_4/depthwise_output'
 
 
@@ -56,28 +57,47 @@ def channels(base, depth_multiplier):
 def mobilenet_v2_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
                            batch_norm_epsilon=1e-3, stddev=0.09):
   """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU6."""
-  return separable_net_arg_scope(tf.nn.relu6, is_training, weight_decay, batch_norm_decay,
-                                 batch_norm_epsilon, stddev)
+  return layers.backbone_arg_scope(tf.compat.v1.truncated_normal_initializer(stddev=stddev),
+                                   tf.nn.relu6, is_training, weight_decay, batch_norm_decay,
+                                   batch_norm_epsilon)
 
 
-def _inverted_residual(net, expansion, out_channels, stride, rate, end_points, layer, scope):
-  """One block: 1x1 expand (if t > 1) -> 3x3 depthwise -> 1x1 linear project (+ residual)."""
+def _inverted_residual(net, stride, rate, end_points, name, expansion, out_channels):
+  """One block: 1x1 expand (if t > 1) -> 3x3 depthwise -> 1x1 linear project (+ residual).
+
+  [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), out_channels].
+  """
   in_channels = net.shape[-1]
   block_input = net
-  with tf.compat.v1.variable_scope(scope):
-    expanded = make_divisible(in_channels * expansion, 8, 8)
-    if expanded > in_channels:
-      net = slim.conv2d(net, expanded, 1, scope='expand')
-    end_points[f'{layer}/expansion_output'] = net
-    net = slim.separable_conv2d(net, None, 3, depth_multiplier=1, stride=stride, rate=rate,
-                                scope='depthwise')
-    end_points[f'{layer}/depthwise_output'] = net
-    net = slim.conv2d(net, out_channels, 1, activation_fn=None, scope='project')
-    if stride == 1 and in_channels == out_channels:
-      net += block_input
-  end_points[f'{layer}/output'] = net
-  end_points[layer] = net
+  expanded = make_divisible(in_channels * expansion, 8, 8)
+  if expanded > in_channels:
+    net = slim.conv2d(net, expanded, 1, scope='expand')
+  end_points[f'{name}/expansion_output'] = net
+  net = slim.separable_conv2d(net, None, 3, depth_multiplier=1, stride=stride, rate=rate,
+                              scope='depthwise')
+  end_points[f'{name}/depthwise_output'] = net
+  net = slim.conv2d(net, out_channels, 1, activation_fn=None, scope='project')
+  if stride == 1 and in_channels == out_channels:
+    net += block_input
+  end_points[f'{name}/output'] = net
   return net
+
+
+def _inverted_residuals(depth_multiplier):
+  """The 17 blocks as units: scopes expanded_conv, expanded_conv_1, ...; end points layer_2, ...
+
+  MobileNetV2's blocks sit directly in the network scope, so they form one `layers.Block` without
+  a scope of its own.
+  """
+  units = []
+  for expansion, base_channels, repeats, first_stride in BLOCKS:
+    for repeat in range(repeats):
+      index = len(units)
+      units.append(layers.Unit(
+          scope='expanded_conv' + (f'_{index}' if index else ''), end_point=f'layer_{index + 2}',
+          stride=first_stride if repeat == 0 else 1,
+          args={'expansion': expansion, 'out_channels': channels(base_channels, depth_multiplier)}))
+  return layers.Block(None, _inverted_residual, units)
 
 
 def mobilenet_v2(images, depth_multiplier=1.0, output_stride=16, scope=SCOPE, reuse=None):
@@ -90,27 +110,14 @@ def mobilenet_v2(images, depth_multiplier=1.0, output_stride=16, scope=SCOPE, re
   Returns:
     features: [N, ceil(H / output_stride), ceil(W / output_stride), channels(320)].
     end_points: dict of named activations (see the module docstring).
+  Raises:
+    ValueError: `output_stride` is not 2, 4, 8, 16 or 32.
   """
   end_points = {}
-  current_stride, rate = 1, 1
   with tf.compat.v1.variable_scope(scope, SCOPE, [images], reuse=reuse):
-    net = slim.conv2d(images, channels(FIRST_CONV_CHANNELS, depth_multiplier), 3, stride=2,
-                      scope='Conv')
-    current_stride = 2
+    net = slim.conv2d(images, channels(FIRST_CONV_CHANNELS, depth_multiplier), 3,
+                      stride=ROOT_STRIDE, scope='Conv')
     end_points['layer_1'] = net
-    block_index = 0
-    for expansion, base_channels, repeats, first_stride in BLOCKS:
-      for repeat in range(repeats):
-        stride = first_stride if repeat == 0 else 1
-        if current_stride == output_stride:  # keep the resolution, dilate from here on
-          layer_stride, layer_rate = 1, rate
-          rate *= stride
-        else:
-          layer_stride, layer_rate = stride, 1
-          current_stride *= stride
-        block_scope = 'expanded_conv' + (f'_{block_index}' if block_index else '')
-        net = _inverted_residual(net, expansion, channels(base_channels, depth_multiplier),
-                                 layer_stride, layer_rate, end_points, f'layer_{block_index + 2}',
-                                 block_scope)
-        block_index += 1
+    net = layers.stack_blocks_dense(net, [_inverted_residuals(depth_multiplier)], output_stride,
+                                    ROOT_STRIDE, end_points)
   return net, end_points

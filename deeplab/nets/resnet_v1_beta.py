@@ -19,14 +19,14 @@ input itself, subsampled where the unit has stride 2.
     block1   64                  3 / 3               2
     block2  128                  4 / 4               2
     block3  256                  6 / 23              2
-    block4  512                  3 / 3               1, unit rates MULTI_GRID = (1, 2, 4)
+    block4  512                  3 / 3               1, unit rates multi_grid, by default (1, 2, 4)
 
 Output stride: the root (conv1_1 and pool1) has stride 4; once the running stride reaches
 `output_stride`, later stride-2 units keep the resolution and multiply the dilation rate of the
 units after them instead (atrous convolution). block4's multi-grid unit rates multiply that rate:
 at output stride 16 its conv2 rates are 2, 4, 8; at 8 they are 4, 8, 16. Multi-grid (1, 2, 4) is
-the setting of DeepLab's model-zoo ResNet checkpoints; it changes no variable, so ImageNet
-backbone checkpoints restore as well.
+the setting of DeepLab's model-zoo ResNet checkpoints and the builders' default; it changes no
+variable, so ImageNet backbone checkpoints (and any other multi-grid) restore as well.
 
 Strided 3x3 convolutions pad explicitly (kernel_size - 1 split evenly, then VALID), as tf-slim's
 ResNets do, so features line up with the published weights on inputs of any parity.
@@ -39,9 +39,10 @@ addition), `blockB/unit_U/bottleneck_v1` (unit output) and `blockB` (block outpu
 reads `block1/unit_2/bottleneck_v1/conv3` (stride 4, 256 channels).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.batch_norm import batch_norm
+from deeplab.nets import layers
 
 MULTI_GRID = (1, 2, 4)
+UNIT_SCOPE = 'bottleneck_v1'
 DECODER_END_POINT = 'block1/unit_2/bottleneck_v1/conv3'
 # Root convolutions: (scope, channels, stride).
 ROOT_CONVS = (('conv1_1', 64, 2), ('conv1_2', 64, 1), ('conv1_3', 128, 1))
@@ -56,50 +57,32 @@ def blocks(scope):
       ('block1', 64, 3, 2),
       ('block2', 128, 4, 2),
       ('block3', 256, BLOCK3_UNITS[scope], 2),
-      ('block4', 512, len(MULTI_GRID), 1),
+      ('block4', 512, 3, 1),  # one unit per multi-grid factor
   )
+
+
+def _dense_blocks(scope, multi_grid):
+  """`blocks(scope)` as `layers.Block`s of bottlenecks; block4's units take the multi-grid."""
+  dense_blocks = []
+  for block_scope, depth_bottleneck, units, last_stride in blocks(scope):
+    strides = (1,) * (units - 1) + (last_stride,)
+    block_multi_grid = multi_grid if block_scope == 'block4' else None
+    dense_blocks.append(layers.Block(block_scope, bottleneck, layers.numbered_units(
+        block_scope, UNIT_SCOPE, strides, block_multi_grid, depth_bottleneck=depth_bottleneck)))
+  return dense_blocks
 
 
 def resnet_v1_beta_arg_scope(is_training=True, weight_decay=1e-4, batch_norm_decay=0.997,
                              batch_norm_epsilon=1e-5):
   """Layer defaults: He (variance scaling) init, L2 on weights, conv -> BN (scaled) -> ReLU."""
-  with slim.arg_scope([slim.conv2d],
-                      weights_initializer=slim.variance_scaling_initializer(),
-                      weights_regularizer=slim.l2_regularizer(weight_decay),
-                      normalizer_fn=batch_norm, activation_fn=tf.nn.relu, padding='SAME'):
-    with slim.arg_scope([batch_norm], is_training=is_training, decay=batch_norm_decay,
-                        epsilon=batch_norm_epsilon, center=True, scale=True):
-      with slim.arg_scope([slim.max_pool2d], padding='SAME') as scope:
-        return scope
+  return layers.backbone_arg_scope(slim.variance_scaling_initializer(), tf.nn.relu, is_training,
+                                   weight_decay, batch_norm_decay, batch_norm_epsilon)
 
 
-def pad_for_kernel(net, kernel_size, rate=1):
-  """Zero-pads H and W by the reach of a (dilated) kernel minus 1, split evenly (extra after).
-
-  A strided VALID conv after this padding has SAME's output size, ceil(H / stride), but SAME pads
-  only the bottom/right of even inputs, which shifts the features by a pixel against the published
-  weights (trained with this padding).
-  """
-  reach = kernel_size + (kernel_size - 1) * (rate - 1)
-  before, after = (reach - 1) // 2, (reach - 1) - (reach - 1) // 2
-  return tf.pad(net, [[0, 0], [before, after], [before, after], [0, 0]])
-
-
-def conv2d_same(net, depth, kernel_size, stride, rate=1, scope=None):
-  """A conv whose output is [N, ceil(H / stride), ceil(W / stride), depth] for any H, W.
-
-  Stride 1 uses SAME padding; a strided conv pads explicitly (`pad_for_kernel`) and convolves VALID.
-  """
-  if stride == 1:
-    return slim.conv2d(net, depth, kernel_size, stride=1, rate=rate, padding='SAME', scope=scope)
-  return slim.conv2d(pad_for_kernel(net, kernel_size, rate), depth, kernel_size, stride=stride,
-                     rate=rate, padding='VALID', scope=scope)
-
-
-def bottleneck(net, depth_bottleneck, stride, rate, end_points, name):
+def bottleneck(net, stride, rate, end_points, name, depth_bottleneck):
   """One bottleneck_v1 unit: [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), 4 * d]."""
   depth = 4 * depth_bottleneck
-  with tf.compat.v1.variable_scope('bottleneck_v1'):
+  with tf.compat.v1.variable_scope(UNIT_SCOPE):
     if net.shape[-1] == depth:
       # 1x1 max pooling with a stride is plain subsampling (no variables).
       shortcut = net if stride == 1 else slim.max_pool2d(net, 1, stride=stride, scope='shortcut')
@@ -108,13 +91,11 @@ def bottleneck(net, depth_bottleneck, stride, rate, end_points, name):
       end_points[f'{name}/shortcut'] = shortcut
     residual = slim.conv2d(net, depth_bottleneck, 1, scope='conv1')
     end_points[f'{name}/conv1'] = residual
-    residual = conv2d_same(residual, depth_bottleneck, 3, stride, rate=rate, scope='conv2')
+    residual = layers.conv2d_same(residual, depth_bottleneck, 3, stride, rate=rate, scope='conv2')
     end_points[f'{name}/conv2'] = residual
     residual = slim.conv2d(residual, depth, 1, activation_fn=None, scope='conv3')
     end_points[f'{name}/conv3'] = residual
-    net = tf.nn.relu(shortcut + residual)
-  end_points[name] = net
-  return net
+    return tf.nn.relu(shortcut + residual)
 
 
 def resnet_v1_beta(images, scope, depth_multiplier=1.0, output_stride=16, multi_grid=MULTI_GRID,
@@ -125,40 +106,23 @@ def resnet_v1_beta(images, scope, depth_multiplier=1.0, output_stride=16, multi_
     images: float32 [N, H, W, 3], preprocessed to [-1, 1].
     depth_multiplier: must be 1.0; the published ResNets have one width (accepted so that every
       backbone has the same signature).
-    output_stride: 8, 16 or 32 (a multiple of 4, at most 32): H / feature height (rounded up).
-    multi_grid: block4's unit rates, multiplied by the block's atrous rate.
+    output_stride: 4, 8, 16 or 32: H / feature height (rounded up).
+    multi_grid: three factors, one per block4 unit, multiplying the block's atrous rate.
   Returns:
     features: [N, ceil(H / output_stride), ceil(W / output_stride), 2048].
     end_points: dict of named activations (see the module docstring).
+  Raises:
+    ValueError: another depth multiplier or output stride, or not three multi-grid factors.
   """
   if depth_multiplier != 1.0:
     raise ValueError(f'{scope} has no width multiplier; got depth_multiplier={depth_multiplier}')
-  if output_stride % ROOT_STRIDE or not ROOT_STRIDE <= output_stride <= 32:
-    raise ValueError(f'output_stride={output_stride}: expected a multiple of 4 from 4 to 32')
+  dense_blocks = _dense_blocks(scope, multi_grid)
   end_points = {}
   with tf.compat.v1.variable_scope(scope, values=[images], reuse=reuse):
-    net = images
-    for conv_scope, depth, stride in ROOT_CONVS:
-      net = conv2d_same(net, depth, 3, stride, scope=conv_scope)
-      end_points[conv_scope] = net
+    net = layers.root_convs(images, ROOT_CONVS, end_points)
     net = slim.max_pool2d(net, 3, stride=2, scope='pool1')
     end_points['pool1'] = net
-    current_stride, rate = ROOT_STRIDE, 1
-    for block_scope, depth_bottleneck, units, last_stride in blocks(scope):
-      unit_rates = multi_grid if block_scope == 'block4' else (1,) * units
-      with tf.compat.v1.variable_scope(block_scope):
-        for unit in range(units):
-          stride = last_stride if unit == units - 1 else 1
-          if current_stride == output_stride:  # keep the resolution, dilate the units after this
-            unit_stride, unit_rate = 1, rate * unit_rates[unit]
-            rate *= stride
-          else:
-            unit_stride, unit_rate = stride, unit_rates[unit]
-            current_stride *= stride
-          with tf.compat.v1.variable_scope(f'unit_{unit + 1}'):
-            net = bottleneck(net, depth_bottleneck, unit_stride, unit_rate, end_points,
-                             f'{block_scope}/unit_{unit + 1}/bottleneck_v1')
-      end_points[block_scope] = net
+    net = layers.stack_blocks_dense(net, dense_blocks, output_stride, ROOT_STRIDE, end_points)
   return net, end_points
 
 

@@ -34,7 +34,7 @@ later stride-2 modules keep the resolution and dilate the modules after them ins
 convolution): at output stride 16 exit_flow/block2 has rate 2; at 8 the middle flow and
 exit_flow/block1 have rate 2 and exit_flow/block2 rate 4. DeepLab's published Xception models use
 no multi-grid (unit rates 1, 1, 1), and neither does this network. Strided convolutions pad
-explicitly, as the published models were trained (resnet_v1_beta.pad_for_kernel).
+explicitly, as the published models were trained (`layers.pad_for_kernel`).
 
 Inputs are preprocessed to [-1, 1] (model.preprocess), as DeepLab does for Xception.
 
@@ -45,11 +45,13 @@ decoder reads `entry_flow/block2/unit_1/xception_module/separable_conv2_pointwis
 256 channels).
 """
 from deeplab.compat import slim, tf
-from deeplab.nets.layers import separable_net_arg_scope
-from deeplab.nets.resnet_v1_beta import conv2d_same, pad_for_kernel
+from deeplab.nets import layers
 
 SCOPE = 'xception_65'
+UNIT_SCOPE = 'xception_module'
 DECODER_END_POINT = 'entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise'
+# Root convolutions: (scope, channels, stride).
+ROOT_CONVS = (('entry_flow/conv1_1', 32, 2), ('entry_flow/conv1_2', 64, 1))
 ROOT_STRIDE = 2  # entry_flow/conv1_1
 # (block scope, depths of the three separable convs, units, skip connection, stride,
 #  whether ReLU follows each batch norm rather than preceding each separable conv).
@@ -66,8 +68,9 @@ BLOCKS = (
 def xception_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
                        batch_norm_epsilon=1e-3, stddev=0.09):
   """Layer defaults: truncated-normal init, L2 on regular convs (not depthwise), BN + ReLU."""
-  return separable_net_arg_scope(tf.nn.relu, is_training, weight_decay, batch_norm_decay,
-                                 batch_norm_epsilon, stddev)
+  return layers.backbone_arg_scope(tf.compat.v1.truncated_normal_initializer(stddev=stddev),
+                                   tf.nn.relu, is_training, weight_decay, batch_norm_decay,
+                                   batch_norm_epsilon)
 
 
 def separable_conv(net, depth, stride, rate, activation_fn, end_points, name, scope):
@@ -78,7 +81,7 @@ def separable_conv(net, depth, stride, rate, activation_fn, end_points, name, sc
   """
   padding = 'SAME'
   if stride > 1:
-    net, padding = pad_for_kernel(net, 3, rate), 'VALID'
+    net, padding = layers.pad_for_kernel(net, 3, rate), 'VALID'
   net = slim.separable_conv2d(net, None, 3, depth_multiplier=1, stride=stride, rate=rate,
                               padding=padding, activation_fn=activation_fn,
                               scope=scope + '_depthwise')
@@ -88,13 +91,13 @@ def separable_conv(net, depth, stride, rate, activation_fn, end_points, name, sc
   return net
 
 
-def xception_module(net, depths, skip, stride, rate, relu_after_batch_norm, end_points, name):
+def xception_module(net, stride, rate, end_points, name, depths, skip, relu_after_batch_norm):
   """Three separable convs (the last one strided) plus the skip connection.
 
   [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), depths[-1]].
   """
   module_input = net
-  with tf.compat.v1.variable_scope('xception_module'):
+  with tf.compat.v1.variable_scope(UNIT_SCOPE):
     for index, depth in enumerate(depths, start=1):
       if not relu_after_batch_norm:
         net = tf.nn.relu(net)
@@ -108,8 +111,16 @@ def xception_module(net, depths, skip, stride, rate, relu_after_batch_norm, end_
       net += shortcut
     elif skip == 'sum':
       net += module_input
-  end_points[name] = net
   return net
+
+
+def _dense_blocks():
+  """`BLOCKS` as `layers.Block`s of Xception modules; every module of a block has its stride."""
+  return [layers.Block(block_scope, xception_module,
+                       layers.numbered_units(block_scope, UNIT_SCOPE, (stride,) * units,
+                                             depths=depths, skip=skip,
+                                             relu_after_batch_norm=relu_after_batch_norm))
+          for block_scope, depths, units, skip, stride, relu_after_batch_norm in BLOCKS]
 
 
 def xception_65(images, depth_multiplier=1.0, output_stride=16, reuse=None):
@@ -119,34 +130,17 @@ def xception_65(images, depth_multiplier=1.0, output_stride=16, reuse=None):
     images: float32 [N, H, W, 3], preprocessed to [-1, 1].
     depth_multiplier: must be 1.0; the published Xception has one width (accepted so that every
       backbone has the same signature).
-    output_stride: 8, 16 or 32 (even, at most 32): H / feature height (rounded up).
+    output_stride: 2, 4, 8, 16 or 32: H / feature height (rounded up).
   Returns:
     features: [N, ceil(H / output_stride), ceil(W / output_stride), 2048].
     end_points: dict of named activations (see the module docstring).
+  Raises:
+    ValueError: another depth multiplier or output stride.
   """
   if depth_multiplier != 1.0:
     raise ValueError(f'{SCOPE} has no width multiplier; got depth_multiplier={depth_multiplier}')
-  if output_stride % ROOT_STRIDE or not ROOT_STRIDE <= output_stride <= 32:
-    raise ValueError(f'output_stride={output_stride}: expected an even number from 2 to 32')
   end_points = {}
   with tf.compat.v1.variable_scope(SCOPE, values=[images], reuse=reuse):
-    net = conv2d_same(images, 32, 3, ROOT_STRIDE, scope='entry_flow/conv1_1')
-    end_points['entry_flow/conv1_1'] = net
-    net = conv2d_same(net, 64, 3, 1, scope='entry_flow/conv1_2')
-    end_points['entry_flow/conv1_2'] = net
-    current_stride, rate = ROOT_STRIDE, 1
-    for block_scope, depths, units, skip, stride, relu_after_batch_norm in BLOCKS:
-      with tf.compat.v1.variable_scope(block_scope):
-        for unit in range(units):
-          if current_stride == output_stride:  # keep the resolution, dilate the modules after this
-            unit_stride, unit_rate = 1, rate
-            rate *= stride
-          else:
-            unit_stride, unit_rate = stride, 1
-            current_stride *= stride
-          with tf.compat.v1.variable_scope(f'unit_{unit + 1}'):
-            net = xception_module(net, depths, skip, unit_stride, unit_rate,
-                                  relu_after_batch_norm, end_points,
-                                  f'{block_scope}/unit_{unit + 1}/xception_module')
-      end_points[block_scope] = net
+    net = layers.root_convs(images, ROOT_CONVS, end_points)
+    net = layers.stack_blocks_dense(net, _dense_blocks(), output_stride, ROOT_STRIDE, end_points)
   return net, end_points
