@@ -270,10 +270,23 @@ class TrainConfig(Settings):
   batch_norm_decay: float = setting(0.9997, 'decay of the batch norm moving averages (lower it, '
                                     'e.g. 0.99, for short runs)', min=0, max=1)
   seed: int = setting(0, 'random seed of initialisation and augmentation')
+  num_replicas: int = setting(0, 'replicas of the model on this machine: 0 = every visible GPU (one '
+                              'CPU device without GPUs); train_batch_size is the global batch, '
+                              'split evenly among the replicas of all workers', min=0)
+  sync_batch_norm: bool = setting(True, 'with more than one replica: batch norm statistics of the '
+                                  'whole global batch (all-reduced), as one device would compute '
+                                  'them')
+  precision: str = setting('float32', 'compute precision; variables and checkpoints stay float32 '
+                           '(float16 trains with dynamic loss scaling)',
+                           choices=('float32', 'bfloat16', 'float16'))
+  worker_timeout: int = setting(600, 'training on several machines (TF_CONFIG): seconds to wait '
+                                'for every worker to start, and for a step to finish on all', min=1)
 
   # Settings that change neither what is trained nor how: two runs that differ only in these are
-  # the same run (they resume each other).
-  NOT_IN_FINGERPRINT = ('log_steps', 'save_interval_steps')
+  # the same run (they resume each other). A run resumes on another number of replicas too: the
+  # global batch, and so the training, stays the same.
+  NOT_IN_FINGERPRINT = ('log_steps', 'save_interval_steps', 'num_replicas',
+                        'worker_timeout')
 
   def validate(self):
     if len(self.train_crop_size) != 2:

@@ -12,6 +12,7 @@ Initialisation, first match wins: the newest checkpoint in work_dir (a resumed r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import math
@@ -23,11 +24,12 @@ from typing import Callable, Optional
 
 from deeplab import input as model_input
 from deeplab import checkpoint as ckpt
-from deeplab import losses, model, schedules
+from deeplab import distribute, losses, model, schedules
 from deeplab.compat import tf
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
+from deeplab.nets import batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -103,26 +105,79 @@ def _excluded_scopes(train_config: TrainConfig):
   return model.LOGITS_SCOPES if train_config.last_layers_contain_logits_only else model.LAST_LAYER_SCOPES
 
 
+_COMPUTE_DTYPES = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
+
+
+def _float32_variables(getter, *args, dtype=tf.float32, **kwargs):
+  """A variable getter: float16/bfloat16 variables are float32 ones read as float16/bfloat16."""
+  if dtype in (tf.float16, tf.bfloat16):
+    return tf.cast(getter(*args, dtype=tf.float32, **kwargs), dtype)
+  return getter(*args, dtype=dtype, **kwargs)
+
+
 def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, images, labels,
-                      ignore_label: int):
-  """The training ops over a batch.
+                      ignore_label: int, strategy=None):
+  """The training ops over a batch, replicated by `strategy` (default: this one device).
+
+  `images` float32 [B, H, W, 3] and `labels` int32 [B, H, W] are this process's share of the
+  global batch; each of its replicas trains on B / (its replica count) of them, and the gradient is
+  the sum over every replica of all workers.
 
   Returns a dict: train_op (runs one step and yields the new step count), loss, total_loss,
-  learning_rate, global_step.
+  gradient_norm, learning_rate, global_step, and stop_request: a float placeholder (default 0) that
+  a worker feeds 1 to ask for a stop; `stop_requested` (fetched with train_op) is then positive on
+  every worker.
   """
-  global_step = tf.compat.v1.train.get_or_create_global_step()
-  scores = model.logits(images, model_config, training=train_config)
-  loss = losses.softmax_cross_entropy(scores, labels, model_config.num_classes, ignore_label)
-  regularization = tf.compat.v1.losses.get_regularization_losses()
-  total_loss = tf.add_n([loss] + regularization, name='total_loss')
-  learning_rate = schedules.learning_rate(global_step, train_config)
-  optimizer = tf.compat.v1.train.MomentumOptimizer(learning_rate, train_config.momentum)
-  gradients = optimizer.compute_gradients(total_loss)
-  # Watched every step: a non-finite norm means the run has diverged (see run_training).
-  gradient_norm = tf.linalg.global_norm([g for g, _ in gradients if g is not None])
+  default = tf.distribute.get_strategy()
+  strategy = strategy or default
+  local_replicas = 1 if strategy is default else len(strategy.extended.worker_devices)
+  with strategy.scope():
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    learning_rate = schedules.learning_rate(global_step, train_config)
+    optimizer = tf.compat.v1.train.MomentumOptimizer(learning_rate, train_config.momentum)
+    if train_config.precision == 'float16':
+      optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, 'dynamic')
+    stop_request = tf.compat.v1.placeholder_with_default(0.0, [], name='stop_request')
+
+    def replica_step():
+      """One replica's forward and backward pass; the optimizer sums the gradients of all."""
+      context = tf.distribute.get_replica_context()
+      share = tf.shape(images)[0] // local_replicas
+      first = (context.replica_id_in_sync_group % local_replicas) * share
+      compute_dtype = _COMPUTE_DTYPES[train_config.precision]
+      with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
+                                       custom_getter=_float32_variables):
+        scores = model.logits(tf.cast(images[first:first + share], compute_dtype), model_config,
+                              training=train_config)
+      loss = losses.softmax_cross_entropy(tf.cast(scores, tf.float32), labels[first:first + share],
+                                          model_config.num_classes, ignore_label)
+      # The optimizer divides each replica's loss by the replica count before summing gradients;
+      # the weights' regularization, the same on every replica, is counted once in full.
+      replicas = context.num_replicas_in_sync
+      regularization = (tf.compat.v1.losses.get_regularization_losses()
+                        if context.replica_id_in_sync_group == 0 else [])
+      total_loss = tf.add_n([loss] + [replicas * r for r in regularization], name='total_loss')
+      gradients = optimizer.compute_gradients(total_loss)
+      squared_norm = tf.square(tf.linalg.global_norm([g for g, _ in gradients if g is not None]))
+      apply = optimizer.apply_gradients(gradients, global_step=global_step)
+      # Per step, one all-reduce of the numbers logged and of the stop requests.
+      totals = distribute.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(
+          [loss / replicas, total_loss / replicas, squared_norm, stop_request]))
+      return apply, totals
+
+    with batch_norm.synchronized_across_replicas(train_config.sync_batch_norm):
+      applies, totals = strategy.extended.call_for_each_replica(replica_step)
+  loss, total_loss, squared_norm, stop_requested = tf.unstack(
+      strategy.experimental_local_results(totals)[0])
+  # With several replicas: the norm of all replicas' gradients together (one number all-reduced,
+  # not every gradient), finite exactly when the summed gradient is. With float16 loss scaling an
+  # overflowing step is skipped, not a divergence: its norm is logged as 0.
+  gradient_norm = tf.sqrt(squared_norm)
+  if train_config.precision == 'float16':
+    gradient_norm = tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0)
   # Batch norm moving averages update with every step.
-  with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
-    train_op = optimizer.apply_gradients(gradients, global_step=global_step)
+  train_op = tf.group(list(strategy.experimental_local_results(applies)) +
+                      tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
   # The step count after this step's update (reading global_step beside train_op could race it).
   with tf.control_dependencies([train_op]):
     step_after_update = tf.identity(global_step)
@@ -130,33 +185,64 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   tf.compat.v1.summary.scalar('total_loss', total_loss)
   tf.compat.v1.summary.scalar('learning_rate', learning_rate)
   return {'train_op': step_after_update, 'loss': loss, 'total_loss': total_loss,
-          'gradient_norm': gradient_norm, 'learning_rate': learning_rate, 'global_step': global_step}
+          'gradient_norm': gradient_norm, 'learning_rate': learning_rate, 'global_step': global_step,
+          'stop_request': stop_request, 'stop_requested': stop_requested}
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manifest, work_dir: str,
           initial_checkpoint: Optional[str] = None, resume_from: Optional[str] = None,
           report: Callable[[dict], None] = lambda metrics: None,
-          should_stop: Callable[[], bool] = lambda: False) -> str:
+          should_stop: Callable[[], bool] = lambda: False,
+          cluster: Optional[distribute.Cluster] = None) -> Optional[str]:
   """Trains to `training_number_of_steps`; returns the final checkpoint prefix (in work_dir).
 
+  Replicated over `train_config.num_replicas` local devices, and over the workers of `cluster`
+  when given. Then only the chief (rank 0) uses work_dir: it restores, saves and reports, and
+  every other worker trains along from the chief's weights and returns None.
   `report` receives a metrics dict every `log_steps` steps (and one about initialisation);
-  `should_stop` is polled after every step.
+  `should_stop` is polled after every step (any worker's request stops all).
   """
   shards = manifest.verified_shard_paths(train_config.train_split)
-  with work_dir_lock(work_dir), tf.Graph().as_default():
-    with open(os.path.join(work_dir, FINGERPRINT), 'w') as f:
-      json.dump(fingerprint(model_config, train_config, manifest), f, indent=2, sort_keys=True)
+  devices = distribute.local_devices(train_config.num_replicas)
+  workers = len(cluster.workers) if cluster else 1
+  if train_config.train_batch_size % (len(devices) * workers):
+    raise UserError(f'--train_batch_size={train_config.train_batch_size} does not split evenly '
+                    f'into {workers} worker(s) x {len(devices)} replica(s); pass a multiple of '
+                    f'{len(devices) * workers}')
+  is_chief = not cluster or cluster.is_chief
+  with (work_dir_lock(work_dir) if is_chief else contextlib.nullcontext()), \
+       tf.Graph().as_default():
+    if is_chief:
+      with open(os.path.join(work_dir, FINGERPRINT), 'w') as f:
+        json.dump(fingerprint(model_config, train_config, manifest), f, indent=2, sort_keys=True)
     tf.compat.v1.set_random_seed(train_config.seed)
-    dataset = model_input.train_dataset(shards, model_config, train_config, manifest.ignore_label)
+    # Each worker reads its share of the global batch, shuffled and augmented with a seed of its own.
+    rank = cluster.rank if cluster else 0
+    dataset = model_input.train_dataset(
+        shards, model_config, dataclasses.replace(
+            train_config, train_batch_size=train_config.train_batch_size // workers,
+            seed=train_config.seed + rank), manifest.ignore_label)
     images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-    ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label)
-    return run_training(ops, train_config, work_dir, initial_checkpoint, resume_from, report,
-                        should_stop)
+    strategy = distribute.strategy_for(devices, cluster)
+    ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label,
+                            strategy)
+    config = distribute.session_config(devices)
+    if cluster:
+      ops['copy_from_chief'] = distribute.copy_from_chief(strategy, tf.compat.v1.global_variables())
+      server = distribute.start_server(strategy, cluster, config, train_config.worker_timeout)
+      config = strategy.update_config_proto(config)
+      log.info('worker %d of %d%s', rank, workers,
+               ' (the chief: it saves the checkpoints)' if is_chief else
+               ': the chief saves the checkpoints and writes the artifact')
+    return run_training(ops, train_config, work_dir if is_chief else None, initial_checkpoint,
+                        resume_from, report if is_chief else lambda metrics: None, should_stop,
+                        session=tf.compat.v1.Session(server.target if cluster else '', config),
+                        cluster=cluster)
 
 
 def _initialize(session, saver, train_config, work_dir, initial_checkpoint, resume_from, report):
   session.run(tf.compat.v1.global_variables_initializer())
-  resumed = ckpt.latest_prefix(work_dir)
+  resumed = work_dir and ckpt.latest_prefix(work_dir)
   if resumed or resume_from:
     ckpt.restore(session, saver, resumed or resume_from)
     report({'resumed_from_step': int(session.run(tf.compat.v1.train.get_global_step()))})
@@ -175,43 +261,66 @@ def _all_finite_op():
   return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
-def run_training(ops, train_config: TrainConfig, work_dir: str, initial_checkpoint, resume_from,
-                 report, should_stop) -> str:
-  """Runs the training ops in a session until the total step; see `train`.
+# What a step fails with when another worker of the job is gone or no longer answering.
+_WORKER_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.InternalError)
+
+
+def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initial_checkpoint,
+                 resume_from, report, should_stop, session=None,
+                 cluster: Optional[distribute.Cluster] = None) -> Optional[str]:
+  """Runs the training ops in `session` (default: a local one) until the total step; see `train`.
 
   A non-finite loss or gradient norm stops the run with TrainingDiverged at that step, and a
   checkpoint is saved only when every variable is finite, so the work folder never holds a
-  diverged checkpoint and a restart resumes from the last finite one.
+  diverged checkpoint and a restart resumes from the last finite one. work_dir None (a worker
+  that is not the chief) restores and saves nothing: ops['copy_from_chief'] gives it the chief's
+  weights after initialisation, and it returns None.
   """
   saver = tf.compat.v1.train.Saver(max_to_keep=2, save_relative_paths=True)
   summaries = tf.compat.v1.summary.merge_all()
   all_finite = _all_finite_op()
   total = train_config.training_number_of_steps
-  prefix = os.path.join(work_dir, CHECKPOINT_BASENAME)
-  with tf.compat.v1.Session() as session:
+  # On a cluster a step waits for every worker: bounded, so a lost worker ends the job.
+  run_options = tf.compat.v1.RunOptions(
+      timeout_in_ms=train_config.worker_timeout * 1000 if cluster else 0)
+  with session or tf.compat.v1.Session() as session:
     _initialize(session, saver, train_config, work_dir, initial_checkpoint, resume_from, report)
-    writer = tf.compat.v1.summary.FileWriter(work_dir)
+    if 'copy_from_chief' in ops:
+      session.run(ops['copy_from_chief'], options=run_options)
+    writer = work_dir and tf.compat.v1.summary.FileWriter(work_dir)
 
     def save(step):
       if not session.run(all_finite):
         raise TrainingDiverged(step, 'weights', 'not finite', train_config.base_learning_rate)
-      saver.save(session, prefix, global_step=step, write_meta_graph=False)
+      if work_dir:
+        saver.save(session, os.path.join(work_dir, CHECKPOINT_BASENAME), global_step=step,
+                   write_meta_graph=False)
       return step
 
     step = int(session.run(ops['global_step']))
-    last_saved = step if ckpt.latest_prefix(work_dir) else None
+    last_saved = step if work_dir and ckpt.latest_prefix(work_dir) else None
     window_start, window_steps = time.perf_counter(), 0
     learning_rate = train_config.base_learning_rate
+    stop_requested = False
     while step < total:
       fetches = {name: ops[name] for name in ('train_op', 'loss', 'total_loss', 'gradient_norm',
-                                              'learning_rate')}
+                                              'learning_rate', 'stop_requested')}
       log_now = (step + 1) % train_config.log_steps == 0 or step + 1 == total
-      if log_now:
+      if log_now and work_dir:
         fetches['summaries'] = summaries
       try:
-        results = session.run(fetches)
+        # Every worker learns of a stop request of any of them in the same step.
+        results = session.run(fetches, {ops['stop_request']: float(stop_requested)},
+                              options=run_options)
       except tf.errors.InvalidArgumentError as e:
         raise UserError(_input_error(e, train_config.train_split)) from None
+      except _WORKER_LOST as e:
+        if not cluster:
+          raise
+        raise UserError(f'step {step + 1} did not finish on all {len(cluster.workers)} workers '
+                        f'({tf_error_summary(e)}): a worker stopped or is unreachable; start the '
+                        'job again to resume from the last checkpoint') from None
       step, learning_rate = int(results['train_op']), float(results['learning_rate'])
       for what in ('loss', 'total_loss', 'gradient_norm'):
         if not math.isfinite(results[what]):
@@ -219,7 +328,8 @@ def run_training(ops, train_config: TrainConfig, work_dir: str, initial_checkpoi
                                  train_config.base_learning_rate)
       window_steps += 1
       if log_now:
-        writer.add_summary(results['summaries'], step)
+        if writer:
+          writer.add_summary(results['summaries'], step)
         elapsed = time.perf_counter() - window_start
         report({'step': step, 'loss': float(results['loss']),
                 'total_loss': float(results['total_loss']),
@@ -228,15 +338,18 @@ def run_training(ops, train_config: TrainConfig, work_dir: str, initial_checkpoi
         window_start, window_steps = time.perf_counter(), 0
       if step % train_config.save_interval_steps == 0:
         last_saved = save(step)
-      if should_stop() and step < total:
+      stop_requested = should_stop()
+      if (results['stop_requested'] > 0 or (stop_requested and not cluster)) and step < total:
         if last_saved != step:
           save(step)
-        writer.close()
-        raise TrainingInterrupted(step, work_dir)
+        if writer:
+          writer.close()
+        raise TrainingInterrupted(step, work_dir or 'the chief\'s work folder')
     if last_saved != step:
       save(step)
-    writer.close()
-  return ckpt.latest_prefix(work_dir)
+    if writer:
+      writer.close()
+  return work_dir and ckpt.latest_prefix(work_dir)
 
 
 def _input_error(error, split: str) -> str:
