@@ -3,12 +3,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.errors import UserError
-from steps import artifacts
+from steps import artifacts, cluster
 from steps.flags import (DATASET_PARAMETER, STRING, Parameter, Path, StepSpec, parameters_from,
                          parse_flags)
 
@@ -36,8 +37,8 @@ DEFAULT_TRAIN_LOGDIR = '.deeplab-train'
 
 
 def _install_stop_handler():
-  """SIGTERM/SIGINT ask the trainer to save a checkpoint and stop after the current step."""
-  import signal
+  """SIGTERM/SIGINT ask the trainer to save a checkpoint and stop after the current step (on
+  several machines: every worker, with the checkpoint saved by the chief)."""
   received = []
 
   def handler(signum, frame):
@@ -87,7 +88,9 @@ def main():
       {'tfrecords': tfrecords, 'checkpoint': resume_path, 'tf_initial_checkpoint': initial_path})
   train_config = TrainConfig.from_flags(args)
 
-  from deeplab import checkpoint, training
+  cluster.set_tf_config_from_orchestrator()
+  from deeplab import checkpoint, distribute, training
+  tf_cluster = distribute.Cluster.from_environment()
   with contextlib.ExitStack() as stack:
     manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
     manifest.shard_paths(train_config.train_split)  # fail now, not after building the graph
@@ -106,10 +109,14 @@ def main():
       prefix = training.train(model_config, train_config, manifest, work_dir,
                               initial_checkpoint=initial, resume_from=resume_from,
                               report=lambda metrics: artifacts.emit_metrics(**metrics),
-                              should_stop=lambda: bool(stop_signals))
+                              should_stop=lambda: bool(stop_signals), cluster=tf_cluster)
     except training.TrainingInterrupted as e:
       print(f'error: {e}; run the same command again to resume', file=sys.stderr, flush=True)
-      sys.exit(128 + stop_signals[0])
+      sys.exit(128 + (stop_signals[0] if stop_signals else signal.SIGTERM))
+    if prefix is None:
+      log.info('worker %d of %d: training done; the chief (worker 0) writes the checkpoint',
+               tf_cluster.rank, len(tf_cluster.workers))
+      return
     global_step = training.global_step_of(prefix)
     card = checkpoint.ModelCard(model_config, manifest.describe(), training=train_config,
                                 global_step=global_step)
