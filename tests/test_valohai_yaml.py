@@ -169,6 +169,6 @@ def test_sweep_task_values_are_valid_parameter_values(config):
 
 
 def test_sweep_task_is_the_shared_grid(config):
-  (task,) = config.tasks.values()
+  task = config.tasks['train-sweep']
   assert {v.name: tuple(v.rules['items']) for v in task.parameters} == {
       'base_learning_rate': SWEEP_LEARNING_RATES, 'model_variant': SWEEP_MODEL_VARIANTS}

@@ -3,10 +3,10 @@
     python -m pipelines.valohai.config            # rewrite valohai.yaml
     python -m pipelines.valohai.config --check    # exit 1 if valohai.yaml is not what this generates
 
-The image: Valohai pulls it for every execution, so it must be public. It is the official TensorFlow
-GPU image of the pinned TensorFlow version; each execution first installs the rest of the pinned
-requirements into it (pipelines/install_requirements.sh, the same script the Dockerfile runs) and
-then runs the step from the repository checkout. To run the prebuilt project image instead (faster
+The image: Valohai pulls it for every execution, so it must be public. It is plain Python; each
+execution first installs the pinned requirements with the CUDA build of the pinned TensorFlow into it
+(pipelines/install_requirements.sh, the same script the Dockerfile runs) and then runs the step from
+the repository checkout. To run the prebuilt project image instead (faster
 start, no install), push it and regenerate with `--image=<registry>/deeplab-pipelines:<tag>`.
 """
 from __future__ import annotations
@@ -165,11 +165,46 @@ def sweep_pipeline() -> dict:
   }}
 
 
+# Machines of a distributed training task; each trains on every GPU of its own (steps/cluster.py
+# turns Valohai's member list into TF_CONFIG).
+DISTRIBUTED_WORKERS = 2
+
+
+def distributed_train_task() -> dict:
+  """train on DISTRIBUTED_WORKERS machines at once; the chief (rank 0) writes the checkpoint."""
+  return {'task': {
+      'name': 'train-distributed',
+      'step': 'train',
+      'type': 'distributed',
+      'execution-count': DISTRIBUTED_WORKERS,
+      # One execution per member; on a failure of any, stop the others (they cannot go on alone).
+      'on-child-error': 'stop-all-and-error',
+      'parameters': [],
+  }}
+
+
+def distributed_pipeline() -> dict:
+  """build-data -> train on several machines (task node) -> evaluate + export."""
+  return {'pipeline': {
+      'name': 'distributed-train-evaluate-export',
+      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]),
+                {'name': 'train', 'type': 'task', 'task': 'train-distributed'},
+                _execution('evaluate'), _execution('export')],
+      'edges': [
+          _artifact_edge('build_data', 'train', 'tfrecords'),
+          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
+          _artifact_edge('train', 'evaluate', 'checkpoint'),
+          _artifact_edge('train', 'export', 'checkpoint'),
+      ],
+  }}
+
+
 def config(image: str = BASE_IMAGE) -> list:
   entries = [step_entry(step, image) for step in SPECS]
   entries[1:1] = [step_entry('build_data', image, name, {'dataset': dataset}, {'raw_data': url})
                   for name, dataset, url in BUILD_DATA_VARIANTS]
-  return entries + [sweep_task(), train_evaluate_export_pipeline(), sweep_pipeline()]
+  return entries + [sweep_task(), distributed_train_task(), train_evaluate_export_pipeline(),
+                    sweep_pipeline(), distributed_pipeline()]
 
 
 def render(image: str = BASE_IMAGE) -> str:
