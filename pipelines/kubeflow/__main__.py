@@ -1,4 +1,5 @@
-"""Regenerates the Kubeflow files from the step SPECs: components.py, then pipeline.yaml compiled with it.
+"""Regenerates the Kubeflow files from the step SPECs: components.py, then pipeline.yaml compiled with it,
+and distributed_pipeline.yaml (training on several machines through a TFJob).
 
     python -m pipelines.kubeflow            # rewrite both
     python -m pipelines.kubeflow --check    # exit 1 if either is out of date
@@ -21,8 +22,11 @@ def main(argv=None) -> int:
     return status
   # Imported only now, so that the pipeline is built from the components just written (and a
   # components.py that no longer imports cannot stop its own regeneration).
-  from pipelines.kubeflow.pipeline import COMPILED_PATH, compile_text
-  return write_or_check(COMPILED_PATH, compile_text(), args.check, REGENERATE)
+  from pipelines.kubeflow import distributed, pipeline
+  return (write_or_check(pipeline.COMPILED_PATH, pipeline.compile_text(), args.check, REGENERATE)
+          or write_or_check(distributed.COMPILED_PATH,
+                            pipeline.compile_text(distributed.deeplab_distributed_pipeline),
+                            args.check, REGENERATE))
 
 
 if __name__ == '__main__':

@@ -74,6 +74,10 @@ def train(
     save_interval_steps: int = 1000,
     batch_norm_decay: float = 0.9997,
     seed: int = 0,
+    num_replicas: int = 0,
+    sync_batch_norm: bool = True,
+    precision: str = 'float32',
+    worker_timeout: int = 600,
     train_logdir: str = '',
 ):
   """Train a DeepLab model on TFRecords; resumable, prints a JSON metric line per log step."""

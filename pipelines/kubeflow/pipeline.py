@@ -110,10 +110,11 @@ def deeplab_pipeline(
   return best.outputs['Output']
 
 
-def compile_text() -> str:
+def compile_text(pipeline_function=deeplab_pipeline) -> str:
+  """The compiled pipeline (IR YAML) of a @dsl.pipeline function."""
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'pipeline.yaml')
-    compiler.Compiler().compile(deeplab_pipeline, path)
+    compiler.Compiler().compile(pipeline_function, path)
     with open(path) as f:
       return f.read()
 
