@@ -1,11 +1,15 @@
 # The project image: every step (`python -m steps.<name>`) on CUDA TensorFlow; the Kubeflow components
-# (pipelines/kubeflow/) run in it. Build: docker build -t deeplab-pipelines:latest .
+# (pipelines/kubeflow/) and the TFJob pods of distributed training run in it.
+# Build: docker build -t deeplab-pipelines:latest .
 #
-# GPU swap: requirements.txt pins tensorflow-cpu for CPU machines. The base is the official GPU image
-# of that same TensorFlow version; pipelines/install_requirements.sh checks the versions agree and
-# installs every other pin from requirements.txt (it leaves the tensorflow-cpu line out, which would
-# otherwise put the CPU build over the CUDA one). Valohai runs the same script on the same base.
-FROM tensorflow/tensorflow:2.21.0-gpu
+# GPU: the base is plain Python; pipelines/install_requirements.sh installs tensorflow[and-cuda] of the
+# version requirements.txt pins (tensorflow-cpu there, for CPU machines), which brings the CUDA, cuDNN
+# and NCCL libraries that TensorFlow release was built against as pip packages, and registers them
+# with the dynamic loader. Not the official tensorflow/tensorflow:<version>-gpu image: it ships a
+# system cuDNN older than the one TensorFlow loads (tensorflow/build#221: cuDNN 8.9 in the image,
+# cuDNN 9 loaded since TF 2.15; tensorflow/tensorflow#62412: the 2.18 GPU image lists no GPU until
+# `pip install tensorflow[and-cuda]`). Valohai runs the same script on the same base.
+FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,11 +18,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies before code, so a code change reuses this layer. Kubeflow's lightweight components run
-# kfp's executor inside the image: kfp is installed with the pin of requirements-dev.txt.
+# kfp's executor inside the image, and the distributed pipeline's launcher the Training Operator SDK:
+# both are installed with the pins of requirements-dev.txt.
 COPY requirements.txt requirements-dev.txt ./
 COPY pipelines/install_requirements.sh pipelines/
 RUN sh pipelines/install_requirements.sh \
- && python -m pip install --quiet --root-user-action=ignore "$(grep '^kfp==' requirements-dev.txt)"
+ && python -m pip install --quiet --root-user-action=ignore "$(grep '^kfp==' requirements-dev.txt)" \
+      "$(grep '^kubeflow-training==' requirements-dev.txt)"
 
 COPY deeplab/ deeplab/
 COPY steps/ steps/

@@ -13,9 +13,10 @@ from steps import build_data, evaluate, export, predict, train
 # The steps in pipeline order, by module name (`python -m steps.<name>`).
 SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, predict.SPEC)}
 
-# The official TensorFlow GPU image of the TensorFlow version pinned in requirements.txt: Valohai runs
-# the steps in it, and the project image (Dockerfile) is built on it.
-BASE_IMAGE = 'tensorflow/tensorflow:2.21.0-gpu'
+# Valohai runs the steps in it, and the project image (Dockerfile) is built on it; both install the CUDA
+# build of the pinned TensorFlow with pipelines/install_requirements.sh (the Dockerfile says why not
+# the official TensorFlow GPU image).
+BASE_IMAGE = 'python:3.11-slim'
 # Built by `docker build -t deeplab-pipelines:latest .`; the Kubeflow components run in it. Push it to
 # your registry and pass that name as the pipeline's `image` argument (or set DEEPLAB_IMAGE when
 # compiling) to run on a cluster.

@@ -1,4 +1,4 @@
-"""Static checks of the Dockerfile (no Docker engine needed): a pinned GPU base of the pinned TensorFlow,
+"""Static checks of the Dockerfile (no Docker engine needed): the CUDA build of the pinned TensorFlow,
 requirements from the pinned files, every importable package copied, a non-root user, no entrypoint."""
 import os
 import re
@@ -28,11 +28,14 @@ def pinned(requirements, package):
   return re.search(rf'^{re.escape(package)}==([\w.]+)', read(requirements), re.M).group(1)
 
 
-def test_base_image_is_the_gpu_image_of_the_pinned_tensorflow(instructions):
+def test_base_image_is_python_with_the_cuda_build_of_the_pinned_tensorflow(instructions):
   (base,) = [args for op, args in instructions if op == 'FROM']
-  assert base == BASE_IMAGE  # the same base Valohai runs the steps in
-  repository, tag = base.split(':')
-  assert repository == 'tensorflow/tensorflow' and tag == f'{pinned("requirements.txt", "tensorflow-cpu")}-gpu'
+  assert base == BASE_IMAGE == 'python:3.11-slim'  # the same base Valohai runs the steps in
+  script = read('pipelines/install_requirements.sh')
+  assert pinned('requirements.txt', 'tensorflow-cpu')
+  assert 'echo "tensorflow[and-cuda]==$pinned"' in script  # the pinned version, with its CUDA pins
+  assert '/etc/ld.so.conf.d/' in script and 'ldconfig' in script  # the pip NVIDIA libraries load
+  assert not re.search(r'^tensorflow(\[|==)', read('requirements.txt'), re.M)  # CPU machines: CPU-only
 
 
 def test_requirements_come_from_the_pinned_files(instructions):
