@@ -79,8 +79,8 @@ def local_devices(num_replicas: int) -> List[str]:
   `session_config`), which trains slower than one and is there to test and measure the
   replication itself.
   """
-  from tensorflow.python.client import device_lib  # the only listing that works in graph mode
-  gpus = [d.name for d in device_lib.list_local_devices() if d.device_type == 'GPU']
+  # The physical listing: it allocates no GPU memory, as a session built later will.
+  gpus = [f'/gpu:{i}' for i in range(len(tf.config.list_physical_devices('GPU')))]
   if gpus:
     if num_replicas > len(gpus):
       raise UserError(f'--num_replicas={num_replicas}: this machine has {len(gpus)} GPU(s)')
@@ -90,7 +90,7 @@ def local_devices(num_replicas: int) -> List[str]:
 
 def session_config(devices: List[str]) -> tf.compat.v1.ConfigProto:
   """A session that sees one logical CPU device per CPU replica."""
-  cpus = sum(1 for d in devices if 'cpu' in d.lower())
+  cpus = sum(d.startswith('/cpu') for d in devices)
   config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
   if cpus > 1:
     config.device_count['CPU'] = cpus
@@ -106,7 +106,8 @@ def strategy_for(devices: List[str], cluster: Optional[Cluster]):
   if cluster:
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cluster.spec), task_type=cluster.task_type,
-        task_id=cluster.task_index, num_accelerators={'GPU': sum('GPU' in d for d in devices)})
+        task_id=cluster.task_index,
+        num_accelerators={'GPU': sum(d.startswith('/gpu') for d in devices)})
     return tf.compat.v1.distribute.experimental.MultiWorkerMirroredStrategy(
         cluster_resolver=resolver)
   if len(devices) == 1:

@@ -45,8 +45,9 @@ def preprocess(images):
 
 
 def resize_bilinear(images, size):
-  """Bilinear resize with aligned corners; keeps the dtype float32. `size` is [height, width]."""
-  return tf.compat.v1.image.resize_bilinear(images, size, align_corners=True)
+  """Bilinear resize with aligned corners, in the dtype of `images` (float32, or bfloat16/float16 in
+  a mixed-precision graph; the op itself returns float32). `size` is [height, width]."""
+  return tf.cast(tf.compat.v1.image.resize_bilinear(images, size, align_corners=True), images.dtype)
 
 
 def _spatial_size(tensor):

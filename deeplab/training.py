@@ -236,7 +236,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
                ': the chief saves the checkpoints and writes the artifact')
     return run_training(ops, train_config, work_dir if is_chief else None, initial_checkpoint,
                         resume_from, report if is_chief else lambda metrics: None, should_stop,
-                        session=tf.compat.v1.Session(server.target if cluster else '', config),
+                        session=tf.compat.v1.Session(server.target if cluster else '', config=config),
                         cluster=cluster)
 
 
