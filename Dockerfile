@@ -5,7 +5,8 @@
 # GPU: the base is plain Python; pipelines/install_requirements.sh installs tensorflow[and-cuda] of the
 # version requirements.txt pins (tensorflow-cpu there, for CPU machines), which brings the CUDA, cuDNN
 # and NCCL libraries that TensorFlow release was built against as pip packages, and registers them
-# with the dynamic loader. Not the official tensorflow/tensorflow:<version>-gpu image: it ships a
+# with the dynamic loader (`pip install --dry-run "tensorflow[and-cuda]==2.21.0"` resolves the CUDA 12.9
+# wheels, cuDNN 9.28 and NCCL 2.32). Not the official tensorflow/tensorflow:<version>-gpu image: it ships a
 # system cuDNN older than the one TensorFlow loads (tensorflow/build#221: cuDNN 8.9 in the image,
 # cuDNN 9 loaded since TF 2.15; tensorflow/tensorflow#62412: the 2.18 GPU image lists no GPU until
 # `pip install tensorflow[and-cuda]`). Valohai runs the same script on the same base.
