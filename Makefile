@@ -34,8 +34,7 @@ test-all: setup
 	$(PYTHON) -m pytest -q -m ""
 
 bench: setup
-	$(PYTHON) -m bench.train_input
-	$(PYTHON) -m bench.build_data
+	$(PYTHON) -m bench
 
 clean:
 	rm -rf artifacts data/synthetic .deeplab-train .valohai

@@ -5,11 +5,10 @@
 A MobileNetV2 (depth multiplier 0.5, as the demo trains) is trained for one step on the synthetic
 dataset and exported; `steps.predict` then segments one 4000x3000 JPEG (at 12 MP) in a fresh
 process, once with the default --max_inference_pixels and once with 0 (the whole photo at full
-size), alternately `rounds` times. The peak resident memory of each child comes from the kernel
-(wait4's rusage). The JSON line reports the medians and their ratio.
+size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child comes
+from the kernel (wait4's rusage); the ratio full-size / bounded says how much memory the bound saves.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import time
 
 import numpy as np
 from PIL import Image
+
+from bench import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
@@ -56,13 +57,10 @@ def _peak_rss_mib(model, images, output, max_pixels):
   return usage.ru_maxrss / 1024, seconds
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rounds', type=int, default=2)
-  parser.add_argument('--megapixels', type=float, default=12)
-  args = parser.parse_args()
+def measure(args) -> harness.Measurement:
   from steps.predict import SPEC
   bounded_pixels = SPEC.parameter('max_inference_pixels').default
+  seconds = {}
   with tempfile.TemporaryDirectory() as folder:
     model = _model(folder)
     images = os.path.join(folder, 'photo')
@@ -73,22 +71,31 @@ def main():
     small = rng.integers(0, 255, (height // 40, width // 40, 3), dtype=np.uint8)
     Image.fromarray(small).resize((width, height), Image.BILINEAR).save(
         os.path.join(images, 'photo.jpg'), quality=90)
-    results = {'bounded': [], 'full_size': []}
-    for _ in range(args.rounds):
-      for name, pixels in (('bounded', bounded_pixels), ('full_size', 0)):
-        results[name].append(_peak_rss_mib(model, images, os.path.join(folder, f'{name}.tar.gz'),
-                                           pixels))
-  summary = {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-             for name, runs in results.items()}
-  print(json.dumps({
-      'benchmark': 'predict_memory', 'image': f'{width}x{height}', 'rounds': args.rounds,
-      'max_inference_pixels': bounded_pixels,
-      'bounded_peak_rss_mib': round(summary['bounded'][0]),
-      'full_size_peak_rss_mib': round(summary['full_size'][0]),
-      'bounded_seconds': round(summary['bounded'][1], 1),
-      'full_size_seconds': round(summary['full_size'][1], 1),
-      'memory_ratio': round(summary['bounded'][0] / summary['full_size'][0], 3),
-      'load_average': os.getloadavg()[0]}), flush=True)
+
+    def predict_with(name, pixels):
+      def run():
+        peak, took = _peak_rss_mib(model, images, os.path.join(folder, f'{name}.tar.gz'), pixels)
+        seconds.setdefault(name, []).append(took)
+        return peak
+      return run
+
+    values = harness.interleave({'full_size': predict_with('full_size', 0),
+                                 'bounded': predict_with('bounded', bounded_pixels)}, args.rounds)
+  return harness.Measurement(
+      'predict_memory', 'peak MiB', 'full_size', values, higher_is_better=False,
+      target=f'a {width}x{height} photo, --max_inference_pixels={bounded_pixels}: bounded',
+      notes={f'{name}_seconds': statistics.median(took) for name, took in seconds.items()})
+
+
+def add_arguments(parser):
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--megapixels', type=float, default=12)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_arguments(parser)
+  harness.report(measure(parser.parse_args()))
 
 
 if __name__ == '__main__':
