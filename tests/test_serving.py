@@ -56,6 +56,13 @@ def tiny_export(tiny_tfrecords, tiny_checkpoint, tmp_path_factory):
   return model_dir, int8_path, images
 
 
+@pytest.fixture(scope='module')
+def frozen_model(tiny_export):
+  model = export.FrozenModel(str(tiny_export[0] / export.FROZEN_GRAPH))
+  yield model
+  model.close()
+
+
 def _read_graph_def(path):
   graph_def = tf.compat.v1.GraphDef()
   graph_def.ParseFromString(path.read_bytes())
@@ -133,6 +140,27 @@ def test_saved_model_signatures_compute_what_the_frozen_graph_does(tiny_export):
     from_png = session.run(encoded.outputs['semantic_predictions'].name,
                            {encoded.inputs['image_bytes'].name: [_png_bytes(image)]})
     np.testing.assert_array_equal(from_png, labels)
+
+
+def test_tensorflow_2s_own_loader_runs_both_signatures(tiny_export, frozen_model, tmp_path):
+  """Outside graph mode, as a TF2 consumer loads it (TF Serving's C++ loader reads the same protos)."""
+  model_dir, _, images = tiny_export
+  code = (
+      'import sys, numpy as np, tensorflow as tf\n'
+      'model = tf.saved_model.load(sys.argv[1])\n'
+      'image = np.load(sys.argv[2])\n'
+      'by_array = model.signatures["serving_default"](images=tf.constant(image[None]))\n'
+      'by_bytes = model.signatures["encoded_image"](image_bytes=tf.constant([open(sys.argv[3], "rb").read()]))\n'
+      'np.save(sys.argv[4], np.stack([by_array["semantic_predictions"][0], by_bytes["semantic_predictions"][0]]))\n')
+  np.save(tmp_path / 'image.npy', images[2])
+  (tmp_path / 'image.png').write_bytes(_png_bytes(images[2]))
+  subprocess.run([sys.executable, '-c', code, str(model_dir / export.SAVED_MODEL_DIR),
+                  str(tmp_path / 'image.npy'), str(tmp_path / 'image.png'),
+                  str(tmp_path / 'labels.npy')], check=True, timeout=300,
+                 capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  by_array, by_bytes = np.load(tmp_path / 'labels.npy')
+  np.testing.assert_array_equal(by_array, frozen_model.predict(images[2]))
+  np.testing.assert_array_equal(by_bytes, by_array)
 
 
 def test_tflite_logits_follow_the_frozen_probabilities(tiny_export):
@@ -352,13 +380,6 @@ def server(tiny_export, tmp_path_factory):
   # serve() stopped its gunicorn child before returning.
   with pytest.raises(ProcessLookupError):
     os.kill(running.gunicorn_pid, 0)
-
-
-@pytest.fixture(scope='module')
-def frozen_model(tiny_export):
-  model = export.FrozenModel(str(tiny_export[0] / export.FROZEN_GRAPH))
-  yield model
-  model.close()
 
 
 def _assert_json_error(response, status):
