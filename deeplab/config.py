@@ -3,8 +3,9 @@
     ModelConfig    the network and its preprocessing (travels in model.json)
     TrainConfig    the training run
     EvalConfig     evaluation
-    ExportConfig   the exported inference graph
-    PredictConfig  batch prediction
+    ExportConfig   the exported model (formats, inference graph)
+    PredictConfig  prediction with an exported model
+    ServeConfig    the online endpoint (PredictConfig + the server)
     BuildConfig    building TFRecords from a raw dataset
 
 Each field is declared with `setting(...)`: its default, help text, bounds and choices. Everything
@@ -295,22 +296,63 @@ class EvalConfig(Settings):
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
 
 
+# The formats an export can hold, in order of preference when a model holds several: the frozen
+# graph is the reference computation (any size, multi-scale), TFLite the approximation.
+MODEL_FORMATS = ('frozen_graph', 'saved_model', 'tflite')
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(Settings):
-  """The exported inference graph."""
+  """The exported model: its formats and the inference graph they hold."""
   inference_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                                 min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  export_formats: Tuple[str, ...] = setting(
+      MODEL_FORMATS, 'formats to write: frozen_graph (the model-zoo TF1 graph), saved_model (TF '
+      'Serving, KServe), tflite (phones and edge devices)', choices=MODEL_FORMATS)
+  tflite_input_size: Tuple[int, ...] = setting((), 'TFLite fixed input height,width (empty = the '
+                                               'training crop size)', min=1)
+  tflite_quantize: str = setting('none', 'TFLite weights: none (float32) or int8 (full-integer, '
+                                 'calibrated on training images of --tfrecords)',
+                                 choices=('none', 'int8'))
+  calibration_images: int = setting(100, 'int8: training images of --tfrecords to calibrate on',
+                                    min=1)
+  format_check_images: int = setting(8, 'validation images of --tfrecords on which every format '
+                                     'is compared with the frozen graph (pixel agreement, mIoU); '
+                                     '0 = no check', min=0)
+
+  def validate(self):
+    if not self.export_formats:
+      raise UserError('--export_formats is empty; expected one or more of ' + ', '.join(MODEL_FORMATS))
+    if len(self.tflite_input_size) not in (0, 2):
+      raise UserError(f'--tflite_input_size={_show(self.tflite_input_size)}: expected height,width')
+    if self.tflite_quantize != 'none' and 'tflite' not in self.export_formats:
+      raise UserError(f'--tflite_quantize={self.tflite_quantize} needs tflite in --export_formats')
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(Settings):
-  """Batch prediction with an exported model."""
+  """Prediction with an exported model, in batch (predict) and online (serve)."""
   overlay_alpha: float = setting(0.5, 'opacity of the colour mask over the image', min=0, max=1)
   max_inference_pixels: int = setting(
       4194304, 'images with more pixels are scaled down to this many for inference, and their '
       'labels scaled back up (nearest), which bounds the memory one large photo takes; 0 = always '
       'full size', min=0)
+  model_format: str = setting('auto', 'the format to run when the model holds several (auto: '
+                              'frozen_graph, else saved_model, else tflite)',
+                              choices=('auto',) + MODEL_FORMATS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(PredictConfig):
+  """The online endpoint: prediction settings plus the server's."""
+  host: str = setting('127.0.0.1', 'address to listen on (0.0.0.0 to accept other machines, as in '
+                      'a container)')
+  port: int = setting(8000, 'port to listen on (0 = a free one, logged)', min=0, max=65535)
+  threads: int = setting(8, 'request threads; inference runs one image at a time', min=1)
+  max_body_bytes: int = setting(20971520, 'larger request bodies are refused (413)', min=1)
+  max_image_pixels: int = setting(50000000, 'larger images are refused (413) before they are '
+                                  'decoded; 0 = no bound', min=0)
 
 
 # ----------------------------------------------------------------------------- dataset build

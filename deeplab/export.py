@@ -27,7 +27,7 @@ import numpy as np
 
 from deeplab import checkpoint, metrics, model
 from deeplab.compat import tf
-from deeplab.config import ExportConfig, ModelConfig
+from deeplab.config import MODEL_FORMATS, ExportConfig, ModelConfig
 from deeplab.errors import UserError
 from deeplab.preprocess import resize_to_range
 
@@ -52,12 +52,7 @@ TFLITE_FILE = 'model.tflite'
 DEFAULT_TFLITE_SIZE = (513, 513)  # the model zoo's evaluation crop
 TFLITE_QUANTIZATIONS = (None, 'int8')
 
-FROZEN_GRAPH_FORMAT = 'frozen_graph'
-SAVED_MODEL_FORMAT = 'saved_model'
-TFLITE_FORMAT = 'tflite'
-# In order of preference when a folder holds several: the frozen graph is the reference computation
-# (any input size, multi-scale), the TFLite model the approximation (fixed size, maybe quantised).
-MODEL_FORMATS = (FROZEN_GRAPH_FORMAT, SAVED_MODEL_FORMAT, TFLITE_FORMAT)
+FROZEN_GRAPH_FORMAT, SAVED_MODEL_FORMAT, TFLITE_FORMAT = MODEL_FORMATS
 
 
 def _frozen(build_outputs, checkpoint_prefix: str):

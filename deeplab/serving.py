@@ -30,31 +30,26 @@ from typing import Optional
 
 import numpy as np
 
+from deeplab.config import ServeConfig
 from deeplab.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = 'DEEPLAB_MODEL_DIR'  # the model folder of the module-level `application`
 VH_PREFIX_ENV = 'VH_DEFAULT_PREFIX'
-DEFAULT_MAX_BODY_BYTES = 20 * 1024 * 1024
-# The predict step's default inference bound: larger images are refused, not scaled, so a client
-# knows the labels it gets are at its image's full resolution.
-DEFAULT_MAX_PIXELS = 4194304
-DEFAULT_OVERLAY_ALPHA = 0.5
-DEFAULT_THREADS = 8  # request threads: clients decode, encode and wait in parallel
 IMAGE_FORMATS = ('JPEG', 'PNG')
 PNG_KINDS = ('labels', 'overlay')
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
-  """RGB uint8 [H, W, 3] of a JPEG/PNG file's bytes, EXIF orientation applied.
+def decode_image(data: bytes, max_pixels: int = ServeConfig.max_image_pixels):
+  """RGB uint8 [H, W, 3] of a JPEG/PNG file's bytes (any mode: `images.to_rgb`).
 
   Raises werkzeug's HTTP errors: 400 for no or an undecodable image, 415 for a file that is not
   JPEG/PNG, 413 above `max_pixels` (0 = no bound; checked from the header, before decoding).
-  16- and 32-bit samples are scaled to 8 bits (PIL's RGB conversion would clip them to white).
   """
-  from PIL import Image, ImageOps, UnidentifiedImageError
+  from PIL import Image, UnidentifiedImageError
   from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+  from deeplab.images import to_rgb
   if not data:
     raise BadRequest('no image: send a JPEG or PNG file as the body or a multipart file field')
   try:
@@ -63,12 +58,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
       if max_pixels and width * height > max_pixels:
         raise RequestEntityTooLarge(f'the image has {width}x{height} = {width * height} pixels; '
                                     f'at most {max_pixels} are served')
-      image = ImageOps.exif_transpose(image)
-      if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-        top = 255.0 if image.mode == 'F' else 65535.0
-        gray = np.rint(np.clip(np.asarray(image, np.float64), 0, top) * (255.0 / top))
-        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
-      return np.asarray(image.convert('RGB'))
+      return to_rgb(image)
   except UnidentifiedImageError:
     raise UnsupportedMediaType('the body is not a JPEG or PNG image') from None
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -109,25 +99,28 @@ class _StripPrefix:
     return self.app(environ, start_response)
 
 
-def create_app(model_dir: str, model_format: Optional[str] = None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               overlay_alpha: float = DEFAULT_OVERLAY_ALPHA, prefix: Optional[str] = None):
+def create_app(model_dir: str, prefix: Optional[str] = None, **settings):
   """The WSGI app serving the model in `model_dir` (an export folder with model.json).
 
-  `model_format` picks one of the folder's formats (default: the first of export.MODEL_FORMATS it
-  holds). `prefix` defaults to $VH_DEFAULT_PREFIX. One model is loaded and shared by all request
+  `settings` are ServeConfig fields (deeplab/config.py; the server's own, host, port and threads,
+  are not the app's): the format to serve, body and image bounds, the inference pixel bound (a
+  larger image is scaled down for inference and its labels back up, as predict does), the overlay
+  opacity. `prefix` defaults to $VH_DEFAULT_PREFIX. One model is loaded and shared by all request
   threads; inference holds a lock, so one image is in the network at a time: TensorFlow already
   spreads one image over every core, parallel images would only multiply the peak memory, and a
   TFLite interpreter is not thread-safe. Decoding and encoding run outside the lock.
   """
+  config = ServeConfig(**settings)
   from flask import Flask, Response, jsonify, request
   from werkzeug.exceptions import BadRequest, HTTPException, NotAcceptable
 
   from deeplab import checkpoint, export, visualize
+  from deeplab.images import predict_bounded
   card = checkpoint.ModelCard.read(model_dir)
   dataset = card.dataset
   class_names = dataset.class_names or [str(i) for i in range(dataset.num_classes)]
-  found_format, model_path = export.find_model(model_dir, model_format)
+  found_format, model_path = export.find_model(
+      model_dir, None if config.model_format == 'auto' else config.model_format)
   model = export.load_model(model_path, found_format)
   model_lock = threading.Lock()
   description = dict(card.to_json(), served_format=found_format,
@@ -135,7 +128,7 @@ def create_app(model_dir: str, model_format: Optional[str] = None, *,
   log.info('serving %s (%s)', model_path, found_format)
 
   app = Flask(__name__)
-  app.config['MAX_CONTENT_LENGTH'] = max_body_bytes
+  app.config['MAX_CONTENT_LENGTH'] = config.max_body_bytes
 
   @app.errorhandler(HTTPException)
   def http_error(error):
@@ -177,11 +170,11 @@ def create_app(model_dir: str, model_format: Optional[str] = None, *,
       data = files[0].read()
     else:
       data = request.get_data(cache=False)
-    image = decode_image(data, max_pixels)
+    image = decode_image(data, config.max_image_pixels)
     with model_lock:
-      labels = model.predict(image)
+      labels = predict_bounded(model, image, config.max_inference_pixels)
     if png_kind == 'overlay':
-      return Response(_png(visualize.overlay(image, labels, dataset.colormap, overlay_alpha)),
+      return Response(_png(visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha)),
                       mimetype='image/png')
     label_map = labels.astype(np.uint8 if len(class_names) <= 256 else np.uint16)
     if png_kind == 'labels':
@@ -197,28 +190,33 @@ def create_app(model_dir: str, model_format: Optional[str] = None, *,
   return app
 
 
-def serve(model_dir: str, host: str = '127.0.0.1', port: int = 8000,
-          model_format: Optional[str] = None, threads: int = DEFAULT_THREADS, **app_options) -> None:
-  """Serves `create_app(model_dir, model_format, **app_options)` with gunicorn until SIGTERM or
-  SIGINT, then returns once the server has stopped. Call it from the main thread.
+# ServeConfig fields that configure gunicorn rather than the app.
+_SERVER_SETTINGS = ('host', 'port', 'threads')
 
-  gunicorn runs as a child process (`python -m gunicorn`, one worker with `threads` request
+
+def serve(model_dir: str, config: ServeConfig = ServeConfig()) -> None:
+  """Serves `create_app(model_dir, ...)` with gunicorn on `config.host`:`config.port` until SIGTERM
+  or SIGINT, then returns once the server has stopped. Call it from the main thread.
+
+  gunicorn runs as a child process (`python -m gunicorn`, one worker with `config.threads` request
   threads) and logs 'Listening at: http://HOST:PORT' once bound; port 0 binds a free port. It is a
   child, not this process, because its workers are forks: a forked worker that exits would unwind
   this process's stack too, running the caller's clean-up (such as removing an unpacked model
   folder) under the feet of the next worker; and TensorFlow does not survive a fork, so the model
-  is loaded in the worker. `app_options` must be literals (numbers, strings, None): gunicorn reads
-  the app as the call `deeplab.serving:create_app(...)`. This process checks model.json only and
+  is loaded in the worker. gunicorn reads the app as the call `deeplab.serving:create_app(...)`
+  with literal arguments: the settings travel as such. This process checks model.json only and
   does not import TensorFlow (half a gigabyte that would sit idle); a model the worker cannot load
   stops gunicorn (status 3, the reason in its log) and raises a UserError here.
   """
   from deeplab import checkpoint
   model_dir = os.path.abspath(model_dir)
   checkpoint.ModelCard.read(model_dir)  # a folder that is not an exported model fails here
-  arguments = [repr(model_dir), repr(model_format)] + [f'{k}={v!r}' for k, v in app_options.items()]
+  settings = {k: v for k, v in config.to_json().items() if k not in _SERVER_SETTINGS}
+  arguments = [repr(model_dir)] + [f'{k}={v!r}' for k, v in settings.items()]
+  host, port = config.host, config.port
   command = [sys.executable, '-m', 'gunicorn', '--bind', f'[{host}]:{port}' if ':' in host
              else f'{host}:{port}', '--workers', '1', '--worker-class', 'gthread',
-             '--threads', str(threads),
+             '--threads', str(config.threads),
              # A worker that stops answering for this long is replaced: one very large image on a
              # slow CPU can take tens of seconds.
              '--timeout', '300',

@@ -483,6 +483,7 @@ def _open_artifact(stack: contextlib.ExitStack, path: str, marker: str, kind: st
 
 # What tells the kinds apart, most specific first: a model holds a model.json too.
 _ARTIFACT_MARKERS = (('frozen_inference_graph.pb', 'an exported model'),
+                     ('saved_model', 'an exported model'), ('model.tflite', 'an exported model'),
                      ('model.json', 'a checkpoint'),
                      ('dataset.json', 'TFRecords (dataset.json)'))
 
@@ -535,27 +536,34 @@ class Checkpoint:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """model.tar.gz of export: the frozen graph + model.json."""
+  """model.tar.gz of export: model.json + the formats asked for (frozen_inference_graph.pb,
+  saved_model/, model.tflite)."""
   card: 'ModelCard'
   folder: str
   filename: ClassVar[str] = 'model.tar.gz'
 
-  @property
-  def graph_path(self) -> str:
-    from deeplab import export
-    return os.path.join(self.folder, export.FROZEN_GRAPH)
-
   @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Model':
     from deeplab import checkpoint, export
-    folder = _open_artifact(stack, path, export.FROZEN_GRAPH, 'an exported model', 'export')
+    folder = _open_artifact(stack, path, checkpoint.MODEL_JSON, 'an exported model', 'export')
+    if not any(export.find_models(folder).values()):
+      found = 'a checkpoint' if any(n.endswith('.index') for n in os.listdir(folder)) else 'no model'
+      raise UserError(f'{path} holds {found}, not an exported model; expected the output of the '
+                      'export step')
     return cls(checkpoint.ModelCard.read(folder), folder)
 
-  @staticmethod
-  def write(out_path: str, graph_def, card: 'ModelCard') -> str:
+  def load(self, model_format: str = 'auto'):
+    """The model of `model_format` ('auto': the first format the folder holds), with
+    `predict(image uint8 [H, W, 3]) -> labels int32 [H, W]` and `close()`."""
     from deeplab import export
+    found, path = export.find_model(self.folder, None if model_format == 'auto' else model_format)
+    return export.load_model(path, found)
+
+  @staticmethod
+  def write(out_path: str, card: 'ModelCard', fill: Callable[[str], None]) -> str:
+    """Packs `card` and what `fill(folder)` writes into the folder (the model files)."""
     with scratch_dir('model') as staging:
-      export.write_frozen_graph(graph_def, os.path.join(staging, export.FROZEN_GRAPH))
+      fill(staging)
       card.write(staging)
       return write_tarball(staging, out_path)
 

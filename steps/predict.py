@@ -48,44 +48,6 @@ def find_images(folder):
   return found
 
 
-def _to_rgb(image):
-  """RGB uint8 [H, W, 3] of a PIL image of any mode; 16- and 32-bit samples are scaled to 8 bits
-  (PIL's own RGB conversion clips them, turning a 16-bit image white)."""
-  import numpy as np
-  if image.mode.startswith('I') or image.mode == 'F':
-    samples = np.asarray(image)
-    if image.mode == 'F':
-      gray = np.clip(samples, 0, 255)
-    else:  # I;16 variants hold 0..65535; 'I' is how PIL widens 16-bit PNGs
-      gray = np.clip(samples, 0, 65535) / 257.0
-    return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
-  return np.asarray(image.convert('RGB'))
-
-
-def read_image(path):
-  """RGB uint8 [H, W, 3] of an image file, EXIF orientation applied; a bad file is a UserError."""
-  from PIL import Image, ImageOps, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      return _to_rgb(ImageOps.exif_transpose(image))
-  except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: not a readable JPEG/PNG image ({e})') from None
-
-
-def predict_bounded(model, image, max_pixels):
-  """Labels int32 [H, W] of `image` [H, W, 3]; above `max_pixels` the model sees a copy scaled
-  down to that many pixels (aspect kept) and the labels are scaled back up (nearest)."""
-  import numpy as np
-  from PIL import Image
-  height, width = image.shape[:2]
-  if not max_pixels or height * width <= max_pixels:
-    return model.predict(image)
-  scale = (max_pixels / (height * width)) ** 0.5
-  size = (max(1, int(width * scale)), max(1, int(height * scale)))
-  labels = model.predict(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))
-  return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
-
-
 def main():
   args = parse_flags(SPEC)
   model_path = artifacts.input_location('predict', 'model', args.model)
@@ -95,21 +57,22 @@ def main():
                                       {'model': model_path, 'images': images_path})
   config = PredictConfig.from_flags(args)
   import numpy as np
-  from deeplab import export, visualize
+  from deeplab import visualize
+  from deeplab.images import predict_bounded, read_image
   with contextlib.ExitStack() as stack:
     model = artifacts.Model.open(stack, model_path)
     dataset = model.card.dataset
     images = find_images(stack.enter_context(artifacts.open_input(images_path)))
     if not images:
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
-    frozen = export.FrozenModel(model.graph_path)
-    stack.callback(frozen.close)
+    runner = model.load(config.model_format)
+    stack.callback(runner.close)
     predictions = artifacts.Predictions(stack)
     pixel_counts = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
     for name, path in images:
       image = read_image(path)
-      labels = predict_bounded(frozen, image, config.max_inference_pixels)
+      labels = predict_bounded(runner, image, config.max_inference_pixels)
       pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
       predictions.add(name, labels,
                       visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))

@@ -19,6 +19,7 @@ from PIL import Image
 
 from deeplab import checkpoint, export, serving
 from deeplab.compat import tf
+from deeplab.config import ServeConfig
 from deeplab.errors import UserError
 from tests.conftest import REPO, require_fixtures, run_step
 
@@ -35,9 +36,9 @@ def _extract(archive, folder):
 
 @pytest.fixture(scope='module')
 def tiny_export(tiny_tfrecords, tiny_checkpoint, tmp_path_factory):
-  """The export step's model folder of the tiny checkpoint, plus saved_model/1/ and model.tflite
-  (float, the default size) written by the library; int8/model.tflite beside it, calibrated on
-  the tiny dataset's images. Returns (model folder, int8 TFLite path, the dataset's images)."""
+  """The export step's model folder of the tiny checkpoint (frozen graph, saved_model/1/ and a
+  float model.tflite of the default size); int8/model.tflite beside it, written by the library and
+  calibrated on the tiny dataset's images. Returns (model folder, int8 TFLite path, the images)."""
   root = tmp_path_factory.mktemp('tiny_export')
   run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={root / "model.tar.gz"}')
   model_dir = _extract(root / 'model.tar.gz', root / 'model')
@@ -46,10 +47,7 @@ def tiny_export(tiny_tfrecords, tiny_checkpoint, tmp_path_factory):
   prefix = checkpoint.resolve_checkpoint_path(str(checkpoint_dir))
   images = [np.asarray(Image.open(path).convert('RGB'))
             for path in sorted((tiny_tfrecords.parent / 'raw' / 'images').glob('*.jpg'))]
-  graph_def = _read_graph_def(model_dir / export.FROZEN_GRAPH)
-  export.write_saved_model(graph_def, str(model_dir / export.SAVED_MODEL_DIR))
   size = export.default_tflite_size(checkpoint.ModelCard.read(str(model_dir)))
-  export.write_tflite(card.model, prefix, str(model_dir / export.TFLITE_FILE), size)
   (root / 'int8').mkdir()
   int8_path = root / 'int8' / export.TFLITE_FILE
   export.write_tflite(card.model, prefix, str(int8_path), size, 'int8', images)
@@ -297,10 +295,11 @@ class Server:
     self._wait_until_healthy()
 
   @classmethod
-  def of_serve(cls, model_dir, log_path, env=None, **options):
-    """`serving.serve(model_dir, '127.0.0.1', 0, **options)`, as a step would call it."""
-    code = f'from deeplab import serving\nserving.serve({str(model_dir)!r}, "127.0.0.1", 0, **{options!r})'
-    return cls([sys.executable, '-c', code], log_path, env)
+  def of_serve(cls, model_dir, log_path, env=None, **settings):
+    """The serve step on 127.0.0.1, a free port, with `settings` as its flags."""
+    flags = [f'--{name}={value}' for name, value in settings.items()]
+    return cls([sys.executable, '-m', 'steps.serve', f'--model={model_dir}', '--host=127.0.0.1',
+                '--port=0', *flags], log_path, env)
 
   def _wait_for_listening(self):
     deadline = time.monotonic() + SERVER_START_SECONDS
@@ -371,7 +370,7 @@ def server(tiny_export, tmp_path_factory):
   log_path = tmp_path_factory.mktemp('server') / 'server.log'
   running = Server.of_serve(model_dir, log_path,
                             env={'VH_DEFAULT_PREFIX': 'org/project/deployment/v1/seg'},
-                            max_body_bytes=300_000, max_pixels=120 * 120)
+                            max_body_bytes=300_000, max_image_pixels=120 * 120)
   try:
     yield running
   finally:
@@ -505,7 +504,7 @@ def test_gunicorn_serves_the_module_level_application_of_the_environment(tiny_ex
 
 def test_create_app_serves_the_format_asked_for(tiny_export, frozen_model):
   model_dir, _, images = tiny_export
-  app = serving.create_app(str(model_dir), 'saved_model', prefix='')
+  app = serving.create_app(str(model_dir), prefix='', model_format='saved_model')
   client = app.test_client()
   assert client.get('/model').get_json()['served_file'] == export.SAVED_MODEL_DIR
   response = client.post('/predict?format=labels', data=_png_bytes(images[2]))
@@ -515,9 +514,9 @@ def test_create_app_serves_the_format_asked_for(tiny_export, frozen_model):
 def test_serve_stops_with_one_error_when_the_worker_cannot_load_the_model(tiny_export, tmp_path):
   shutil.copy(tiny_export[0] / 'model.json', tmp_path / 'model.json')
   with pytest.raises(UserError, match='exited with status 3'):
-    serving.serve(str(tmp_path), '127.0.0.1', 0)
+    serving.serve(str(tmp_path), ServeConfig(port=0))
   with pytest.raises(UserError, match='no model.json'):
-    serving.serve(str(tmp_path / 'nowhere'), '127.0.0.1', 0)
+    serving.serve(str(tmp_path / 'nowhere'), ServeConfig(port=0))
 
 
 def test_the_module_level_application_needs_its_environment_variable(monkeypatch):

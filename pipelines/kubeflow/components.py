@@ -104,10 +104,16 @@ def export(
     checkpoint: Input[Model],
     output: Output[Model],
     metrics: Output[Metrics],
+    tfrecords: Input[Dataset] = None,
     inference_scales: str = '1.0',
     add_flipped_images: bool = False,
+    export_formats: str = 'frozen_graph,saved_model,tflite',
+    tflite_input_size: str = '',
+    tflite_quantize: str = 'none',
+    calibration_images: int = 100,
+    format_check_images: int = 8,
 ):
-  """Freeze a checkpoint into a graph: ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0."""
+  """Export a checkpoint: the frozen graph (ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0), a SavedModel for TF Serving / KServe, a TFLite model."""
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('export', arguments)
@@ -121,6 +127,7 @@ def predict(
     metrics: Output[Metrics],
     overlay_alpha: float = 0.5,
     max_inference_pixels: int = 4194304,
+    model_format: str = 'auto',
 ):
   """Segment images with an exported model: raw label PNGs and colour overlays."""
   arguments = dict(locals())  # before the import below adds a local
