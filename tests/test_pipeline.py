@@ -22,7 +22,9 @@ def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_pa
   model_path = tmp_path / 'model.tar.gz'
   run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={model_path}')
   with tarfile.open(model_path) as tar:
-    assert sorted(tar.getnames()) == ['frozen_inference_graph.pb', 'model.json']
+    assert sorted(tar.getnames()) == [  # the three formats by default
+        'frozen_inference_graph.pb', 'model.json', 'model.tflite', 'saved_model', 'saved_model/1',
+        'saved_model/1/saved_model.pb']
   images = tmp_path / 'images'
   (images / 'nested').mkdir(parents=True)
   Image.new('RGB', (120, 90), (200, 30, 30)).save(images / 'red.jpg')

@@ -245,7 +245,7 @@ def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   """Google's trained DeepLabv3 MobileNetV2 weights (from the TFLite fixture, as a checkpoint),
   exported as SavedModel and as TFLite at the fixture's 257 x 257: the published golden mask on
   every pixel, and the frozen graph's labels on the demo photos (resized to 257 x 257)."""
-  from deeplab.config import ModelConfig
+  from deeplab.config import ExportConfig, ModelConfig
   from tests.reference_model import TFLITE_CONFIG, write_reference_checkpoint
   reference = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
   photos = [np.asarray(Image.open(path).convert('RGB').resize((257, 257), Image.BILINEAR))
@@ -253,7 +253,7 @@ def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   prefix = str(tmp_path / 'model.ckpt')
   write_reference_checkpoint(str(reference), prefix)
   config = ModelConfig(**TFLITE_CONFIG)
-  graph_def = export.freeze(config, prefix)
+  graph_def = export.freeze(config, prefix, ExportConfig())
   export.write_frozen_graph(graph_def, str(tmp_path / export.FROZEN_GRAPH))
   export.write_saved_model(graph_def, str(tmp_path / export.SAVED_MODEL_DIR))
   export.write_tflite(config, prefix, str(tmp_path / 'float.tflite'), (257, 257))
