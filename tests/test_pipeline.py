@@ -24,7 +24,7 @@ def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_pa
   with tarfile.open(model_path) as tar:
     assert sorted(tar.getnames()) == [  # the three formats by default
         'frozen_inference_graph.pb', 'model.json', 'model.tflite', 'saved_model', 'saved_model/1',
-        'saved_model/1/saved_model.pb']
+        'saved_model/1/saved_model.pb', 'saved_model/1/variables']
   images = tmp_path / 'images'
   (images / 'nested').mkdir(parents=True)
   Image.new('RGB', (120, 90), (200, 30, 30)).save(images / 'red.jpg')
