@@ -1,0 +1,46 @@
+"""Parity with the original DeepLab (tensorflow/models research/deeplab): each option computes what
+the original computes, checked against values worked out here by hand or in numpy."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from deeplab import losses, model, schedules, training
+from deeplab.compat import tf
+from deeplab.config import BuildConfig, EvalConfig, ExportConfig, ModelConfig, TrainConfig
+from deeplab.datasets import build, layouts, synthetic
+from deeplab.datasets.manifest import Manifest, SplitInfo
+from deeplab.errors import UserError
+
+
+def run(tensor, feed=None):
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    return session.run(tensor, feed)
+
+
+# ----------------------------------------------------------------------------- Cityscapes splits
+
+def test_cityscapes_shards_carry_the_original_split_names(tmp_path):
+  raw = synthetic.write_dataset('cityscapes', str(tmp_path / 'raw'), seed=1, num_train=2,
+                                num_val=2, image_size=(24, 32))
+  (tmp_path / 'out').mkdir()
+  built, _ = build.build(layouts.get('cityscapes'), raw, str(tmp_path / 'out'),
+                         BuildConfig(num_shards=1, num_workers=1), progress=False)
+  assert sorted(built.splits) == ['train_fine', 'val_fine']
+  assert sorted(os.listdir(tmp_path / 'out')) == [
+      'dataset.json', 'train_fine-00000-of-00001.tfrecord', 'val_fine-00000-of-00001.tfrecord']
+  # The name the original's commands use and the folder name both find the split.
+  assert built.shard_paths('val') == built.shard_paths('val_fine')
+  assert built.label_histogram('train') == built.splits['train_fine'].label_histogram
+
+
+def test_shards_built_under_folder_names_are_found_by_the_original_names():
+  manifest = Manifest('cityscapes', 19, 255, [], [], folder='/data', splits={
+      'val': SplitInfo(1, [{'file': 'val-00000-of-00001.tfrecord'}])})
+  assert manifest.shard_paths('val_fine') == ['/data/val-00000-of-00001.tfrecord']
+  with pytest.raises(UserError, match="split 'test_fine' is not in the dataset"):
+    manifest.shard_paths('test_fine')
+
+
