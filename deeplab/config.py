@@ -13,10 +13,11 @@ params.yaml and the Kubeflow component inputs (pipelines/), and validation, whic
 when a config is made. The library takes config objects whole. Adding a setting is one field here
 plus the code that uses it.
 
-Names follow the original DeepLab flags. Two model settings default to the backbone's model-zoo
-value, written `preset`: `atrous_rates` and `decoder_output_stride`; `none` says explicitly "no
-atrous branches" / "no decoder". A ModelConfig resolves them when it is made, so a config (and the
-model.json written from it) always holds concrete values.
+Names follow the original DeepLab flags. Three model settings default to the backbone's model-zoo
+value, written `preset`: `atrous_rates`, `decoder_output_stride` and `multi_grid`; `none` says
+explicitly "no atrous branches" / "no decoder" / "no multi-grid" (unit rates 1, 1, 1, the original's
+default). A ModelConfig resolves them when it is made, so a config (and the model.json written from
+it) always holds concrete values.
 """
 from __future__ import annotations
 
@@ -165,13 +166,19 @@ WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
 
 # Model-zoo settings per backbone (DeepLab's published configurations): what PRESET means.
 # Atrous rates are given at output stride 16 and scale with it (12/24/36 at 8), as the model zoo's.
-# The ResNets' multi-grid (block4 unit rates 1, 2, 4) is part of the network, not a setting here.
+# The model zoo trains the ResNets with multi-grid 1, 2, 4 (block4's unit rates).
 PRESETS = {
-    'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0),
-    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4),
+    'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1)),
+    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0,
+                              multi_grid=(1, 2, 4)),
+    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0,
+                               multi_grid=(1, 2, 4)),
+    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4, multi_grid=(1, 1, 1)),
 }
+# What NONE means per preset setting.
+NONE_VALUES = dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1))
+# Backbones whose builder takes multi-grid unit rates; the others build unit rates 1, 1, 1 only.
+MULTI_GRID_VARIANTS = ('resnet_v1_50_beta', 'resnet_v1_101_beta')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +196,10 @@ class ModelConfig(Settings):
   decoder_output_stride: int = setting(
       PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for xception_65; '
       '"none" = no decoder)', choices=(0, 4), preset=True)
+  multi_grid: Tuple[int, ...] = setting(
+      PRESET, 'unit rates of the last block, multiplying its atrous rate ("preset" = the '
+      'model_variant\'s: 1,2,4 for the ResNets; "none" = 1,1,1, the original\'s default)', min=1,
+      preset=True)
   add_image_level_feature: bool = setting(True, 'add the image pooling branch')
   aspp_with_batch_norm: bool = setting(True, 'batch norm in the ASPP branches', flag=False)
   aspp_with_separable_conv: bool = setting(True, 'separable 3x3 convs in the ASPP branches')
@@ -214,13 +225,18 @@ class ModelConfig(Settings):
             preset = tuple(r * 16 // self.output_stride for r in preset)
           value = preset
         elif value == NONE or value == (NONE,):
-          value = () if name == 'atrous_rates' else 0
+          value = NONE_VALUES[name]
         else:  # from the command line, the numbers arrive as text
           value = _numbers(name, value)
         object.__setattr__(self, name, value)
     super().__post_init__()
 
   def validate(self):
+    if len(self.multi_grid) != 3:
+      raise UserError(f'--multi_grid={_show(self.multi_grid)}: expected three unit rates (e.g. 1,2,4)')
+    if self.multi_grid != NONE_VALUES['multi_grid'] and self.model_variant not in MULTI_GRID_VARIANTS:
+      raise UserError(f'--multi_grid={_show(self.multi_grid)}: the {self.model_variant} builder has '
+                      'no multi-grid; expected none (1,1,1)')
     if self.depth_multiplier != 1.0 and self.model_variant not in WIDTH_MULTIPLIED_VARIANTS:
       raise UserError(f'--depth_multiplier={self.depth_multiplier}: {self.model_variant} has no '
                       'width multiplier; expected 1')

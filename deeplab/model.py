@@ -14,7 +14,7 @@ k * output_stride + 1 map exactly onto their feature grid.
 from typing import Optional
 
 from deeplab.compat import slim, tf
-from deeplab.config import ModelConfig, TrainConfig
+from deeplab.config import MULTI_GRID_VARIANTS, ModelConfig, TrainConfig
 from deeplab.nets import mobilenet_v2, resnet_v1_beta, xception
 from deeplab.nets.batch_norm import batch_norm
 from deeplab.preprocess import MEAN_PIXEL, resize_to_range
@@ -127,8 +127,11 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
                                          weight_decay=hyper.weight_decay,
                                          batch_norm_decay=hyper.batch_norm_decay)):
+    # Only the ResNet builders take multi-grid; the config allows 1,1,1 alone for the others.
+    multi_grid = ({'multi_grid': config.multi_grid}
+                  if config.model_variant in MULTI_GRID_VARIANTS else {})
     features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
-                                    output_stride=config.output_stride)
+                                    output_stride=config.output_stride, **multi_grid)
   with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):
     net = aspp(features, config, is_training, hyper.weight_decay)
     if config.decoder_output_stride:

@@ -44,3 +44,36 @@ def test_shards_built_under_folder_names_are_found_by_the_original_names():
     manifest.shard_paths('test_fine')
 
 
+# ----------------------------------------------------------------------------- multi-grid
+
+def test_multi_grid_preset_none_and_numbers():
+  assert ModelConfig(model_variant='resnet_v1_101_beta').multi_grid == (1, 2, 4)
+  assert ModelConfig(model_variant='resnet_v1_101_beta', multi_grid='none').multi_grid == (1, 1, 1)
+  assert ModelConfig(model_variant='resnet_v1_50_beta',
+                     multi_grid=('1', '2', '1')).multi_grid == (1, 2, 1)
+  assert ModelConfig(model_variant='xception_65').multi_grid == (1, 1, 1)
+  # A model.json written before the setting existed rebuilds the network it was trained as.
+  old = ModelConfig(model_variant='resnet_v1_50_beta').to_json()
+  del old['multi_grid']
+  assert ModelConfig.from_json(old).multi_grid == (1, 2, 4)
+  with pytest.raises(UserError, match='xception_65 builder has no multi-grid'):
+    ModelConfig(model_variant='xception_65', multi_grid=(1, 2, 4))
+  with pytest.raises(UserError, match='expected three unit rates'):
+    ModelConfig(model_variant='resnet_v1_50_beta', multi_grid=(1, 2))
+
+
+def test_multi_grid_reaches_the_resnet_builder(monkeypatch):
+  received = {}
+  backbone, arg_scope, end_point = model._BACKBONES['resnet_v1_50_beta']
+
+  def recording(images, **kwargs):
+    received.update(kwargs)
+    return backbone(images, **kwargs)
+
+  monkeypatch.setitem(model._BACKBONES, 'resnet_v1_50_beta', (recording, arg_scope, end_point))
+  with tf.Graph().as_default():
+    model.logits(tf.zeros([1, 33, 33, 3]),
+                 ModelConfig(model_variant='resnet_v1_50_beta', multi_grid='none'))
+  assert received['multi_grid'] == (1, 1, 1)
+
+

@@ -44,6 +44,7 @@ def train(
     output_stride: int = 16,
     atrous_rates: str = 'preset',
     decoder_output_stride: str = 'preset',
+    multi_grid: str = 'preset',
     add_image_level_feature: bool = True,
     aspp_with_separable_conv: bool = True,
     decoder_use_separable_conv: bool = True,
