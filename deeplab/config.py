@@ -157,6 +157,13 @@ class Settings:
                **values)
 
 
+def _check_crop_size(name: str, value: tuple, optional: bool = False) -> None:
+  """A crop size is height,width (or, when `optional`, empty)."""
+  if len(value) != 2 and not (optional and not value):
+    raise UserError(f'--{name}={_show(value)}: expected two integers, height,width (e.g. 513,513)'
+                    + (', or nothing' if optional else ''))
+
+
 # ----------------------------------------------------------------------------- the model
 
 # Backbones this library builds. A variant is listed only once its network exists.
@@ -292,9 +299,7 @@ class TrainConfig(Settings):
   NOT_IN_FINGERPRINT = ('log_steps', 'save_interval_steps')
 
   def validate(self):
-    if len(self.train_crop_size) != 2:
-      raise UserError(f'--train_crop_size={_show(self.train_crop_size)}: expected two integers, '
-                      'height,width (e.g. 513,513)')
+    _check_crop_size('train_crop_size', self.train_crop_size)
     if self.min_scale_factor > self.max_scale_factor:
       raise UserError(f'--min_scale_factor={self.min_scale_factor} exceeds '
                       f'--max_scale_factor={self.max_scale_factor}')
@@ -302,13 +307,25 @@ class TrainConfig(Settings):
 
 # ----------------------------------------------------------------------------- evaluation, export, predict
 
+# The padding protocol of the original eval.py / export_model.py, shared by evaluate and export.
+CROP_SIZE_HELP = ('pad each image (after resizing to the model\'s range) with the mean pixel to at '
+                  'least height,width before predicting, as the original does (513,513 for the '
+                  'published PASCAL numbers, 1025,2049 for Cityscapes); empty = predict the whole '
+                  'image as it is')
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Settings):
   """One evaluation pass over a split, whole images."""
-  eval_split: str = setting('val', 'the split to evaluate')
+  eval_split: str = setting('val', 'the split to evaluate (for Cityscapes, val and val_fine name '
+                            'the same split)')
   eval_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                            min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+
+  def validate(self):
+    _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +334,10 @@ class ExportConfig(Settings):
   inference_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                                 min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  export_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+
+  def validate(self):
+    _check_crop_size('export_crop_size', self.export_crop_size, optional=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The evaluator: one pass over a split, whole images at their own size -> confusion -> metrics.
+"""The evaluator: one pass over a split, whole images at their own size (or padded to
+eval_crop_size, the original's protocol) -> confusion -> metrics.
 
 It never waits for new checkpoints (unlike the original eval loop): one checkpoint, one pass.
 Predictions are made by `model.predict_labels`, the same function the exported graph runs, so the
@@ -41,7 +42,8 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
   with tf.Graph().as_default():
     example = tf.compat.v1.data.make_one_shot_iterator(model_input.eval_dataset(shards)).get_next()
     predictions, _ = model.predict_labels(example['image'][tf.newaxis], config,
-                                          eval_config.eval_scales, eval_config.add_flipped_images)
+                                          eval_config.eval_scales, eval_config.add_flipped_images,
+                                          eval_config.eval_crop_size)
     with tf.compat.v1.Session() as session:
       checkpoint.restore(session, tf.compat.v1.train.Saver(), checkpoint_prefix)
       started = time.perf_counter()

@@ -44,7 +44,7 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig):
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
   result = evaluation.evaluate(model_config, checkpoint.prefix, manifest, config)
   result.update(eval_scales=list(config.eval_scales), add_flipped_images=config.add_flipped_images,
-                dataset=manifest.name)
+                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name)
   training = checkpoint.card.training
   return result, training and dict(training.to_json(), global_step=checkpoint.card.global_step)
 

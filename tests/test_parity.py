@@ -77,3 +77,109 @@ def test_multi_grid_reaches_the_resnet_builder(monkeypatch):
   assert received['multi_grid'] == (1, 1, 1)
 
 
+# ----------------------------------------------------------------------------- multi-scale inference
+
+STRIDE = 16
+
+
+def fake_logits(images, config, training=None):
+  """A stand-in network: every STRIDE-th pixel (ceil(H / 16) x ceil(W / 16), like the real
+  network's grid) plus the image mean (like the image-pooling branch), as 3 class scores."""
+  del config, training
+  return images[:, ::STRIDE, ::STRIDE, :] + tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+
+
+def np_fake_logits(image):
+  return image[::STRIDE, ::STRIDE] + image.mean(axis=(0, 1))
+
+
+def np_resize(array, height, width):
+  """Bilinear resize with aligned corners of [h, w, C]."""
+  def positions(size_in, size_out):
+    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    pos = np.arange(size_out) * scale
+    low = np.floor(pos).astype(int)
+    return low, np.minimum(low + 1, size_in - 1), (pos - low)
+  top, bottom, fy = positions(array.shape[0], height)
+  left, right, fx = positions(array.shape[1], width)
+  rows = array[top] + (array[bottom] - array[top]) * fy[:, None, None]
+  return rows[:, left] + (rows[:, right] - rows[:, left]) * fx[None, :, None]
+
+
+def np_softmax(scores):
+  exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+  return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def scale_dimension(size, scale):  # the original's int((size - 1) * scale + 1)
+  return int((size - 1) * scale + 1)
+
+
+def original_multi_scale(image, scales, flipped):
+  """The original's predict_labels_multi_scale, step by step, on [H, W, 3] in [0, 255]."""
+  height, width = image.shape[:2]
+  probabilities = []
+  for scale in scales:
+    for flip in (False, True) if flipped else (False,):
+      source = image[:, ::-1] if flip else image
+      if scale != 1.0:
+        source = np_resize(source, scale_dimension(height, scale), scale_dimension(width, scale))
+      scores = np_fake_logits(source / 127.5 - 1.0)
+      grid = [scale_dimension(size, max(1.0, scale) / STRIDE) for size in (height, width)]
+      scores = np_resize(scores, *grid)
+      if flip:
+        scores = scores[:, ::-1]
+      probabilities.append(np_softmax(np_resize(scores, height, width)))
+  return np.mean(probabilities, axis=0)
+
+
+@pytest.mark.parametrize('scales, flipped', [((0.5, 0.75, 1.25), False), ((0.75, 1.0), True)])
+def test_multi_scale_is_the_originals_computation(monkeypatch, scales, flipped):
+  monkeypatch.setattr(model, 'logits', fake_logits)
+  image = np.random.RandomState(0).uniform(0, 255, (50, 70, 3)).astype(np.float32)
+  with tf.Graph().as_default():
+    _, probabilities = model.predict_labels(tf.constant(image[None]), ModelConfig(num_classes=3),
+                                            scales, flipped)
+    result = run(probabilities)[0]
+  np.testing.assert_allclose(result, original_multi_scale(image, scales, flipped), atol=2e-5)
+
+
+def test_crop_size_pads_with_the_mean_pixel_as_the_original_eval(monkeypatch):
+  monkeypatch.setattr(model, 'logits', fake_logits)
+  image = np.random.RandomState(1).uniform(0, 255, (40, 50, 3)).astype(np.float32)
+  padded = np.full((65, 81, 3), 127.5, np.float32)
+  padded[:40, :50] = image
+  with tf.Graph().as_default():
+    _, probabilities = model.predict_labels(tf.constant(image[None]), ModelConfig(num_classes=3),
+                                            crop_size=(65, 81))
+    whole = model.predict_labels(tf.constant(image[None]), ModelConfig(num_classes=3))[1]
+    result, without_padding = run([probabilities, whole])
+  # The padding moves the image mean, so the padded protocol differs from the whole image one.
+  np.testing.assert_allclose(result[0], original_multi_scale(padded, (1.0,), False)[:40, :50],
+                             atol=2e-5)
+  assert not np.allclose(result, without_padding, atol=1e-3)
+
+
+def test_crop_size_settings():
+  assert EvalConfig().eval_crop_size == () and ExportConfig().export_crop_size == ()
+  assert EvalConfig(eval_crop_size=(513, 513)).eval_crop_size == (513, 513)
+  with pytest.raises(UserError, match='--export_crop_size=513: expected two integers'):
+    ExportConfig(export_crop_size=(513,))
+
+
+def test_evaluate_and_export_pass_the_crop_size(monkeypatch):
+  received = []
+
+  def recording(images, config, scales, add_flipped_images, crop_size):
+    received.append(crop_size)
+    tf.compat.v1.get_variable('weights', [])  # something for the saver to restore
+    labels = tf.zeros(tf.shape(images)[:3], tf.int32)
+    return labels, tf.zeros(tf.concat([tf.shape(images)[:3], [config.num_classes]], 0))
+
+  monkeypatch.setattr(model, 'predict_labels', recording)
+  from deeplab import export
+  monkeypatch.setattr(export.checkpoint, 'restore', lambda *args: None)
+  export.freeze(ModelConfig(num_classes=3), 'unused', ExportConfig(export_crop_size=(9, 11)))
+  assert received == [(9, 11)]
+
+

@@ -93,6 +93,7 @@ def evaluate(
     eval_split: str = 'val',
     eval_scales: str = '1.0',
     add_flipped_images: bool = False,
+    eval_crop_size: str = '',
 ):
   """Evaluate a checkpoint on a split in one pass over whole images."""
   arguments = dict(locals())  # before the import below adds a local
@@ -107,6 +108,7 @@ def export(
     metrics: Output[Metrics],
     inference_scales: str = '1.0',
     add_flipped_images: bool = False,
+    export_crop_size: str = '',
 ):
   """Freeze a checkpoint into a graph: ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0."""
   arguments = dict(locals())  # before the import below adds a local
