@@ -268,7 +268,7 @@ class TrainConfig(Settings):
   train_batch_size: int = setting(8, 'images per step', min=1)
   train_crop_size: Tuple[int, ...] = setting((513, 513), 'crop height,width', min=1)
   base_learning_rate: float = setting(0.0001, 'initial learning rate', min=0)
-  learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step'))
+  learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step', 'cosine'))
   learning_power: float = setting(0.9, 'poly: power')
   end_learning_rate: float = setting(0.0, 'poly: final learning rate', min=0)
   learning_rate_decay_step: int = setting(2000, 'step: decay every this many steps', min=1)
@@ -285,9 +285,27 @@ class TrainConfig(Settings):
                                           min=0)
   initialize_last_layer: bool = setting(True, 'restore the logits layer from tf_initial_checkpoint '
                                         '(false when the class count differs)')
-  last_layers_contain_logits_only: bool = setting(False, 'with initialize_last_layer=false: only '
-                                                  'logits are new (else the ASPP/decoder layers are '
-                                                  'new too)')
+  last_layers_contain_logits_only: bool = setting(False, 'the last layers are the logits only '
+                                                  '(else the ASPP/decoder layers too): what '
+                                                  'initialize_last_layer=false leaves new and '
+                                                  'last_layer_gradient_multiplier multiplies')
+  last_layer_gradient_multiplier: float = setting(
+      1.0, 'multiply the gradients of the last layers by this; biases get twice their layer\'s '
+      'multiplier, as in the original', min=0)
+  upsample_logits: bool = setting(True, 'compute the loss at label resolution (logits upsampled); '
+                                  'false: at logits resolution (labels downsampled, nearest)')
+  top_k_percent_pixels: float = setting(1.0, 'hard pixel mining: the loss counts only this share '
+                                        'of the pixels, those with the largest loss', min=0, max=1)
+  hard_example_mining_step: int = setting(0, 'hard pixel mining: the share falls linearly from 1 to '
+                                          'top_k_percent_pixels over this many steps (0 = at once)',
+                                          min=0)
+  label_weights: Tuple[float, ...] = setting((), 'loss weight of each class, one per class in '
+                                             'class id order (empty = all 1)', min=0)
+  label_weight_rule: str = setting('none', 'class weights from the training split\'s label '
+                                   'histogram when label_weights is empty: inverse_frequency = '
+                                   'mean pixels per class / the class\'s pixels, at most '
+                                   'label_weight_cap', choices=('none', 'inverse_frequency'))
+  label_weight_cap: float = setting(10.0, 'inverse_frequency: the largest class weight', min=1)
   log_steps: int = setting(10, 'print a metric line every this many steps', min=1)
   save_interval_steps: int = setting(1000, 'save a checkpoint every this many steps', min=1)
   batch_norm_decay: float = setting(0.9997, 'decay of the batch norm moving averages (lower it, '
@@ -300,6 +318,9 @@ class TrainConfig(Settings):
 
   def validate(self):
     _check_crop_size('train_crop_size', self.train_crop_size)
+    if self.label_weights and self.label_weight_rule != 'none':
+      raise UserError(f'--label_weights and --label_weight_rule={self.label_weight_rule} both give '
+                      'class weights; give one')
     if self.min_scale_factor > self.max_scale_factor:
       raise UserError(f'--min_scale_factor={self.min_scale_factor} exceeds '
                       f'--max_scale_factor={self.max_scale_factor}')

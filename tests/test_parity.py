@@ -183,3 +183,136 @@ def test_evaluate_and_export_pass_the_crop_size(monkeypatch):
   assert received == [(9, 11)]
 
 
+# ----------------------------------------------------------------------------- the loss
+
+LOGITS = np.array([[[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]],
+                    [[-1.0, 3.0, 0.0], [0.0, 0.0, 1.0]]]], np.float32)  # [1, 2, 2, 3]
+LABELS = np.array([[[0, 2], [255, 1]]], np.int32)  # one pixel ignored
+
+
+def pixel_losses():
+  """Cross-entropy of each pixel of LOGITS against LABELS (ignored pixel: 0), by hand."""
+  flat, labels = LOGITS.reshape(-1, 3), LABELS.reshape(-1)
+  log_sum = np.log(np.exp(flat).sum(axis=1))
+  return np.where(labels == 255, 0.0, log_sum - flat[np.arange(4), np.minimum(labels, 2)])
+
+
+def loss_of(global_step=None, **options):
+  with tf.Graph().as_default():
+    step = tf.constant(global_step or 0, tf.int64)
+    return run(losses.softmax_cross_entropy(tf.constant(LOGITS), tf.constant(LABELS), 3, 255,
+                                            global_step=step, **options))
+
+
+def test_default_loss_is_the_mean_over_labelled_pixels():
+  assert loss_of() == pytest.approx(pixel_losses().sum() / 3, rel=1e-6)
+
+
+def test_label_weights_weigh_pixels_but_not_the_normaliser():
+  weights = np.array([0.5, 2.0, 0.0])  # per class; pixels are classes 0, 2, -, 1
+  expected = (pixel_losses() * np.array([0.5, 0.0, 0.0, 2.0])).sum() / 3
+  assert loss_of(label_weights=tuple(weights)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_top_k_percent_pixels_keeps_the_hardest_pixels():
+  # int(0.5 * 4 pixels) = 2 (the ignored pixel counts among the 4), normalised by the non-zero ones.
+  hardest = np.sort(pixel_losses())[::-1][:2]
+  assert loss_of(top_k_percent_pixels=0.5) == pytest.approx(hardest.sum() / 2, rel=1e-6)
+
+
+def test_hard_example_mining_ramps_the_share_down_linearly():
+  # At step 50 of 100 towards 0.25: share 0.5 * 0.25 + 0.5 = 0.625, int(0.625 * 4) = 2 pixels.
+  hardest = np.sort(pixel_losses())[::-1][:2]
+  assert loss_of(global_step=50, top_k_percent_pixels=0.25,
+                 hard_example_mining_step=100) == pytest.approx(hardest.sum() / 2, rel=1e-6)
+  # At step 0 all 4 pixels: the ignored one's loss is 0, so 3 count.
+  assert loss_of(global_step=0, top_k_percent_pixels=0.25, hard_example_mining_step=100) == \
+      pytest.approx(pixel_losses().sum() / 3, rel=1e-6)
+
+
+def test_loss_at_logits_resolution_downsamples_labels_nearest():
+  labels = np.array([[[0, 9, 9, 2], [9, 9, 9, 9], [9, 9, 9, 9], [255, 9, 9, 1]]], np.int32)
+  # Nearest with aligned corners from 4 to 2 takes rows and columns 0 and 3: LABELS again.
+  with tf.Graph().as_default():
+    loss = run(losses.softmax_cross_entropy(tf.constant(LOGITS), tf.constant(labels), 3, 255,
+                                            upsample_logits=False))
+  assert loss == pytest.approx(pixel_losses().sum() / 3, rel=1e-6)
+
+
+def test_class_weights_from_settings_and_the_label_histogram():
+  assert losses.inverse_frequency_weights([100, 300, 0, 50], cap=5.0) == pytest.approx(
+      (112.5 / 100, 112.5 / 300, 5.0, 112.5 / 50))
+  assert losses.inverse_frequency_weights([1, 1000], cap=3.0) == pytest.approx((3.0, 500.5 / 1000))
+  rule = TrainConfig(label_weight_rule='inverse_frequency', label_weight_cap=5.0)
+  assert losses.class_weights(rule, [100, 300, 0, 50], 4) == pytest.approx((1.125, 0.375, 5.0, 2.25))
+  assert losses.class_weights(TrainConfig(label_weights=(1, 2)), None, 2) == (1.0, 2.0)
+  assert losses.class_weights(TrainConfig(), [1, 2], 2) == ()
+  with pytest.raises(UserError, match='2 weights for 3 classes'):
+    losses.class_weights(TrainConfig(label_weights=(1, 2)), None, 3)
+  with pytest.raises(UserError, match='has no label histogram'):
+    losses.class_weights(rule, None, 4)
+  with pytest.raises(UserError, match='give one'):
+    TrainConfig(label_weights=(1, 2), label_weight_rule='inverse_frequency')
+
+
+# ----------------------------------------------------------------------------- gradients, schedule
+
+def tiny_logits(images, config, training=None):
+  """A two-layer stand-in network whose variables are named like a backbone's and the logits'."""
+  del training
+  with tf.compat.v1.variable_scope('backbone'):
+    hidden = tf.nn.conv2d(images, tf.compat.v1.get_variable(
+        'weights', initializer=tf.fill([1, 1, 3, 4], 0.1)), 1, 'SAME')
+  with tf.compat.v1.variable_scope('logits/semantic'):
+    weights = tf.compat.v1.get_variable('weights', initializer=tf.fill([1, 1, 4, 3], 0.2))
+    biases = tf.compat.v1.get_variable('biases', initializer=tf.zeros([3]))
+  return tf.nn.conv2d(hidden, weights, 1, 'SAME') + biases
+
+
+@pytest.mark.parametrize('multiplier', [1.0, 10.0])
+def test_last_layer_gradient_multiplier_and_doubled_biases(monkeypatch, multiplier):
+  monkeypatch.setattr(model, 'logits', tiny_logits)
+  config = TrainConfig(last_layer_gradient_multiplier=multiplier, base_learning_rate=0.5,
+                       momentum=0.0, weight_decay=0.0)
+  with tf.Graph().as_default():
+    images = tf.constant(np.random.RandomState(2).uniform(-1, 1, (1, 2, 2, 3)), tf.float32)
+    ops = training.build_train_graph(ModelConfig(num_classes=3), config, images,
+                                     tf.constant(LABELS), 255)
+    variables = {v.op.name: v for v in tf.compat.v1.trainable_variables()}
+    raw = dict(zip(variables, tf.gradients(ops['loss'], list(variables.values()))))
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      before, gradients = session.run([variables, raw])
+      session.run(ops['train_op'])
+      after = session.run(variables)
+  factors = {'backbone/weights': 1.0, 'logits/semantic/weights': multiplier,
+             'logits/semantic/biases': 2.0 * multiplier}
+  for name, factor in factors.items():
+    np.testing.assert_allclose(after[name], before[name] - 0.5 * factor * gradients[name],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_multiplier_of_the_head_follows_last_layers_contain_logits_only():
+  head = TrainConfig(last_layer_gradient_multiplier=4.0)
+  logits_only = TrainConfig(last_layer_gradient_multiplier=4.0, last_layers_contain_logits_only=True)
+  assert training.gradient_multiplier('aspp1_pointwise/weights', head) == 4.0
+  assert training.gradient_multiplier('decoder/decoder_conv0_pointwise/weights', head) == 4.0
+  assert training.gradient_multiplier('aspp1_pointwise/weights', logits_only) == 1.0
+  assert training.gradient_multiplier('MobilenetV2/Conv/weights', head) == 1.0
+
+
+def learning_rates(config, steps):
+  with tf.Graph().as_default():
+    step = tf.compat.v1.placeholder(tf.int64, [])
+    rate = schedules.learning_rate(step, config)
+    with tf.compat.v1.Session() as session:
+      return [float(session.run(rate, {step: s})) for s in steps]
+
+
+def test_cosine_schedule_starts_after_the_slow_start():
+  config = TrainConfig(learning_policy='cosine', base_learning_rate=0.1,
+                       training_number_of_steps=110, slow_start_step=10,
+                       slow_start_learning_rate=0.001)
+  # Decay over 110 - 10 = 100 steps, counted from step 10.
+  expected = [0.001, 0.001, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi * 0.25)), 0.05, 0.0, 0.0]
+  assert learning_rates(config, [0, 9, 10, 35, 60, 110, 200]) == pytest.approx(expected, abs=1e-7)
