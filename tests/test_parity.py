@@ -1,12 +1,11 @@
 """Parity with the original DeepLab (tensorflow/models research/deeplab): each option computes what
 the original computes, checked against values worked out here by hand or in numpy."""
-import math
 import os
 
 import numpy as np
 import pytest
 
-from deeplab import losses, model, schedules, training
+from deeplab import losses, model, training
 from deeplab.compat import tf
 from deeplab.config import BuildConfig, EvalConfig, ExportConfig, ModelConfig, TrainConfig
 from deeplab.datasets import build, layouts, synthetic
@@ -255,7 +254,8 @@ def test_class_weights_from_settings_and_the_label_histogram():
     TrainConfig(label_weights=(1, 2), label_weight_rule='inverse_frequency')
 
 
-# ----------------------------------------------------------------------------- gradients, schedule
+# ----------------------------------------------------------------------------- gradients (the cosine
+# schedule is tested with the others, in test_schedules_and_augmentation.py)
 
 def tiny_logits(images, config, training=None):
   """A two-layer stand-in network whose variables are named like a backbone's and the logits'."""
@@ -300,19 +300,3 @@ def test_gradient_multiplier_of_the_head_follows_last_layers_contain_logits_only
   assert training.gradient_multiplier('aspp1_pointwise/weights', logits_only) == 1.0
   assert training.gradient_multiplier('MobilenetV2/Conv/weights', head) == 1.0
 
-
-def learning_rates(config, steps):
-  with tf.Graph().as_default():
-    step = tf.compat.v1.placeholder(tf.int64, [])
-    rate = schedules.learning_rate(step, config)
-    with tf.compat.v1.Session() as session:
-      return [float(session.run(rate, {step: s})) for s in steps]
-
-
-def test_cosine_schedule_starts_after_the_slow_start():
-  config = TrainConfig(learning_policy='cosine', base_learning_rate=0.1,
-                       training_number_of_steps=110, slow_start_step=10,
-                       slow_start_learning_rate=0.001)
-  # Decay over 110 - 10 = 100 steps, counted from step 10.
-  expected = [0.001, 0.001, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi * 0.25)), 0.05, 0.0, 0.0]
-  assert learning_rates(config, [0, 9, 10, 35, 60, 110, 200]) == pytest.approx(expected, abs=1e-7)
