@@ -300,3 +300,21 @@ def test_gradient_multiplier_of_the_head_follows_last_layers_contain_logits_only
   assert training.gradient_multiplier('aspp1_pointwise/weights', logits_only) == 1.0
   assert training.gradient_multiplier('MobilenetV2/Conv/weights', head) == 1.0
 
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+def test_evaluation_summaries_are_read_by_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  from deeplab import evaluation
+  result = {'miou': 0.5, 'pixel_accuracy': 0.75, 'per_class_iou': {'road': 0.25, 'sky': None}}
+  sample = np.zeros((4, 12, 3), np.uint8)
+  evaluation.write_summaries(result, [sample], str(tmp_path), global_step=7)
+  board = event_accumulator.EventAccumulator(str(tmp_path))
+  board.Reload()
+  tags = board.Tags()
+  assert sorted(tags['scalars']) == ['eval/iou/road', 'eval/miou', 'eval/pixel_accuracy']
+  assert tags['images'] == ['eval/example_0']
+  (miou,) = board.Scalars('eval/miou')
+  assert (miou.step, miou.value) == (7, 0.5)
+  (image,) = board.Images('eval/example_0')
+  assert (image.height, image.width) == (4, 12)
