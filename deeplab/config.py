@@ -14,10 +14,11 @@ params.yaml and the Kubeflow component inputs (pipelines/), and validation, whic
 when a config is made. The library takes config objects whole. Adding a setting is one field here
 plus the code that uses it.
 
-Names follow the original DeepLab flags. Two model settings default to the backbone's model-zoo
-value, written `preset`: `atrous_rates` and `decoder_output_stride`; `none` says explicitly "no
-atrous branches" / "no decoder". A ModelConfig resolves them when it is made, so a config (and the
-model.json written from it) always holds concrete values.
+Names follow the original DeepLab flags. Three model settings default to the backbone's model-zoo
+value, written `preset`: `atrous_rates`, `decoder_output_stride` and `multi_grid`; `none` says
+explicitly "no atrous branches" / "no decoder" / "no multi-grid" (unit rates 1, 1, 1, the original's
+default). A ModelConfig resolves them when it is made, so a config (and the model.json written from
+it) always holds concrete values.
 """
 from __future__ import annotations
 
@@ -157,6 +158,13 @@ class Settings:
                **values)
 
 
+def _check_crop_size(name: str, value: tuple, optional: bool = False) -> None:
+  """A crop size is height,width (or, when `optional`, empty)."""
+  if len(value) != 2 and not (optional and not value):
+    raise UserError(f'--{name}={_show(value)}: expected two integers, height,width (e.g. 513,513)'
+                    + (', or nothing' if optional else ''))
+
+
 # ----------------------------------------------------------------------------- the model
 
 # Backbones this library builds. A variant is listed only once its network exists.
@@ -166,13 +174,19 @@ WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
 
 # Model-zoo settings per backbone (DeepLab's published configurations): what PRESET means.
 # Atrous rates are given at output stride 16 and scale with it (12/24/36 at 8), as the model zoo's.
-# The ResNets' multi-grid (block4 unit rates 1, 2, 4) is part of the network, not a setting here.
+# The model zoo trains the ResNets with multi-grid 1, 2, 4 (block4's unit rates).
 PRESETS = {
-    'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0),
-    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4),
+    'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1)),
+    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0,
+                              multi_grid=(1, 2, 4)),
+    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0,
+                               multi_grid=(1, 2, 4)),
+    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4, multi_grid=(1, 1, 1)),
 }
+# What NONE means per preset setting.
+NONE_VALUES = dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1))
+# Backbones whose builder takes multi-grid unit rates; the others build unit rates 1, 1, 1 only.
+MULTI_GRID_VARIANTS = ('resnet_v1_50_beta', 'resnet_v1_101_beta')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +204,10 @@ class ModelConfig(Settings):
   decoder_output_stride: int = setting(
       PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for xception_65; '
       '"none" = no decoder)', choices=(0, 4), preset=True)
+  multi_grid: Tuple[int, ...] = setting(
+      PRESET, 'unit rates of the last block, multiplying its atrous rate ("preset" = the '
+      'model_variant\'s: 1,2,4 for the ResNets; "none" = 1,1,1, the original\'s default)', min=1,
+      preset=True)
   add_image_level_feature: bool = setting(True, 'add the image pooling branch')
   aspp_with_batch_norm: bool = setting(True, 'batch norm in the ASPP branches', flag=False)
   aspp_with_separable_conv: bool = setting(True, 'separable 3x3 convs in the ASPP branches')
@@ -215,13 +233,18 @@ class ModelConfig(Settings):
             preset = tuple(r * 16 // self.output_stride for r in preset)
           value = preset
         elif value == NONE or value == (NONE,):
-          value = () if name == 'atrous_rates' else 0
+          value = NONE_VALUES[name]
         else:  # from the command line, the numbers arrive as text
           value = _numbers(name, value)
         object.__setattr__(self, name, value)
     super().__post_init__()
 
   def validate(self):
+    if len(self.multi_grid) != 3:
+      raise UserError(f'--multi_grid={_show(self.multi_grid)}: expected three unit rates (e.g. 1,2,4)')
+    if self.multi_grid != NONE_VALUES['multi_grid'] and self.model_variant not in MULTI_GRID_VARIANTS:
+      raise UserError(f'--multi_grid={_show(self.multi_grid)}: the {self.model_variant} builder has '
+                      'no multi-grid; expected none (1,1,1)')
     if self.depth_multiplier != 1.0 and self.model_variant not in WIDTH_MULTIPLIED_VARIANTS:
       raise UserError(f'--depth_multiplier={self.depth_multiplier}: {self.model_variant} has no '
                       'width multiplier; expected 1')
@@ -246,7 +269,7 @@ class TrainConfig(Settings):
   train_batch_size: int = setting(8, 'images per step', min=1)
   train_crop_size: Tuple[int, ...] = setting((513, 513), 'crop height,width', min=1)
   base_learning_rate: float = setting(0.0001, 'initial learning rate', min=0)
-  learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step'))
+  learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step', 'cosine'))
   learning_power: float = setting(0.9, 'poly: power')
   end_learning_rate: float = setting(0.0, 'poly: final learning rate', min=0)
   learning_rate_decay_step: int = setting(2000, 'step: decay every this many steps', min=1)
@@ -263,9 +286,27 @@ class TrainConfig(Settings):
                                           min=0)
   initialize_last_layer: bool = setting(True, 'restore the logits layer from tf_initial_checkpoint '
                                         '(false when the class count differs)')
-  last_layers_contain_logits_only: bool = setting(False, 'with initialize_last_layer=false: only '
-                                                  'logits are new (else the ASPP/decoder layers are '
-                                                  'new too)')
+  last_layers_contain_logits_only: bool = setting(False, 'the last layers are the logits only '
+                                                  '(else the ASPP/decoder layers too): what '
+                                                  'initialize_last_layer=false leaves new and '
+                                                  'last_layer_gradient_multiplier multiplies')
+  last_layer_gradient_multiplier: float = setting(
+      1.0, 'multiply the gradients of the last layers by this; biases get twice their layer\'s '
+      'multiplier, as in the original', min=0)
+  upsample_logits: bool = setting(True, 'compute the loss at label resolution (logits upsampled); '
+                                  'false: at logits resolution (labels downsampled, nearest)')
+  top_k_percent_pixels: float = setting(1.0, 'hard pixel mining: the loss counts only this share '
+                                        'of the pixels, those with the largest loss', min=0, max=1)
+  hard_example_mining_step: int = setting(0, 'hard pixel mining: the share falls linearly from 1 to '
+                                          'top_k_percent_pixels over this many steps (0 = at once)',
+                                          min=0)
+  label_weights: Tuple[float, ...] = setting((), 'loss weight of each class, one per class in '
+                                             'class id order (empty = all 1)', min=0)
+  label_weight_rule: str = setting('none', 'class weights from the training split\'s label '
+                                   'histogram when label_weights is empty: inverse_frequency = '
+                                   'mean pixels per class / the class\'s pixels, at most '
+                                   'label_weight_cap', choices=('none', 'inverse_frequency'))
+  label_weight_cap: float = setting(10.0, 'inverse_frequency: the largest class weight', min=1)
   log_steps: int = setting(10, 'print a metric line every this many steps', min=1)
   save_interval_steps: int = setting(1000, 'save a checkpoint every this many steps', min=1)
   batch_norm_decay: float = setting(0.9997, 'decay of the batch norm moving averages (lower it, '
@@ -277,9 +318,10 @@ class TrainConfig(Settings):
   NOT_IN_FINGERPRINT = ('log_steps', 'save_interval_steps')
 
   def validate(self):
-    if len(self.train_crop_size) != 2:
-      raise UserError(f'--train_crop_size={_show(self.train_crop_size)}: expected two integers, '
-                      'height,width (e.g. 513,513)')
+    _check_crop_size('train_crop_size', self.train_crop_size)
+    if self.label_weights and self.label_weight_rule != 'none':
+      raise UserError(f'--label_weights and --label_weight_rule={self.label_weight_rule} both give '
+                      'class weights; give one')
     if self.min_scale_factor > self.max_scale_factor:
       raise UserError(f'--min_scale_factor={self.min_scale_factor} exceeds '
                       f'--max_scale_factor={self.max_scale_factor}')
@@ -287,13 +329,25 @@ class TrainConfig(Settings):
 
 # ----------------------------------------------------------------------------- evaluation, export, predict
 
+# The padding protocol of the original eval.py / export_model.py, shared by evaluate and export.
+CROP_SIZE_HELP = ('pad each image (after resizing to the model\'s range) with the mean pixel to at '
+                  'least height,width before predicting, as the original does (513,513 for the '
+                  'published PASCAL numbers, 1025,2049 for Cityscapes); empty = predict the whole '
+                  'image as it is')
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Settings):
   """One evaluation pass over a split, whole images."""
-  eval_split: str = setting('val', 'the split to evaluate')
+  eval_split: str = setting('val', 'the split to evaluate (for Cityscapes, val and val_fine name '
+                            'the same split)')
   eval_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                            min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+
+  def validate(self):
+    _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)
 
 
 # The formats an export can hold, in order of preference when a model holds several: the frozen
@@ -307,6 +361,7 @@ class ExportConfig(Settings):
   inference_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                                 min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  export_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
   export_formats: Tuple[str, ...] = setting(
       MODEL_FORMATS, 'formats to write: frozen_graph (the model-zoo TF1 graph), saved_model (TF '
       'Serving, KServe), tflite (phones and edge devices)', choices=MODEL_FORMATS)
@@ -322,10 +377,10 @@ class ExportConfig(Settings):
                                      '0 = no check', min=0)
 
   def validate(self):
+    _check_crop_size('export_crop_size', self.export_crop_size, optional=True)
     if not self.export_formats:
       raise UserError('--export_formats is empty; expected one or more of ' + ', '.join(MODEL_FORMATS))
-    if len(self.tflite_input_size) not in (0, 2):
-      raise UserError(f'--tflite_input_size={_show(self.tflite_input_size)}: expected height,width')
+    _check_crop_size('tflite_input_size', self.tflite_input_size, optional=True)
     if self.tflite_quantize != 'none' and 'tflite' not in self.export_formats:
       raise UserError(f'--tflite_quantize={self.tflite_quantize} needs tflite in --export_formats')
 

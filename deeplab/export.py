@@ -71,7 +71,8 @@ def freeze(config: ModelConfig, checkpoint_prefix: str, export_config: ExportCon
   def build_outputs():
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_TENSOR)
     predictions, probabilities = model.predict_labels(
-        images, config, export_config.inference_scales, export_config.add_flipped_images)
+        images, config, export_config.inference_scales, export_config.add_flipped_images,
+        export_config.export_crop_size)
     return (tf.identity(predictions, name=PREDICTIONS_TENSOR),
             tf.identity(probabilities, name=PROBABILITIES_TENSOR))
 

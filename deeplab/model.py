@@ -14,7 +14,7 @@ k * output_stride + 1 map exactly onto their feature grid.
 from typing import Optional
 
 from deeplab.compat import slim, tf
-from deeplab.config import ModelConfig, TrainConfig
+from deeplab.config import MULTI_GRID_VARIANTS, ModelConfig, TrainConfig
 from deeplab.nets import mobilenet_v2, resnet_v1_beta, xception
 from deeplab.nets.batch_norm import batch_norm
 from deeplab.preprocess import MEAN_PIXEL, resize_to_range
@@ -127,8 +127,11 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
                                          weight_decay=hyper.weight_decay,
                                          batch_norm_decay=hyper.batch_norm_decay)):
+    # Only the ResNet builders take multi-grid; the config allows 1,1,1 alone for the others.
+    multi_grid = ({'multi_grid': config.multi_grid}
+                  if config.model_variant in MULTI_GRID_VARIANTS else {})
     features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
-                                    output_stride=config.output_stride)
+                                    output_stride=config.output_stride, **multi_grid)
   with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):
     net = aspp(features, config, is_training, hyper.weight_decay)
     if config.decoder_output_stride:
@@ -140,8 +143,19 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
                        scope='semantic')
 
 
+def scale_dimension(size, scale):
+  """int((size - 1) * scale + 1) of an int32 tensor, in float32 as the original DeepLab computes it:
+  the size of a scaled image whose corner pixels stay corners (aligned-corner resizing)."""
+  return tf.cast((tf.cast(size, tf.float32) - 1.0) * scale + 1.0, tf.int32)
+
+
 def predict_probabilities(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False):
   """Class probabilities at the input resolution, averaged over scales (and flips).
+
+  As the original DeepLab's multi-scale evaluation: the image is resized (aligned corners) to
+  int((H - 1) * s + 1) for each scale s != 1; each scale's logits are resized to the logits grid
+  of scale max(1, s) (so a scale below 1 is first brought to the scale-1.0 grid), then to H x W;
+  the softmax of each scale (and of each flipped copy) is averaged.
 
   Args:
     images: float32 [N, H, W, 3] in [0, 255] (any H, W).
@@ -149,30 +163,44 @@ def predict_probabilities(images, config: ModelConfig, scales=(1.0,), add_flippe
     float32 [N, H, W, num_classes] softmax probabilities.
   """
   size = _spatial_size(images)
+  logits_stride = config.decoder_output_stride or config.output_stride
   outputs = []
   for scale in scales:
     scaled = images
     if scale != 1.0:
-      scaled_size = tf.cast(tf.math.ceil(tf.cast(size, tf.float32) * scale), tf.int32)
-      scaled = resize_bilinear(images, scaled_size)
+      scaled = resize_bilinear(images, scale_dimension(size, scale))
     variants = [(scaled, False)] + ([(tf.reverse(scaled, [2]), True)] if add_flipped_images else [])
     for variant, flipped in variants:
       with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
                                        reuse=tf.compat.v1.AUTO_REUSE):
         scores = logits(preprocess(variant), config)
-      scores = resize_bilinear(scores, size)
+      if scale != 1.0:  # at 1.0 the logits already have the grid's size, ceil(H / stride)
+        scores = resize_bilinear(scores, scale_dimension(size, max(1.0, scale) / logits_stride))
       if flipped:
         scores = tf.reverse(scores, [2])
-      outputs.append(tf.nn.softmax(scores))
-  return outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / float(len(outputs))
+      outputs.append(tf.nn.softmax(resize_bilinear(scores, size)))
+  return outputs[0] if len(outputs) == 1 else tf.reduce_mean(tf.stack(outputs, axis=4), axis=4)
 
 
-def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False):
+def pad_with_mean_pixel(images, min_size):
+  """Pads [N, H, W, 3] images at the bottom and right with MEAN_PIXEL to at least `min_size`
+  (height, width); larger images are left as they are."""
+  size = _spatial_size(images)
+  padding = tf.maximum(tf.constant(min_size, tf.int32) - size, 0)
+  paddings = [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]]
+  return tf.pad(images - MEAN_PIXEL, paddings) + MEAN_PIXEL
+
+
+def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False,
+                   crop_size=()):
   """Whole-image prediction, as evaluate and the exported graph do it.
 
-  The image is resized to the model's range (min/max_resize_value), predicted, and the
-  probabilities are resized back to the input size before the argmax, so predictions and
-  probabilities always agree and have the input's size.
+  The image is resized to the model's range (min/max_resize_value); with `crop_size` (height,
+  width) it is then padded with the mean pixel to at least that size, as the original eval.py and
+  export_model.py do with eval_crop_size / crop_size (the image-pooling branch then averages over
+  the padding too), and the prediction is cropped back. The probabilities are resized back to the
+  input size before the argmax, so predictions and probabilities always agree and have the input's
+  size.
 
   Args:
     images: uint8 or float [1, H, W, 3] RGB in [0, 255], any H and W.
@@ -182,7 +210,13 @@ def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_image
   images = tf.cast(images, tf.float32)
   size = _spatial_size(images)
   resized = resize_to_range(images[0], config.min_resize_value, config.max_resize_value)[tf.newaxis]
-  probabilities = predict_probabilities(resized, config, scales, add_flipped_images)
+  if crop_size:
+    resized_size = _spatial_size(resized)
+    padded = pad_with_mean_pixel(resized, crop_size)
+    probabilities = predict_probabilities(padded, config, scales, add_flipped_images)
+    probabilities = probabilities[:, :resized_size[0], :resized_size[1]]
+  else:
+    probabilities = predict_probabilities(resized, config, scales, add_flipped_images)
   if config.min_resize_value or config.max_resize_value:
     probabilities = resize_bilinear(probabilities, size)
   return tf.argmax(probabilities, axis=3, output_type=tf.int32), probabilities

@@ -97,27 +97,49 @@ def work_dir_lock(work_dir: str):
     yield
 
 
-def _excluded_scopes(train_config: TrainConfig):
-  if train_config.initialize_last_layer:
-    return ()
+def _last_layer_scopes(train_config: TrainConfig):
   return model.LOGITS_SCOPES if train_config.last_layers_contain_logits_only else model.LAST_LAYER_SCOPES
 
 
+def _excluded_scopes(train_config: TrainConfig):
+  return () if train_config.initialize_last_layer else _last_layer_scopes(train_config)
+
+
+def gradient_multiplier(variable_name: str, train_config: TrainConfig) -> float:
+  """The factor on a variable's gradient, as the original train.py sets it: biases 2, variables
+  whose name contains a last-layer scope last_layer_gradient_multiplier (their biases twice
+  that), others 1."""
+  bias = 2.0 if 'biases' in variable_name else 1.0
+  if any(scope in variable_name for scope in _last_layer_scopes(train_config)):
+    return bias * train_config.last_layer_gradient_multiplier
+  return bias
+
+
 def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, images, labels,
-                      ignore_label: int):
+                      ignore_label: int, label_histogram=None):
   """The training ops over a batch.
 
+  `label_histogram` (pixels per class of the training split) feeds the label_weight_rule.
   Returns a dict: train_op (runs one step and yields the new step count), loss, total_loss,
   learning_rate, global_step.
   """
   global_step = tf.compat.v1.train.get_or_create_global_step()
   scores = model.logits(images, model_config, training=train_config)
-  loss = losses.softmax_cross_entropy(scores, labels, model_config.num_classes, ignore_label)
+  loss = losses.softmax_cross_entropy(
+      scores, labels, model_config.num_classes, ignore_label,
+      label_weights=losses.class_weights(train_config, label_histogram, model_config.num_classes),
+      upsample_logits=train_config.upsample_logits,
+      top_k_percent_pixels=train_config.top_k_percent_pixels,
+      hard_example_mining_step=train_config.hard_example_mining_step, global_step=global_step)
   regularization = tf.compat.v1.losses.get_regularization_losses()
   total_loss = tf.add_n([loss] + regularization, name='total_loss')
   learning_rate = schedules.learning_rate(global_step, train_config)
   optimizer = tf.compat.v1.train.MomentumOptimizer(learning_rate, train_config.momentum)
-  gradients = optimizer.compute_gradients(total_loss)
+  gradients = []
+  for gradient, variable in optimizer.compute_gradients(total_loss):
+    factor = gradient_multiplier(variable.op.name, train_config)
+    gradients.append((gradient * factor if gradient is not None and factor != 1.0 else gradient,
+                      variable))
   # Watched every step: a non-finite norm means the run has diverged (see run_training).
   gradient_norm = tf.linalg.global_norm([g for g, _ in gradients if g is not None])
   # Batch norm moving averages update with every step.
@@ -149,7 +171,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
     tf.compat.v1.set_random_seed(train_config.seed)
     dataset = model_input.train_dataset(shards, model_config, train_config, manifest.ignore_label)
     images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-    ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label)
+    ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label,
+                            manifest.label_histogram(train_config.train_split))
     return run_training(ops, train_config, work_dir, initial_checkpoint, resume_from, report,
                         should_stop)
 

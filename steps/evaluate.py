@@ -1,4 +1,5 @@
-"""evaluate: tfrecords + checkpoint -> metrics.json (mIoU, per-class IoU, pixel accuracy, confusion)."""
+"""evaluate: tfrecords + checkpoint -> metrics.json (mIoU, per-class IoU, pixel accuracy, confusion),
+and the same for TensorBoard in tensorboard/ beside it (`tensorboard --logdir <that folder>`)."""
 import contextlib
 import logging
 import os
@@ -35,16 +36,17 @@ def sweep_checkpoints(path):
   return [path]
 
 
-def evaluate_checkpoint(stack, path, manifest, config: EvalConfig):
+def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir):
   from deeplab import evaluation
   checkpoint = artifacts.Checkpoint.open(stack, path)
   model_config = checkpoint.card.model
   if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
-  result = evaluation.evaluate(model_config, checkpoint.prefix, manifest, config)
+  result = evaluation.evaluate(model_config, checkpoint.prefix, manifest, config, summary_dir,
+                               checkpoint.card.global_step or 0)
   result.update(eval_scales=list(config.eval_scales), add_flipped_images=config.add_flipped_images,
-                dataset=manifest.name)
+                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name)
   training = checkpoint.card.training
   return result, training and dict(training.to_json(), global_step=checkpoint.card.global_step)
 
@@ -60,8 +62,11 @@ def main():
     manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
     candidates = sweep_checkpoints(checkpoint_path)
     results, summaries = [], []
+    board = os.path.join(os.path.dirname(os.path.abspath(out_path)), 'tensorboard')
     for index, path in enumerate(candidates):
-      result, training = evaluate_checkpoint(stack, path, manifest, config)
+      # One TensorBoard run per checkpoint of a sweep.
+      summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
+      result, training = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
       result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                               else os.path.basename(os.path.normpath(path)))
       results.append(result)

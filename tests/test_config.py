@@ -57,9 +57,9 @@ def test_validation_names_the_flag_and_what_was_expected():
     TrainConfig(train_batch_size=0)
   with pytest.raises(UserError, match=r'--eval_scales=0.5,0.0: must be >= 0.01, got 0.0'):
     EvalConfig(eval_scales=(0.5, 0))
-  with pytest.raises(UserError, match=r'--learning_policy=cosine: unknown learning policy; '
-                                      r'expected one of poly, step'):
-    TrainConfig(learning_policy='cosine')
+  with pytest.raises(UserError, match=r'--learning_policy=multi_steps: unknown learning policy; '
+                                      r'expected one of poly, step, cosine'):
+    TrainConfig(learning_policy='multi_steps')
   with pytest.raises(UserError, match=r'--num_shards=two: expected int'):
     BuildConfig(num_shards='two')
   with pytest.raises(UserError, match='--train_crop_size=513: expected two integers'):

@@ -44,6 +44,7 @@ def train(
     output_stride: int = 16,
     atrous_rates: str = 'preset',
     decoder_output_stride: str = 'preset',
+    multi_grid: str = 'preset',
     add_image_level_feature: bool = True,
     aspp_with_separable_conv: bool = True,
     decoder_use_separable_conv: bool = True,
@@ -70,6 +71,13 @@ def train(
     scale_factor_step_size: float = 0.25,
     initialize_last_layer: bool = True,
     last_layers_contain_logits_only: bool = False,
+    last_layer_gradient_multiplier: float = 1.0,
+    upsample_logits: bool = True,
+    top_k_percent_pixels: float = 1.0,
+    hard_example_mining_step: int = 0,
+    label_weights: str = '',
+    label_weight_rule: str = 'none',
+    label_weight_cap: float = 10.0,
     log_steps: int = 10,
     save_interval_steps: int = 1000,
     batch_norm_decay: float = 0.9997,
@@ -92,6 +100,7 @@ def evaluate(
     eval_split: str = 'val',
     eval_scales: str = '1.0',
     add_flipped_images: bool = False,
+    eval_crop_size: str = '',
 ):
   """Evaluate a checkpoint on a split in one pass over whole images."""
   arguments = dict(locals())  # before the import below adds a local
@@ -107,6 +116,7 @@ def export(
     tfrecords: Input[Dataset] = None,
     inference_scales: str = '1.0',
     add_flipped_images: bool = False,
+    export_crop_size: str = '',
     export_formats: str = 'frozen_graph,saved_model,tflite',
     tflite_input_size: str = '',
     tflite_quantize: str = 'none',
