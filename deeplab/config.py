@@ -159,18 +159,29 @@ class Settings:
 # ----------------------------------------------------------------------------- the model
 
 # Backbones this library builds. A variant is listed only once its network exists.
-MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta', 'resnet_v1_101_beta', 'xception_65')
+MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_18', 'resnet_v1_50', 'resnet_v1_101',
+                  'resnet_v1_50_beta', 'resnet_v1_101_beta', 'xception_41', 'xception_65',
+                  'xception_71')
 # Backbones with a width multiplier; the others have one published width (depth_multiplier 1).
 WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
 
 # Model-zoo settings per backbone (DeepLab's published configurations): what PRESET means.
 # Atrous rates are given at output stride 16 and scale with it (12/24/36 at 8), as the model zoo's.
 # The ResNets' multi-grid (block4 unit rates 1, 2, 4) is part of the network, not a setting here.
+# Only ImageNet checkpoints are published for resnet_v1_{18,50,101} and xception_{41,71}: they take
+# the recipe of their family's model-zoo models (DeepLabv3 for ResNets, DeepLabv3+ for Xceptions).
+_RESNET_PRESET = dict(atrous_rates=(6, 12, 18), decoder_output_stride=0)
+_XCEPTION_PRESET = dict(atrous_rates=(6, 12, 18), decoder_output_stride=4)
 PRESETS = {
     'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0),
-    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4),
+    'resnet_v1_18': _RESNET_PRESET,
+    'resnet_v1_50': _RESNET_PRESET,
+    'resnet_v1_101': _RESNET_PRESET,
+    'resnet_v1_50_beta': _RESNET_PRESET,
+    'resnet_v1_101_beta': _RESNET_PRESET,
+    'xception_41': _XCEPTION_PRESET,
+    'xception_65': _XCEPTION_PRESET,
+    'xception_71': _XCEPTION_PRESET,
 }
 
 
@@ -187,8 +198,8 @@ class ModelConfig(Settings):
       PRESET, 'ASPP atrous rates, one 3x3 branch each ("preset" = the model_variant\'s; "none" = '
       'the 1x1 branch only)', min=1, preset=True)
   decoder_output_stride: int = setting(
-      PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for xception_65; '
-      '"none" = no decoder)', choices=(0, 4), preset=True)
+      PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for the Xceptions; '
+      '"none" = no decoder)', choices=(0, 4, 8), preset=True)
   add_image_level_feature: bool = setting(True, 'add the image pooling branch')
   aspp_with_batch_norm: bool = setting(True, 'batch norm in the ASPP branches', flag=False)
   aspp_with_separable_conv: bool = setting(True, 'separable 3x3 convs in the ASPP branches')

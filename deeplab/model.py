@@ -11,6 +11,7 @@ DeepLab checkpoints:
 All bilinear resizing uses corner alignment, as the original DeepLab does, so that crops of size
 k * output_stride + 1 map exactly onto their feature grid.
 """
+import functools
 from typing import Optional
 
 from deeplab.compat import slim, tf
@@ -26,16 +27,17 @@ LOGITS_SCOPE = 'logits'
 LOGITS_SCOPES = ('logits',)
 LAST_LAYER_SCOPES = ('logits', 'image_pooling', 'aspp', 'concat_projection', 'decoder')
 
+# variant -> (builder, arg scope, {decoder output stride: end point the decoder reads}).
 _BACKBONES = {
     'mobilenet_v2': (mobilenet_v2.mobilenet_v2, mobilenet_v2.mobilenet_v2_arg_scope,
-                     mobilenet_v2.DECODER_END_POINT),
-    'resnet_v1_50_beta': (resnet_v1_beta.resnet_v1_50_beta,
-                          resnet_v1_beta.resnet_v1_beta_arg_scope,
-                          resnet_v1_beta.DECODER_END_POINT),
-    'resnet_v1_101_beta': (resnet_v1_beta.resnet_v1_101_beta,
-                           resnet_v1_beta.resnet_v1_beta_arg_scope,
-                           resnet_v1_beta.DECODER_END_POINT),
-    'xception_65': (xception.xception_65, xception.xception_arg_scope, xception.DECODER_END_POINT),
+                     mobilenet_v2.DECODER_END_POINTS),
+    **{variant: (functools.partial(resnet_v1_beta.resnet, variant=variant),
+                 resnet_v1_beta.resnet_v1_beta_arg_scope,
+                 resnet_v1_beta.DECODER_END_POINTS[variant])
+       for variant in resnet_v1_beta.VARIANTS},
+    **{scope: (functools.partial(xception.xception, scope=scope), xception.xception_arg_scope,
+               xception.DECODER_END_POINTS[scope])
+       for scope in xception.NETWORKS},
 }
 
 
@@ -95,7 +97,8 @@ def aspp(features, config: ModelConfig, is_training: bool, weight_decay: float):
 
 
 def decoder(features, low_level_features, config: ModelConfig, weight_decay: float):
-  """DeepLabv3+ decoder: ASPP output + projected stride-4 features -> [N, h4, w4, 256]."""
+  """DeepLabv3+ decoder: ASPP output + projected low-level features (at the decoder output
+  stride s) -> [N, ceil(H / s), ceil(W / s), 256]."""
   with tf.compat.v1.variable_scope('decoder'):
     size = _spatial_size(low_level_features)
     projected = slim.conv2d(low_level_features, DECODER_PROJECTION_DEPTH, 1,
@@ -123,7 +126,7 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   hyper = training or TrainConfig()
   is_training = training is not None
   train_batch_norm = is_training and training.fine_tune_batch_norm
-  backbone, backbone_arg_scope, decoder_end_point = _BACKBONES[config.model_variant]
+  backbone, backbone_arg_scope, decoder_end_points = _BACKBONES[config.model_variant]
   with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
                                          weight_decay=hyper.weight_decay,
                                          batch_norm_decay=hyper.batch_norm_decay)):
@@ -132,7 +135,8 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):
     net = aspp(features, config, is_training, hyper.weight_decay)
     if config.decoder_output_stride:
-      net = decoder(net, end_points[decoder_end_point], config, hyper.weight_decay)
+      low_level_features = end_points[decoder_end_points[config.decoder_output_stride]]
+      net = decoder(net, low_level_features, config, hyper.weight_decay)
   with tf.compat.v1.variable_scope(LOGITS_SCOPE):
     return slim.conv2d(net, config.num_classes, 1, activation_fn=None, normalizer_fn=None,
                        weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01),

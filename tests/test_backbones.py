@@ -85,7 +85,7 @@ def test_resnet_published_variable_names_and_shapes(variant, output_stride):
 
   assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
                                       math.ceil(WIDTH / output_stride), 2048]
-  low_level = end_points[resnet_v1_beta.DECODER_END_POINT]
+  low_level = end_points[resnet_v1_beta.DECODER_END_POINTS[variant][4]]
   assert low_level.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256]
 
 
@@ -163,21 +163,32 @@ def test_resnet_presets_and_depth_multiplier():
     ModelConfig(model_variant='resnet_v1_50_beta', depth_multiplier=0.5)
 
 
-@pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
-def test_deeplab_predicts_at_a_tiny_size(variant):
-  config = ModelConfig(model_variant=variant, num_classes=3, decoder_output_stride=4)
+def predict_at_a_tiny_size(config, height=HEIGHT, width=WIDTH):
+  """Builds `logits` on a [1, height, width, 3] input, then predicts a grey image of that size
+  with the same variables; checks the labels and probabilities it returns.
+
+  Returns (the logits' static shape as a list, {variable name: shape}).
+  """
   with tf.Graph().as_default():
-    scores = model.logits(tf.zeros([1, HEIGHT, WIDTH, 3]), config)
+    scores = model.logits(tf.zeros([1, height, width, 3]), config)
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3])
     predictions, probabilities = model.predict_labels(images, config)  # reuses the variables
     names = {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       labels, probs = session.run([predictions, probabilities],
-                                  {images: np.full([1, HEIGHT, WIDTH, 3], 128, np.uint8)})
-  assert scores.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 3]
-  assert labels.shape == (1, HEIGHT, WIDTH) and probs.shape == (1, HEIGHT, WIDTH, 3)
+                                  {images: np.full([1, height, width, 3], 128, np.uint8)})
+  classes = config.num_classes
+  assert labels.shape == (1, height, width) and probs.shape == (1, height, width, classes)
   np.testing.assert_allclose(probs.sum(axis=3), 1.0, rtol=1e-5)
+  return scores.shape.as_list(), names
+
+
+@pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
+def test_deeplab_predicts_at_a_tiny_size(variant):
+  config = ModelConfig(model_variant=variant, num_classes=3, decoder_output_stride=4)
+  scores_shape, names = predict_at_a_tiny_size(config)
+  assert scores_shape == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 3]
   # The decoder projects the 256 channels of the stride-4 end point; the ASPP has three separable
   # branches on the backbone's 2048 channels.
   assert names['decoder/feature_projection0/weights'] == [1, 1, 256, 48]
@@ -258,7 +269,7 @@ def test_xception_published_variable_names_and_shapes(output_stride):
 
   assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
                                       math.ceil(WIDTH / output_stride), 2048]
-  low_level = end_points[xception.DECODER_END_POINT]
+  low_level = end_points[xception.DECODER_END_POINTS['xception_65'][4]]
   assert low_level.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256]
 
 

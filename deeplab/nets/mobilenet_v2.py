@@ -14,7 +14,7 @@ resolution and dilate their depthwise convolutions instead (atrous convolution).
 
 End points: `layer_1` (Conv) ... `layer_18` (expanded_conv_16), and for each block
 `layer_N/expansion_output`, `layer_N/depthwise_output`, `layer_N/output`. The decoder reads
-`layer_4/depthwise_output` (stride 4).
+`layer_4/depthwise_output` at stride 4 and `layer_7/depthwise_output` at stride 8.
 """
 from deeplab.compat import slim, tf
 from deeplab.nets import layers
@@ -32,7 +32,8 @@ BLOCKS = (
 )
 FIRST_CONV_CHANNELS = 32
 ROOT_STRIDE = 2  # Conv
-DECODER_END_POINT = 'layer_4/depthwise_output'
+# stride -> end point the decoder reads at that stride.
+DECODER_END_POINTS = {4: 'layer_4/depthwise_output', 8: 'layer_7/depthwise_output'}
 
 
 def make_divisible(value, divisor, min_value):

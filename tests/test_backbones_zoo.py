@@ -1,0 +1,220 @@
+"""Model-zoo backbones beyond the first four: ResNet-v1-18/50/101 (7x7 root), Xception-41/71.
+
+Published variable names and shapes (representative ones: the root, a middle unit, the last unit,
+the shortcuts, the decoder's end points), output sizes at output strides 8/16/32, and a tiny
+DeepLab on each. Inputs are 33x50; the deep networks are only built, never run.
+"""
+import math
+import re
+
+import numpy as np
+import pytest
+
+from deeplab import model
+from deeplab.compat import slim, tf
+from deeplab.config import ModelConfig
+from deeplab.errors import UserError
+from deeplab.nets import resnet_v1_beta
+from test_backbones import _conv_rate, _conv_stride, predict_at_a_tiny_size
+
+HEIGHT, WIDTH = 33, 50
+BATCH_NORM_VARIABLES = ('beta', 'gamma', 'moving_mean', 'moving_variance')
+
+
+def _build_backbone(variant, output_stride):
+  """The backbone alone on a [1, 33, 50, 3] placeholder: (features, end points, variable shapes)."""
+  backbone, arg_scope, _ = model._BACKBONES[variant]
+  with slim.arg_scope(arg_scope(is_training=False, weight_decay=1e-4, batch_norm_decay=0.997)):
+    features, end_points = backbone(tf.compat.v1.placeholder(tf.float32, [1, HEIGHT, WIDTH, 3]),
+                                    depth_multiplier=1.0, output_stride=output_stride)
+  return features, end_points, {v.op.name: v.shape.as_list()
+                                for v in tf.compat.v1.global_variables()}
+
+
+def _units(names, scope):
+  return {re.match(rf'{scope}/(.*/?block\d/unit_\d+)/', n).group(1) for n in names
+          if '/unit_' in n}
+
+
+def _assert_batch_norm(names, conv, depth):
+  for variable in BATCH_NORM_VARIABLES:
+    assert names[f'{conv}/BatchNorm/{variable}'] == [depth]
+
+
+def _assert_sizes(features, end_points, variant, output_stride, depth, decoder_depths):
+  assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
+                                      math.ceil(WIDTH / output_stride), depth]
+  for stride, end_point in model._BACKBONES[variant][2].items():
+    assert end_points[end_point].shape.as_list() == [
+        1, math.ceil(HEIGHT / stride), math.ceil(WIDTH / stride), decoder_depths[stride]]
+
+
+# variant -> (units per block, unit scope, output depth, decoder end point depths by stride)
+RESNETS = {
+    'resnet_v1_18': ((2, 2, 2, 2), 'lite_bottleneck_v1', 512, {4: 64, 8: 128}),
+    'resnet_v1_50': ((3, 4, 6, 3), 'bottleneck_v1', 2048, {4: 256, 8: 512}),
+    'resnet_v1_101': ((3, 4, 23, 3), 'bottleneck_v1', 2048, {4: 256, 8: 512}),
+}
+
+
+# ResNet-101 differs from -50 only in block3's length, which no output stride depends on: it is
+# built at 16 only, to keep the test short.
+@pytest.mark.parametrize('variant, output_stride', [
+    (variant, output_stride) for variant in RESNETS for output_stride in (8, 16, 32)
+    if variant != 'resnet_v1_101' or output_stride == 16])
+def test_resnet_published_variable_names_shapes_and_output_sizes(variant, output_stride):
+  units_per_block, unit_scope, depth, decoder_depths = RESNETS[variant]
+  with tf.Graph().as_default():
+    features, end_points, names = _build_backbone(variant, output_stride)
+
+  assert all(name.startswith(variant + '/') for name in names)
+  assert not any(name.endswith('/biases') for name in names)
+  assert _units(names, variant) == {f'block{b}/unit_{u}' for b, count in
+                                    enumerate(units_per_block, start=1)
+                                    for u in range(1, count + 1)}
+  # The 7x7 root of the ImageNet checkpoints, not the beta variant's three 3x3 convs.
+  assert names[f'{variant}/conv1/weights'] == [7, 7, 3, 64]
+  _assert_batch_norm(names, f'{variant}/conv1', 64)
+  assert not any('/conv1_1/' in name for name in names)
+  convs_per_unit = 3 if unit_scope == 'bottleneck_v1' else 2
+  shortcut_blocks = (1, 2, 3, 4) if unit_scope == 'bottleneck_v1' else (2, 3, 4)
+  assert len(names) == 5 * (1 + convs_per_unit * sum(units_per_block) + len(shortcut_blocks))
+  shortcuts = {n.split(f'/{unit_scope}/')[0] for n in names if '/shortcut/' in n}
+  assert shortcuts == {f'{variant}/block{b}/unit_1' for b in shortcut_blocks}
+
+  last_unit = f'{variant}/block4/unit_{units_per_block[3]}/{unit_scope}'
+  middle_unit = f'{variant}/block3/unit_{units_per_block[2] // 2 + 1}/{unit_scope}'
+  if unit_scope == 'bottleneck_v1':
+    assert names[f'{last_unit}/conv3/weights'] == [1, 1, 512, 2048]
+    _assert_batch_norm(names, f'{last_unit}/conv3', 2048)
+    assert names[f'{middle_unit}/conv1/weights'] == [1, 1, 1024, 256]
+    assert names[f'{middle_unit}/conv2/weights'] == [3, 3, 256, 256]
+    assert names[f'{variant}/block2/unit_1/bottleneck_v1/shortcut/weights'] == [1, 1, 256, 512]
+  else:
+    assert names[f'{last_unit}/conv2/weights'] == [3, 3, 512, 512]
+    _assert_batch_norm(names, f'{last_unit}/conv2', 512)
+    assert names[f'{middle_unit}/conv1/weights'] == [3, 3, 256, 256]
+    assert names[f'{variant}/block1/unit_1/lite_bottleneck_v1/conv1/weights'] == [3, 3, 64, 64]
+    assert names[f'{variant}/block2/unit_1/lite_bottleneck_v1/conv1/weights'] == \
+        [3, 3, 64, 128]
+    assert names[f'{variant}/block2/unit_1/lite_bottleneck_v1/shortcut/weights'] == \
+        [1, 1, 64, 128]
+  _assert_sizes(features, end_points, variant, output_stride, depth, decoder_depths)
+
+
+def test_resnet_18_block4_rates_and_multi_grid():
+  with tf.Graph().as_default() as graph:
+    with slim.arg_scope(resnet_v1_beta.resnet_v1_beta_arg_scope(is_training=False)):
+      resnet_v1_beta.resnet_v1_18(tf.zeros([1, HEIGHT, WIDTH, 3]), output_stride=8,
+                                  multi_grid=(1, 2))
+  unit = 'resnet_v1_18/block{}/unit_{}/lite_bottleneck_v1/conv{}/Conv2D'
+
+  # Both convs of a unit take its rate: block3 at 2, block4's at 4 times its multi-grid factor.
+  assert [_conv_rate(graph, unit.format(3, 1, conv)) for conv in (1, 2)] == [2, 2]
+  assert [_conv_rate(graph, unit.format(4, u, conv)) for u in (1, 2) for conv in (1, 2)] == \
+      [4, 4, 8, 8]
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError, match=r'block4: 2 units but multi_grid=\(1, 2, 4\)'):
+      resnet_v1_beta.resnet_v1_18(tf.zeros([1, HEIGHT, WIDTH, 3]), multi_grid=(1, 2, 4))
+
+
+@pytest.mark.parametrize('variant, mean_subtracted', [('resnet_v1_18', True),
+                                                      ('resnet_v1_50_beta', False)])
+def test_resnet_inputs_are_what_the_checkpoints_were_trained_on(variant, mean_subtracted):
+  # The model feeds [-1, 1]; the non-beta ImageNet checkpoints saw RGB in [0, 255] minus the mean.
+  images = np.stack([np.full([HEIGHT, WIDTH, 3], value, np.float32) for value in (-1.0, 1.0)])
+  with tf.Graph().as_default() as graph:
+    with slim.arg_scope(resnet_v1_beta.resnet_v1_beta_arg_scope(is_training=False)):
+      model._BACKBONES[variant][0](tf.constant(images), output_stride=32)
+    scope = resnet_v1_beta.VARIANTS[variant].scope
+    root_input = graph.get_operation_by_name(f'{scope}/Pad').inputs[0]
+    with tf.compat.v1.Session() as session:
+      value = session.run(root_input)[:, 0, 0, :]
+  expected = images[:, 0, 0, :]
+  if mean_subtracted:
+    expected = (expected + 1) * 127.5 - np.array(resnet_v1_beta.MEAN_RGB, np.float32)
+  np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-4)
+
+
+XCEPTION_ENTRY_FLOWS = {  # variant -> entry-flow blocks (depth, has stride 2), middle-flow units
+    'xception_41': (((128, True), (256, True), (728, True)), 8),
+    'xception_71': (((128, True), (256, False), (256, True), (728, False), (728, True)), 16),
+}
+XCEPTION_EXIT_FLOW = {'exit_flow/block1': (728, 1024, 1024), 'exit_flow/block2': (1536, 1536, 2048)}
+
+
+# At 32 Xception-71 subsamples like -41; at 8 its five-block entry flow turns its last stride
+# into dilation. It is not built at 32, to keep the test short.
+@pytest.mark.parametrize('variant, output_stride', [
+    ('xception_41', 8), ('xception_41', 16), ('xception_41', 32), ('xception_71', 8),
+    ('xception_71', 16)])
+def test_xception_published_variable_names_shapes_and_output_sizes(variant, output_stride):
+  entry_flow, middle_units = XCEPTION_ENTRY_FLOWS[variant]
+  with tf.Graph().as_default() as graph:
+    features, end_points, names = _build_backbone(variant, output_stride)
+    regularized = tf.compat.v1.losses.get_regularization_losses()
+
+  assert all(name.startswith(variant + '/') for name in names)
+  assert not any(name.endswith('/biases') for name in names)
+  assert _units(names, variant) == (
+      {f'entry_flow/block{b}/unit_1' for b in range(1, len(entry_flow) + 1)}
+      | {f'middle_flow/block1/unit_{u}' for u in range(1, middle_units + 1)}
+      | {'exit_flow/block1/unit_1', 'exit_flow/block2/unit_1'})
+  modules = len(entry_flow) + middle_units + 2
+  shortcuts = len(entry_flow) + 1
+  # 5 variables per conv: 2 root convs, 6 per module (3 depthwise + 3 pointwise), the shortcuts.
+  assert len(names) == 5 * (2 + 6 * modules + shortcuts)
+  assert len(regularized) == 2 + 3 * modules + shortcuts  # no L2 on depthwise weights
+  assert names[f'{variant}/entry_flow/conv1_1/weights'] == [3, 3, 3, 32]
+  assert names[f'{variant}/entry_flow/conv1_2/weights'] == [3, 3, 32, 64]
+
+  depth_in = 64
+  for index, (depth, strided) in enumerate(entry_flow, start=1):
+    prefix = f'{variant}/entry_flow/block{index}/unit_1/xception_module'
+    assert names[f'{prefix}/shortcut/weights'] == [1, 1, depth_in, depth]
+    assert names[f'{prefix}/separable_conv1_depthwise/depthwise_weights'] == [3, 3, depth_in, 1]
+    assert names[f'{prefix}/separable_conv1_pointwise/weights'] == [1, 1, depth_in, depth]
+    _assert_batch_norm(names, f'{prefix}/separable_conv3_pointwise', depth)
+    # At output stride 8 the last strided entry-flow module keeps the resolution.
+    subsamples = strided and not (output_stride == 8 and index == len(entry_flow))
+    assert _conv_stride(graph, f'{prefix}/separable_conv3_depthwise/depthwise') == \
+        (2 if subsamples else 1)
+    depth_in = depth
+  middle = f'{variant}/middle_flow/block1/unit_{middle_units}/xception_module'
+  assert names[f'{middle}/separable_conv2_depthwise/depthwise_weights'] == [3, 3, 728, 1]
+  _assert_batch_norm(names, f'{middle}/separable_conv2_depthwise', 728)
+  assert f'{middle}/shortcut/weights' not in names
+  for block, depths in XCEPTION_EXIT_FLOW.items():
+    prefix = f'{variant}/{block}/unit_1/xception_module'
+    for index, depth in enumerate(depths, start=1):
+      assert names[f'{prefix}/separable_conv{index}_pointwise/weights'] == [1, 1, depth_in, depth]
+      depth_in = depth
+  _assert_batch_norm(names, f'{variant}/exit_flow/block2/unit_1/xception_module/'
+                            'separable_conv3_pointwise', 2048)
+  assert names[f'{variant}/exit_flow/block1/unit_1/xception_module/shortcut/weights'] == \
+      [1, 1, 728, 1024]
+  _assert_sizes(features, end_points, variant, output_stride, 2048, {4: 256, 8: 728})
+
+
+@pytest.mark.parametrize('variant', ['resnet_v1_18', 'resnet_v1_50', 'resnet_v1_101',
+                                     'xception_41', 'xception_71'])
+def test_presets(variant):
+  config = ModelConfig(model_variant=variant, num_classes=3)
+  decoder_output_stride = 4 if variant.startswith('xception') else 0
+  assert (config.atrous_rates, config.output_stride, config.decoder_output_stride) == \
+      ((6, 12, 18), 16, decoder_output_stride)
+  assert ModelConfig(model_variant=variant, output_stride=8).atrous_rates == (12, 24, 36)
+  assert ModelConfig.from_json(config.to_json()) == config
+  with pytest.raises(UserError, match=f'{variant} has no width multiplier'):
+    ModelConfig(model_variant=variant, depth_multiplier=0.5)
+
+
+@pytest.mark.parametrize('variant, decoder_output_stride, low_level_depth', [
+    ('resnet_v1_18', 8, 128), ('resnet_v1_50', 4, 256), ('xception_41', 4, 256)])
+def test_deeplab_predicts_at_a_tiny_size(variant, decoder_output_stride, low_level_depth):
+  config = ModelConfig(model_variant=variant, num_classes=3,
+                       decoder_output_stride=decoder_output_stride)
+  scores_shape, names = predict_at_a_tiny_size(config)
+  assert scores_shape == [1, math.ceil(HEIGHT / decoder_output_stride),
+                          math.ceil(WIDTH / decoder_output_stride), 3]
+  assert names['decoder/feature_projection0/weights'] == [1, 1, low_level_depth, 48]
