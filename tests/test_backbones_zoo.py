@@ -1,4 +1,4 @@
-"""Model-zoo backbones beyond the first four: ResNet-v1-18/50/101 (7x7 root), Xception-41/71.
+"""Model-zoo backbones beyond the first four: MobileNetV3, ResNet-v1-18/50/101, Xception-41/71.
 
 Published variable names and shapes (representative ones: the root, a middle unit, the last unit,
 the shortcuts, the decoder's end points), output sizes at output strides 8/16/32, and a tiny
@@ -14,7 +14,7 @@ from deeplab import model
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig
 from deeplab.errors import UserError
-from deeplab.nets import resnet_v1_beta
+from deeplab.nets import mobilenet_v3, resnet_v1_beta
 from test_backbones import _conv_rate, _conv_stride, predict_at_a_tiny_size
 
 HEIGHT, WIDTH = 33, 50
@@ -218,3 +218,145 @@ def test_deeplab_predicts_at_a_tiny_size(variant, decoder_output_stride, low_lev
   assert scores_shape == [1, math.ceil(HEIGHT / decoder_output_stride),
                           math.ceil(WIDTH / decoder_output_stride), 3]
   assert names['decoder/feature_projection0/weights'] == [1, 1, low_level_depth, 48]
+
+
+# variant -> {scope: shape} of representative published variables of the Cityscapes checkpoints
+# (mobilenetv3_{large,small}_cityscapes_trainfine), decoder end point depths by stride, blocks.
+MOBILENET_V3 = {
+    'mobilenet_v3_large_seg': ({
+        'MobilenetV3/Conv/weights': [3, 3, 3, 16],
+        'MobilenetV3/expanded_conv/depthwise/depthwise_weights': [3, 3, 16, 1],
+        'MobilenetV3/expanded_conv/project/weights': [1, 1, 16, 16],
+        'MobilenetV3/expanded_conv_3/depthwise/depthwise_weights': [5, 5, 72, 1],
+        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv/weights': [1, 1, 72, 24],
+        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv/biases': [24],
+        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv_1/weights': [1, 1, 24, 72],
+        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv_1/biases': [72],
+        'MobilenetV3/expanded_conv_8/expand/weights': [1, 1, 80, 184],
+        'MobilenetV3/expanded_conv_11/squeeze_excite/Conv/weights': [1, 1, 672, 168],
+        'MobilenetV3/expanded_conv_12/expand/weights': [1, 1, 112, 336],
+        'MobilenetV3/expanded_conv_12/project/weights': [1, 1, 336, 80],
+        'MobilenetV3/expanded_conv_14/expand/weights': [1, 1, 80, 480],
+        'MobilenetV3/expanded_conv_14/project/BatchNorm/moving_mean': [80],
+        'MobilenetV3/Conv_1/weights': [1, 1, 80, 480],
+        'MobilenetV3/Conv_1/BatchNorm/gamma': [480],
+    }, {4: 72, 8: 120}, 15, 480),
+    'mobilenet_v3_small_seg': ({
+        'MobilenetV3/Conv/weights': [3, 3, 3, 16],
+        'MobilenetV3/expanded_conv/squeeze_excite/Conv/weights': [1, 1, 16, 8],
+        'MobilenetV3/expanded_conv/project/weights': [1, 1, 16, 16],
+        'MobilenetV3/expanded_conv_1/expand/weights': [1, 1, 16, 72],
+        'MobilenetV3/expanded_conv_2/expand/weights': [1, 1, 24, 88],
+        'MobilenetV3/expanded_conv_4/depthwise/depthwise_weights': [5, 5, 240, 1],
+        'MobilenetV3/expanded_conv_4/squeeze_excite/Conv/weights': [1, 1, 240, 64],
+        'MobilenetV3/expanded_conv_8/expand/weights': [1, 1, 48, 144],
+        'MobilenetV3/expanded_conv_9/expand/weights': [1, 1, 48, 288],
+        'MobilenetV3/expanded_conv_10/project/weights': [1, 1, 288, 48],
+        'MobilenetV3/Conv_1/weights': [1, 1, 48, 288],
+        'MobilenetV3/Conv_1/BatchNorm/moving_variance': [288],
+    }, {4: 16, 8: 88}, 11, 288),
+}
+# Blocks with a squeeze-and-excitation gate, and those with hard-swish, by index (expanded_conv_N).
+MOBILENET_V3_GATED = {'mobilenet_v3_large_seg': {3, 4, 5, 10, 11, 12, 13, 14},
+                      'mobilenet_v3_small_seg': {0, 3, 4, 5, 6, 7, 8, 9, 10}}
+MOBILENET_V3_HARD_SWISH = {'mobilenet_v3_large_seg': set(range(6, 15)),
+                           'mobilenet_v3_small_seg': set(range(3, 11))}
+
+
+def _block_scope(index):
+  return 'MobilenetV3/expanded_conv' + (f'_{index}' if index else '')
+
+
+@pytest.mark.parametrize('variant', sorted(MOBILENET_V3))
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+def test_mobilenet_v3_published_variable_names_shapes_and_output_sizes(variant, output_stride):
+  expected, decoder_depths, blocks, depth = MOBILENET_V3[variant]
+  with tf.Graph().as_default() as graph:
+    features, end_points, names = _build_backbone(variant, output_stride)
+  ops = {op.name for op in graph.get_operations()}
+  for name, shape in expected.items():
+    assert names[name] == shape, name
+  assert all(name.startswith('MobilenetV3/') for name in names)
+  assert {n.split('/')[1] for n in names if '/expanded_conv' in n} == \
+      {_block_scope(i).split('/')[1] for i in range(blocks)}
+  for index in range(blocks):
+    scope = _block_scope(index)
+    gated = index in MOBILENET_V3_GATED[variant]
+    assert (f'{scope}/squeeze_excite/Conv_1/biases' in names) == gated
+    assert not any(n.startswith(f'{scope}/squeeze_excite/') and '/BatchNorm/' in n for n in names)
+    assert (f'{scope}/depthwise/hard_swish/mul_1' in ops) == \
+        (index in MOBILENET_V3_HARD_SWISH[variant])
+  # Biases only in the gates; batch norm after every other conv.
+  assert all('/squeeze_excite/' in n for n in names if n.endswith('/biases'))
+  assert 'MobilenetV3/Conv/hard_swish/mul_1' in ops and 'MobilenetV3/Conv_1/hard_swish/mul_1' in ops
+  _assert_sizes(features, end_points, variant, output_stride, depth, decoder_depths)
+  assert end_points[f'layer_{blocks + 2}'] is features
+
+
+def test_mobilenet_v3_gate_and_activations():
+  values = np.linspace(-4, 4, 9, dtype=np.float32)
+  with tf.Graph().as_default():
+    with tf.compat.v1.Session() as session:
+      swish, sigmoid = session.run([mobilenet_v3.hard_swish(values),
+                                    mobilenet_v3.hard_sigmoid(values)])
+  np.testing.assert_allclose(swish, values * np.clip(values + 3, 0, 6) / 6, rtol=1e-6)
+  np.testing.assert_allclose(sigmoid, np.clip(values + 3, 0, 6) * 0.16667, rtol=1e-6)
+
+
+@pytest.mark.parametrize('variant', sorted(MOBILENET_V3))
+def test_mobilenet_v3_preset_is_the_model_zoos(variant):
+  config = ModelConfig(model_variant=variant, num_classes=19, output_stride=32)
+  assert (config.atrous_rates, config.decoder_output_stride, config.image_pooling_crop_size,
+          config.image_pooling_stride, config.aspp_convs_filters,
+          config.aspp_with_concat_projection, config.aspp_with_squeeze_and_excitation,
+          config.image_se_uses_qsigmoid, config.decoder_use_sum_merge, config.decoder_filters,
+          config.decoder_output_is_logits) == ((), 8, (769, 769), (4, 5), 128, 0, 1, 1, 1, 19, 1)
+  assert ModelConfig(model_variant=variant, num_classes=3).decoder_filters == 3
+  assert ModelConfig.from_json(config.to_json()) == config
+  # Other backbones keep DeepLab's head.
+  other = ModelConfig(model_variant='xception_65', num_classes=19)
+  assert (other.image_pooling_crop_size, other.aspp_convs_filters, other.decoder_filters,
+          other.aspp_with_concat_projection, other.decoder_output_is_logits) == ((), 256, 256, 1, 0)
+  with pytest.raises(UserError, match='--decoder_filters=12: with --decoder_output_is_logits=1'):
+    ModelConfig(model_variant=variant, num_classes=19, decoder_filters=12)
+  with pytest.raises(UserError, match='--decoder_output_is_logits=1 needs a decoder'):
+    ModelConfig(model_variant=variant, decoder_output_stride='none')
+  with pytest.raises(UserError, match='--image_pooling_stride=4: expected two integers'):
+    ModelConfig(model_variant=variant, image_pooling_stride=(4,))
+
+
+@pytest.mark.parametrize('variant', sorted(MOBILENET_V3))
+def test_mobilenet_v3_deeplab_predicts_at_a_tiny_size(variant):
+  config = ModelConfig(model_variant=variant, num_classes=19, output_stride=32)
+  scores_shape, names = predict_at_a_tiny_size(config, 65, 97)
+  assert scores_shape == [1, 9, 13, 19]
+  # The published head: a 128-channel 1x1 branch gated by image pooling (bias, no batch norm), a
+  # 1x1 decoder summing it with the stride-8 features into the 19 logits; no concat projection,
+  # no atrous branches, no logits layer.
+  backbone_depth = MOBILENET_V3[variant][3]
+  low_level_depth = MOBILENET_V3[variant][1][8]
+  assert {name: shape for name, shape in names.items()
+          if not name.startswith('MobilenetV3/')} == {
+      'image_pooling/weights': [1, 1, backbone_depth, 128], 'image_pooling/biases': [128],
+      'aspp0/weights': [1, 1, backbone_depth, 128],
+      **{f'aspp0/BatchNorm/{v}': [128] for v in BATCH_NORM_VARIABLES},
+      'decoder/feature_projection0/weights': [1, 1, low_level_depth, 19],
+      'decoder/feature_projection0/biases': [19],
+      'decoder/decoder_conv0/weights': [1, 1, 128, 19], 'decoder/decoder_conv0/biases': [19],
+  }
+
+
+@pytest.mark.parametrize('window, stride', [((5, 4), (2, 3)), ((11, 13), (4, 5)),
+                                            ((30, 2), (1, 1))])
+def test_image_pooling_averages_windows_cut_to_the_feature_map(window, stride):
+  features = np.random.default_rng(0).normal(size=[2, 11, 13, 3]).astype(np.float32)
+  with tf.Graph().as_default():
+    placeholder = tf.compat.v1.placeholder(tf.float32, [2, None, None, 3])
+    pooled = model.average_pool(placeholder, window, stride)
+    cut = [min(window[0], 11), min(window[1], 13)]
+    expected = tf.nn.avg_pool2d(features, cut, stride, 'VALID')
+    with tf.compat.v1.Session() as session:
+      value, expected_value = session.run([pooled, expected], {placeholder: features})
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-5)
+  # The model zoo's window: a 769x769 crop at output stride 32 is 25x25 features.
+  assert model.image_pooling_size((769, 769), 32) == [25, 25]
