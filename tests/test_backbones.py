@@ -128,17 +128,16 @@ def _tf_slim_resnet_50_beta(images, output_stride):
     return resnet_utils.stack_blocks_dense(net, blocks, output_stride // 4)
 
 
-def test_resnet_equals_tf_slims_resnet_v1_units():
-  # Same variables, and with the same weights the same features, as tf-slim's ResNet-v1 (the code
-  # DeepLab's checkpoints were trained with), on an even-sized input where padding matters.
-  images = np.random.default_rng(0).uniform(-1, 1, [1, 34, 48, 3]).astype(np.float32)
+def features_with_the_same_weights(build, build_reference):
+  """Builds `build()` and, under the scope `reference`, `build_reference()` (ResNet layer
+  defaults, inference), checks that they have the same variables, gives the reference ours and
+  returns the values of both networks' outputs."""
   with tf.Graph().as_default():
     with slim.arg_scope(resnet_v1_beta.resnet_v1_beta_arg_scope(is_training=False)):
-      features, _ = resnet_v1_beta.resnet_v1_50_beta(tf.constant(images), output_stride=8,
-                                                    multi_grid=(1, 1, 1))
+      features = build()
       ours = {v.op.name: v for v in tf.compat.v1.global_variables()}
       with tf.compat.v1.variable_scope('reference'):
-        expected = _tf_slim_resnet_50_beta(tf.constant(images), output_stride=8)
+        expected = build_reference()
     reference = {v.op.name[len('reference/'):]: v for v in tf.compat.v1.global_variables()
                  if v.op.name.startswith('reference/')}
     assert sorted(ours) == sorted(reference)
@@ -146,7 +145,17 @@ def test_resnet_equals_tf_slims_resnet_v1_units():
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       session.run(copy_weights)
-      ours_value, expected_value = session.run([features, expected])
+      return session.run([features, expected])
+
+
+def test_resnet_equals_tf_slims_resnet_v1_units():
+  # Same variables, and with the same weights the same features, as tf-slim's ResNet-v1 (the code
+  # DeepLab's checkpoints were trained with), on an even-sized input where padding matters.
+  images = np.random.default_rng(0).uniform(-1, 1, [1, 34, 48, 3]).astype(np.float32)
+  ours_value, expected_value = features_with_the_same_weights(
+      lambda: resnet_v1_beta.resnet_v1_50_beta(tf.constant(images), output_stride=8,
+                                               multi_grid=(1, 1, 1))[0],
+      lambda: _tf_slim_resnet_50_beta(tf.constant(images), output_stride=8))
   assert ours_value.shape == expected_value.shape == (1, 5, 6, 2048)
   assert np.all(np.isfinite(ours_value)) and ours_value.max() > 0
   np.testing.assert_allclose(ours_value, expected_value, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,9 @@ from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig
 from deeplab.errors import UserError
 from deeplab.nets import mobilenet_v3, resnet_v1_beta
-from test_backbones import _conv_rate, _conv_stride, predict_at_a_tiny_size
+from test_backbones import (_conv_rate, _conv_stride, features_with_the_same_weights,
+                            predict_at_a_tiny_size)
+from tf_slim.nets import resnet_v1  # after deeplab.compat, which patches tf-slim
 
 HEIGHT, WIDTH = 33, 50
 BATCH_NORM_VARIABLES = ('beta', 'gamma', 'moving_mean', 'moving_variance')
@@ -134,6 +136,23 @@ def test_resnet_inputs_are_what_the_checkpoints_were_trained_on(variant, mean_su
   if mean_subtracted:
     expected = (expected + 1) * 127.5 - np.array(resnet_v1_beta.MEAN_RGB, np.float32)
   np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_resnet_50_equals_tf_slims_resnet_v1_50():
+  # The 7x7-root network is tf-slim's resnet_v1_50 (whose ImageNet checkpoint it restores) on the
+  # mean-subtracted RGB it was trained on: same variables and, with the same weights, the same
+  # features, on an even-sized input where padding matters.
+  images = np.random.default_rng(0).uniform(-1, 1, [1, 34, 48, 3]).astype(np.float32)
+  rgb_minus_mean = (images + 1) * 127.5 - np.array(resnet_v1_beta.MEAN_RGB, np.float32)
+  ours_value, expected_value = features_with_the_same_weights(
+      lambda: resnet_v1_beta.resnet_v1_50(tf.constant(images), output_stride=8,
+                                          multi_grid=(1, 1, 1))[0],
+      lambda: resnet_v1.resnet_v1_50(tf.constant(rgb_minus_mean), num_classes=None,
+                                     is_training=None, global_pool=False, output_stride=8,
+                                     scope='resnet_v1_50')[0])
+  assert ours_value.shape == expected_value.shape == (1, 5, 6, 2048)
+  assert np.all(np.isfinite(ours_value)) and ours_value.max() > 0
+  np.testing.assert_allclose(ours_value, expected_value, rtol=1e-4, atol=1e-5)
 
 
 XCEPTION_ENTRY_FLOWS = {  # variant -> entry-flow blocks (depth, has stride 2), middle-flow units
