@@ -239,41 +239,48 @@ def test_deeplab_predicts_at_a_tiny_size(variant, decoder_output_stride, low_lev
   assert names['decoder/feature_projection0/weights'] == [1, 1, low_level_depth, 48]
 
 
-# variant -> {scope: shape} of representative published variables of the Cityscapes checkpoints
-# (mobilenetv3_{large,small}_cityscapes_trainfine), decoder end point depths by stride, blocks.
+def _shapes(listing):
+  """{'MobilenetV3/<name>': shape} from lines '<name> <dimension> ...'."""
+  return {f'MobilenetV3/{name}': [int(d) for d in dims]
+          for name, *dims in (line.split() for line in listing.strip().splitlines())}
+
+
+# variant -> (representative published variables of the Cityscapes checkpoints
+# mobilenetv3_{large,small}_cityscapes_trainfine, decoder end point depths by stride, blocks,
+# output channels).
 MOBILENET_V3 = {
-    'mobilenet_v3_large_seg': ({
-        'MobilenetV3/Conv/weights': [3, 3, 3, 16],
-        'MobilenetV3/expanded_conv/depthwise/depthwise_weights': [3, 3, 16, 1],
-        'MobilenetV3/expanded_conv/project/weights': [1, 1, 16, 16],
-        'MobilenetV3/expanded_conv_3/depthwise/depthwise_weights': [5, 5, 72, 1],
-        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv/weights': [1, 1, 72, 24],
-        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv/biases': [24],
-        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv_1/weights': [1, 1, 24, 72],
-        'MobilenetV3/expanded_conv_3/squeeze_excite/Conv_1/biases': [72],
-        'MobilenetV3/expanded_conv_8/expand/weights': [1, 1, 80, 184],
-        'MobilenetV3/expanded_conv_11/squeeze_excite/Conv/weights': [1, 1, 672, 168],
-        'MobilenetV3/expanded_conv_12/expand/weights': [1, 1, 112, 336],
-        'MobilenetV3/expanded_conv_12/project/weights': [1, 1, 336, 80],
-        'MobilenetV3/expanded_conv_14/expand/weights': [1, 1, 80, 480],
-        'MobilenetV3/expanded_conv_14/project/BatchNorm/moving_mean': [80],
-        'MobilenetV3/Conv_1/weights': [1, 1, 80, 480],
-        'MobilenetV3/Conv_1/BatchNorm/gamma': [480],
-    }, {4: 72, 8: 120}, 15, 480),
-    'mobilenet_v3_small_seg': ({
-        'MobilenetV3/Conv/weights': [3, 3, 3, 16],
-        'MobilenetV3/expanded_conv/squeeze_excite/Conv/weights': [1, 1, 16, 8],
-        'MobilenetV3/expanded_conv/project/weights': [1, 1, 16, 16],
-        'MobilenetV3/expanded_conv_1/expand/weights': [1, 1, 16, 72],
-        'MobilenetV3/expanded_conv_2/expand/weights': [1, 1, 24, 88],
-        'MobilenetV3/expanded_conv_4/depthwise/depthwise_weights': [5, 5, 240, 1],
-        'MobilenetV3/expanded_conv_4/squeeze_excite/Conv/weights': [1, 1, 240, 64],
-        'MobilenetV3/expanded_conv_8/expand/weights': [1, 1, 48, 144],
-        'MobilenetV3/expanded_conv_9/expand/weights': [1, 1, 48, 288],
-        'MobilenetV3/expanded_conv_10/project/weights': [1, 1, 288, 48],
-        'MobilenetV3/Conv_1/weights': [1, 1, 48, 288],
-        'MobilenetV3/Conv_1/BatchNorm/moving_variance': [288],
-    }, {4: 16, 8: 88}, 11, 288),
+    'mobilenet_v3_large_seg': (_shapes("""
+        Conv/weights                                          3 3 3 16
+        expanded_conv/depthwise/depthwise_weights             3 3 16 1
+        expanded_conv/project/weights                         1 1 16 16
+        expanded_conv_3/depthwise/depthwise_weights           5 5 72 1
+        expanded_conv_3/squeeze_excite/Conv/weights           1 1 72 24
+        expanded_conv_3/squeeze_excite/Conv/biases            24
+        expanded_conv_3/squeeze_excite/Conv_1/weights         1 1 24 72
+        expanded_conv_3/squeeze_excite/Conv_1/biases          72
+        expanded_conv_8/expand/weights                        1 1 80 184
+        expanded_conv_11/squeeze_excite/Conv/weights          1 1 672 168
+        expanded_conv_12/expand/weights                       1 1 112 336
+        expanded_conv_12/project/weights                      1 1 336 80
+        expanded_conv_14/expand/weights                       1 1 80 480
+        expanded_conv_14/project/BatchNorm/moving_mean        80
+        Conv_1/weights                                        1 1 80 480
+        Conv_1/BatchNorm/gamma                                480
+        """), {4: 72, 8: 120}, 15, 480),
+    'mobilenet_v3_small_seg': (_shapes("""
+        Conv/weights                                          3 3 3 16
+        expanded_conv/squeeze_excite/Conv/weights             1 1 16 8
+        expanded_conv/project/weights                         1 1 16 16
+        expanded_conv_1/expand/weights                        1 1 16 72
+        expanded_conv_2/expand/weights                        1 1 24 88
+        expanded_conv_4/depthwise/depthwise_weights           5 5 240 1
+        expanded_conv_4/squeeze_excite/Conv/weights           1 1 240 64
+        expanded_conv_8/expand/weights                        1 1 48 144
+        expanded_conv_9/expand/weights                        1 1 48 288
+        expanded_conv_10/project/weights                      1 1 288 48
+        Conv_1/weights                                        1 1 48 288
+        Conv_1/BatchNorm/moving_variance                      288
+        """), {4: 16, 8: 88}, 11, 288),
 }
 # Blocks with a squeeze-and-excitation gate, and those with hard-swish, by index (expanded_conv_N).
 MOBILENET_V3_GATED = {'mobilenet_v3_large_seg': {3, 4, 5, 10, 11, 12, 13, 14},
