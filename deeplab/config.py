@@ -14,11 +14,12 @@ params.yaml and the Kubeflow component inputs (pipelines/), and validation, whic
 when a config is made. The library takes config objects whole. Adding a setting is one field here
 plus the code that uses it.
 
-Names follow the original DeepLab flags. Three model settings default to the backbone's model-zoo
-value, written `preset`: `atrous_rates`, `decoder_output_stride` and `multi_grid`; `none` says
-explicitly "no atrous branches" / "no decoder" / "no multi-grid" (unit rates 1, 1, 1, the original's
-default). A ModelConfig resolves them when it is made, so a config (and the model.json written from
-it) always holds concrete values.
+Names follow the original DeepLab flags. The head settings default to the backbone's model-zoo
+value, written `preset` (`PRESETS`): `atrous_rates`, `decoder_output_stride`, `multi_grid` and the
+options of the MobileNetV3 head (image pooling window, ASPP and decoder shapes); `none` says
+explicitly "no atrous branches" / "no decoder" / "no multi-grid" (unit rates 1, 1, 1, the
+original's default) / "global image pooling". A ModelConfig resolves them when it is made, so a
+config (and the model.json written from it) always holds concrete values.
 """
 from __future__ import annotations
 
@@ -168,25 +169,54 @@ def _check_crop_size(name: str, value: tuple, optional: bool = False) -> None:
 # ----------------------------------------------------------------------------- the model
 
 # Backbones this library builds. A variant is listed only once its network exists.
-MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta', 'resnet_v1_101_beta', 'xception_65')
+MODEL_VARIANTS = ('mobilenet_v2', 'mobilenet_v3_large_seg', 'mobilenet_v3_small_seg',
+                  'resnet_v1_18', 'resnet_v1_50', 'resnet_v1_101', 'resnet_v1_50_beta',
+                  'resnet_v1_101_beta', 'xception_41', 'xception_65', 'xception_71')
 # Backbones with a width multiplier; the others have one published width (depth_multiplier 1).
-WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
+WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2', 'mobilenet_v3_large_seg', 'mobilenet_v3_small_seg')
 
+# A preset that stands for the dataset's class count (the model zoo's decoder_filters=19 was
+# Cityscapes' 19 classes: a decoder whose output is the logits has one channel per class).
+NUM_CLASSES = 'num_classes'
 # Model-zoo settings per backbone (DeepLab's published configurations): what PRESET means.
 # Atrous rates are given at output stride 16 and scale with it (12/24/36 at 8), as the model zoo's.
 # The model zoo trains the ResNets with multi-grid 1, 2, 4 (block4's unit rates).
+# The head options default to DeepLab's; yes/no options are 0/1, as the model zoo writes them.
+_HEAD_PRESET = dict(image_pooling_crop_size=(), image_pooling_stride=(1, 1), aspp_convs_filters=256,
+                    aspp_with_concat_projection=1, aspp_with_squeeze_and_excitation=0,
+                    image_se_uses_qsigmoid=0, decoder_use_sum_merge=0, decoder_filters=256,
+                    decoder_output_is_logits=0, multi_grid=(1, 1, 1))
+# Only ImageNet checkpoints are published for resnet_v1_{18,50,101} and xception_{41,71}: they take
+# the recipe of their family's model-zoo models (DeepLabv3 for ResNets, DeepLabv3+ for Xceptions).
+_RESNET_PRESET = dict(_HEAD_PRESET, atrous_rates=(6, 12, 18), decoder_output_stride=0,
+                      multi_grid=(1, 2, 4))
+_XCEPTION_PRESET = dict(_HEAD_PRESET, atrous_rates=(6, 12, 18), decoder_output_stride=4)
+# The Cityscapes MobileNetV3 models (model zoo), which also run at output_stride=32: a sigmoid
+# gate from strided image pooling multiplies a 128-channel 1x1 branch, and a 1x1 decoder sums it
+# with the stride-8 features, each projected to the class count, into the logits.
+_MOBILENET_V3_PRESET = dict(
+    _HEAD_PRESET, atrous_rates=(), decoder_output_stride=8, image_pooling_crop_size=(769, 769),
+    image_pooling_stride=(4, 5), aspp_convs_filters=128, aspp_with_concat_projection=0,
+    aspp_with_squeeze_and_excitation=1, image_se_uses_qsigmoid=1, decoder_use_sum_merge=1,
+    decoder_filters=NUM_CLASSES, decoder_output_is_logits=1)
 PRESETS = {
-    'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1)),
-    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0,
-                              multi_grid=(1, 2, 4)),
-    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0,
-                               multi_grid=(1, 2, 4)),
-    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4, multi_grid=(1, 1, 1)),
+    'mobilenet_v2': dict(_HEAD_PRESET, atrous_rates=(), decoder_output_stride=0),
+    'mobilenet_v3_large_seg': _MOBILENET_V3_PRESET,
+    'mobilenet_v3_small_seg': _MOBILENET_V3_PRESET,
+    # ResNet-18's block4 has two units, whose rates its builder fixes at DeepLab's 1, 1.
+    'resnet_v1_18': dict(_RESNET_PRESET, multi_grid=(1, 1, 1)),
+    'resnet_v1_50': _RESNET_PRESET,
+    'resnet_v1_101': _RESNET_PRESET,
+    'resnet_v1_50_beta': _RESNET_PRESET,
+    'resnet_v1_101_beta': _RESNET_PRESET,
+    'xception_41': _XCEPTION_PRESET,
+    'xception_65': _XCEPTION_PRESET,
+    'xception_71': _XCEPTION_PRESET,
 }
 # What NONE means per preset setting.
 NONE_VALUES = dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1))
 # Backbones whose builder takes multi-grid unit rates; the others build unit rates 1, 1, 1 only.
-MULTI_GRID_VARIANTS = ('resnet_v1_50_beta', 'resnet_v1_101_beta')
+MULTI_GRID_VARIANTS = ('resnet_v1_50', 'resnet_v1_101', 'resnet_v1_50_beta', 'resnet_v1_101_beta')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,15 +225,15 @@ class ModelConfig(Settings):
   model_variant: str = setting('mobilenet_v2', 'the backbone', choices=MODEL_VARIANTS)
   num_classes: int = setting(21, 'classes the logits layer predicts (from the dataset)', min=2,
                              flag=False)
-  depth_multiplier: float = setting(1.0, 'MobileNetV2 width multiplier', min=0.01)
+  depth_multiplier: float = setting(1.0, 'MobileNet width multiplier', min=0.01)
   output_stride: int = setting(16, 'input size / feature size (8, 16 or 32)',
                                choices=(8, 16, 32))
   atrous_rates: Tuple[int, ...] = setting(
       PRESET, 'ASPP atrous rates, one 3x3 branch each ("preset" = the model_variant\'s; "none" = '
       'the 1x1 branch only)', min=1, preset=True)
   decoder_output_stride: int = setting(
-      PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for xception_65; '
-      '"none" = no decoder)', choices=(0, 4), preset=True)
+      PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for the Xceptions; '
+      '"none" = no decoder)', choices=(0, 4, 8), preset=True)
   multi_grid: Tuple[int, ...] = setting(
       PRESET, 'unit rates of the last block, multiplying its atrous rate ("preset" = the '
       'model_variant\'s: 1,2,4 for the ResNets; "none" = 1,1,1, the original\'s default)', min=1,
@@ -212,6 +242,29 @@ class ModelConfig(Settings):
   aspp_with_batch_norm: bool = setting(True, 'batch norm in the ASPP branches', flag=False)
   aspp_with_separable_conv: bool = setting(True, 'separable 3x3 convs in the ASPP branches')
   decoder_use_separable_conv: bool = setting(True, 'separable 3x3 convs in the decoder')
+  image_pooling_crop_size: Tuple[int, ...] = setting(
+      PRESET, 'image pooling averages windows of this crop\'s feature size, height,width '
+      '("none" = the whole feature map)', min=1, preset=True)
+  image_pooling_stride: Tuple[int, ...] = setting(
+      PRESET, 'image pooling window stride, height,width (with image_pooling_crop_size)', min=1,
+      preset=True)
+  aspp_convs_filters: int = setting(PRESET, 'channels of the ASPP branches and projection', min=1,
+                                    preset=True)
+  aspp_with_concat_projection: int = setting(
+      PRESET, '1: a 1x1 conv (+ dropout) projects the concatenated ASPP branches', choices=(0, 1),
+      preset=True)
+  aspp_with_squeeze_and_excitation: int = setting(
+      PRESET, '1: the image pooling branch gates the others (sigmoid) instead of joining them',
+      choices=(0, 1), preset=True)
+  image_se_uses_qsigmoid: int = setting(
+      PRESET, '1: that gate is a hard sigmoid, relu6(x + 3) / 6', choices=(0, 1), preset=True)
+  decoder_use_sum_merge: int = setting(
+      PRESET, '1: the decoder adds the projected low-level features to one conv of the ASPP '
+      'output instead of concatenating them', choices=(0, 1), preset=True)
+  decoder_filters: int = setting(PRESET, 'channels of the decoder convs', min=1, preset=True)
+  decoder_output_is_logits: int = setting(
+      PRESET, '1: the decoder\'s 1x1 convs output the logits (decoder_filters = the class count)',
+      choices=(0, 1), preset=True)
   batch_norm_epsilon: float = setting(1e-5, 'batch norm epsilon of the head', flag=False)
   dropout_keep_prob: float = setting(0.9, 'dropout after concat_projection, training only',
                                      flag=False)
@@ -226,14 +279,15 @@ class ModelConfig(Settings):
 
   def __post_init__(self):
     if self.model_variant in PRESETS:  # an unknown variant is reported by the choices check
+      multiple = {info.name for info in settings_of(type(self)) if info.multiple}
       for name, preset in PRESETS[self.model_variant].items():
         value = getattr(self, name)
         if value == PRESET or value == (PRESET,):
           if name == 'atrous_rates':
             preset = tuple(r * 16 // self.output_stride for r in preset)
-          value = preset
+          value = self.num_classes if preset == NUM_CLASSES else preset
         elif value == NONE or value == (NONE,):
-          value = NONE_VALUES[name]
+          value = NONE_VALUES.get(name, () if name in multiple else 0)
         else:  # from the command line, the numbers arrive as text
           value = _numbers(name, value)
         object.__setattr__(self, name, value)
@@ -251,6 +305,17 @@ class ModelConfig(Settings):
     if self.max_resize_value and self.min_resize_value > self.max_resize_value:
       raise UserError(f'--min_resize_value={self.min_resize_value} exceeds '
                       f'--max_resize_value={self.max_resize_value}')
+    for name, lengths in (('image_pooling_crop_size', (0, 2)), ('image_pooling_stride', (2,))):
+      if len(getattr(self, name)) not in lengths:
+        raise UserError(f'--{name}={_show(getattr(self, name))}: expected two integers, '
+                        'height,width')
+    if self.decoder_output_is_logits and not self.decoder_output_stride:
+      raise UserError('--decoder_output_is_logits=1 needs a decoder; got '
+                      '--decoder_output_stride=none')
+    if self.decoder_output_is_logits and self.decoder_filters != self.num_classes:
+      raise UserError(f'--decoder_filters={self.decoder_filters}: with '
+                      f'--decoder_output_is_logits=1 the decoder outputs the {self.num_classes} '
+                      'class scores; expected "preset" or the class count')
 
   @classmethod
   def from_json(cls, data: dict, retired: Tuple[str, ...] = RETIRED_KEYS) -> 'ModelConfig':
