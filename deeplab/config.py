@@ -293,6 +293,8 @@ class EvalConfig(Settings):
   eval_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                            min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  report_images: int = setting(4, 'the evaluation report shows this many images with the lowest '
+                               'per-image mIoU and as many with the highest (0 = none)', min=0)
 
 
 @dataclasses.dataclass(frozen=True)

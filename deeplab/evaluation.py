@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable, Optional
+
 import numpy as np
 
 from deeplab import input as model_input
@@ -30,9 +32,17 @@ def check_labels(label, name, num_classes, ignore_label, split):
                     f'label {ignore_label}')
 
 
+# Called with each example as it is scored: name, image [H, W, 3] uint8, label and prediction
+# [H, W] class ids.
+ExampleObserver = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]
+
+
 def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
-             eval_config: EvalConfig) -> dict:
-  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `eval_config.eval_split`."""
+             eval_config: EvalConfig, each_example: Optional[ExampleObserver] = None) -> dict:
+  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `eval_config.eval_split`.
+
+  `each_example` sees every example after it is scored (the report's per-image scores, progress).
+  """
   split = eval_config.eval_split
   shards = manifest.verified_shard_paths(split)
   num_classes, ignore_label = config.num_classes, manifest.ignore_label
@@ -47,7 +57,8 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
       started = time.perf_counter()
       while True:
         try:
-          predicted, label, name = session.run([predictions, example['label'], example['name']])
+          predicted, label, name, image = session.run(
+              [predictions, example['label'], example['name'], example['image']])
         except tf.errors.OutOfRangeError:
           break
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
@@ -62,6 +73,8 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
         check_labels(label, name.decode(), num_classes, ignore_label, split)
         confusion += metrics.confusion_matrix(label, predicted[0], num_classes, ignore_label)
         count += 1
+        if each_example is not None:
+          each_example(name.decode(), image, label, predicted[0])
   if not count:
     raise UserError(f'split {split!r} of {manifest.folder} has no examples')
   result = metrics.summarize(confusion, manifest.class_names)

@@ -92,6 +92,7 @@ def evaluate(
     eval_split: str = 'val',
     eval_scales: str = '1.0',
     add_flipped_images: bool = False,
+    report_images: int = 4,
 ):
   """Evaluate a checkpoint on a split in one pass over whole images."""
   arguments = dict(locals())  # before the import below adds a local
