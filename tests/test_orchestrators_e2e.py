@@ -142,3 +142,14 @@ print(json.dumps({{"best_miou": task.output}}))
   tasks_with_output = [os.path.basename(d) for d, _, files in os.walk(tmp_path / 'root') if 'output' in files]
   assert tasks_with_output.count('train') == len(SWEEP_LEARNING_RATES)  # the default sweep
   assert 'predict' in tasks_with_output, 'predict wrote no output artifact'
+  # Each evaluation's confusion matrix and report page, recorded as the KFP UI reads them.
+  evaluations = [d for d, _, files in os.walk(tmp_path / 'root')
+                 if os.path.basename(d) == 'evaluate' and 'executor_output.json' in files]
+  assert len(evaluations) == len(SWEEP_LEARNING_RATES)
+  for folder in evaluations:
+    with open(os.path.join(folder, 'executor_output.json')) as f:
+      recorded = {name: output['artifacts'][0] for name, output in json.load(f)['artifacts'].items()}
+    confusion = recorded['confusion_matrix']['metadata']['confusionMatrix']
+    assert len(confusion['annotationSpecs']) == len(confusion['rows']) == 4  # the synthetic classes
+    with open(recorded['html_report']['uri']) as f:
+      assert '<title>Evaluation report</title>' in f.read()

@@ -3,11 +3,12 @@
 
 Each component's inputs are the step's flags (same names, types and defaults); input artifacts are
 passed to the step as paths, `output` is the artifact the step writes, and `metrics` holds the numbers
-of the step's JSON metric lines. The function bodies run inside the image, where `pipelines` and
-`steps` are importable (PYTHONPATH=/app).
+of the step's JSON metric lines; evaluate's `confusion_matrix` and `html_report` are its confusion
+matrix and report page, as the KFP UI shows them. The function bodies run inside the image, where
+`pipelines` and `steps` are importable (PYTHONPATH=/app).
 """
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from pipelines.shared import PROJECT_IMAGE
 
@@ -88,6 +89,8 @@ def evaluate(
     checkpoint: Input[Model],
     output: Output[Artifact],
     metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    html_report: Output[HTML],
     dataset: str = '',
     eval_split: str = 'val',
     eval_scales: str = '1.0',
