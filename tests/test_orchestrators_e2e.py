@@ -95,6 +95,8 @@ def test_dvc_repro_then_nothing_to_do_then_a_queued_sweep(tmp_path):
   assert 0 <= metrics['miou'] <= 1
   assert [r['step'] for r in json.loads((project / 'artifacts' / 'train_log.json').read_text())] == [2, 4]
   assert json.loads((project / 'artifacts' / 'per_class_iou.json').read_text())
+  assert len(json.loads((project / 'artifacts' / 'confusion.json').read_text())) % 100 == 0
+  assert (project / 'artifacts' / 'report' / 'worst_images.png').exists()
   second = run(dvc('repro'), project)
   assert 'Running stage' not in second.stdout, second.stdout  # deterministic artifacts: nothing re-runs
   run(dvc('plots', 'show', '--json'), project)
