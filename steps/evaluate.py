@@ -15,7 +15,8 @@ log = logging.getLogger('steps.evaluate')
 
 SPEC = StepSpec(
     name='evaluate',
-    description='Evaluate a checkpoint on a split in one pass over whole images.',
+    description='Evaluate a checkpoint on a split in one pass over whole images; a report (figures '
+    'and one HTML page) and the confusion matrix are written beside the metrics.',
     inputs=(
         Path('tfrecords', 'TFRecords from build_data (or original DeepLab shards + --dataset)'),
         Path('checkpoint', 'checkpoint.tar.gz from train; a folder of several (a sweep) evaluates '

@@ -55,6 +55,9 @@ def test_valohai_local_runs_train_evaluate_export(raw_data, tmp_path):
   assert summary['train']['outputs'] == ['checkpoint.tar.gz']
   assert [r['step'] for r in summary['train']['metadata'] if 'step' in r] == [2, 4]
   assert 0 <= next(r['miou'] for r in summary['evaluate']['metadata'] if 'miou' in r) <= 1
+  # Valohai previews the PNG outputs; the report page and the confusion matrix are downloadable.
+  assert {'metrics.json', 'confusion_matrix.json', 'report/report.html', 'report/per_class_iou.png',
+          'report/worst_images.png'} <= set(summary['evaluate']['outputs'])
   assert next(r['images'] for r in summary['predict']['metadata'] if 'images' in r) == 12
   assert summary['predict']['outputs'] == ['predictions.tar.gz']
 

@@ -97,7 +97,7 @@ def evaluate(
     add_flipped_images: bool = False,
     report_images: int = 4,
 ):
-  """Evaluate a checkpoint on a split in one pass over whole images."""
+  """Evaluate a checkpoint on a split in one pass over whole images; a report (figures and one HTML page) and the confusion matrix are written beside the metrics."""
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('evaluate', arguments)
