@@ -3,7 +3,11 @@ metrics.json, their replacement as a whole, and the page in a headless browser; 
 show progress."""
 import json
 import os
+import pty
+import re
 import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from PIL import Image
 from deeplab import report
 from steps import artifacts
 from steps.evaluate import CONFUSION_FILE, REPORT_FOLDER
-from tests.conftest import run_step
+from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
 from tests.test_report import find_chromium
 
 CLASS_NAMES = ['background', 'red_striped', 'green_spotted', 'blue_checkered']
@@ -104,3 +108,48 @@ def test_the_report_page_opens_in_a_headless_browser(evaluated, tmp_path):
                        capture_output=True, text=True, timeout=120, check=True).stdout
   assert dom.count('<img src="data:image/png;base64,') == len(report.FIGURE_FILES)
   assert 'blue_checkered' in dom and 'Lowest per-image mIoU' in dom
+
+
+@pytest.mark.parametrize('terminal', [True, False])
+def test_progress_is_shown_only_when_stderr_is_a_terminal(terminal, monkeypatch):
+  main, secondary = pty.openpty() if terminal else os.pipe()
+  with os.fdopen(secondary, 'w') as stream, os.fdopen(main, 'rb'):
+    monkeypatch.setattr(sys, 'stderr', stream)
+    assert artifacts.stderr_is_terminal() is terminal
+    with artifacts.progress_bar(3, 'image', 'evaluate') as bar:
+      assert bar.disable is not terminal
+
+
+def test_train_on_a_terminal_shows_a_progress_line_and_keeps_the_metric_lines(tiny_tfrecords, tmp_path):
+  main, secondary = pty.openpty()
+  command = [sys.executable, '-m', 'steps.train', f'--tfrecords={tiny_tfrecords}',
+             f'--output={tmp_path / "checkpoint.tar.gz"}', f'--train_logdir={tmp_path / "run"}',
+             *TINY_TRAIN_FLAGS, '--training_number_of_steps=4', '--log_steps=2']  # the last value wins
+  with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2')) as process:
+    os.close(secondary)
+    terminal = []
+    reader = threading.Thread(target=lambda: terminal.extend(_read_until_closed(main)))
+    reader.start()
+    stdout = process.stdout.read()
+  reader.join()
+  os.close(main)
+  assert process.returncode == 0
+  # stdout is only the metric lines, as without a terminal.
+  lines = [json.loads(line) for line in stdout.splitlines()]
+  assert [line['step'] for line in lines if 'step' in line] == [2, 4]
+  shown = b''.join(terminal).decode()
+  assert re.search(r'\rtrain: +50% 2/4 \[.*<.*loss=\d\.\d{4}, images/s=\d+\.\d', shown), shown[-2000:]
+  assert 'train: 100% 4/4' in shown
+
+
+def _read_until_closed(fd):
+  """The bytes of a pty's main side until every holder of the other side has closed it."""
+  while True:
+    try:
+      data = os.read(fd, 4096)
+    except OSError:  # EIO: the other side is closed
+      return
+    if not data:
+      return
+    yield data
