@@ -124,16 +124,16 @@ def main():
       if len(candidates) > 1:
         artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
                                pixel_accuracy=result['pixel_accuracy'])
-    # Several checkpoints: the best by mIoU is reported at the top level, all of them under
-    # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
-    # confusion matrix are the best one's.
-    from deeplab.metrics import best_index
-    chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
-    best = chosen.result
-    if len(evaluations) > 1:
-      best = dict(best, checkpoints=summaries)
-    # metrics.json last: whoever sees it finds the report and the confusion matrix of the same run.
-    write_report_files(os.path.dirname(os.path.abspath(out_path)), chosen, manifest)
+  # Several checkpoints: the best by mIoU is reported at the top level, all of them under
+  # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
+  # confusion matrix are the best one's.
+  from deeplab.metrics import best_index
+  chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
+  best = chosen.result
+  if len(evaluations) > 1:
+    best = dict(best, checkpoints=summaries)
+  # metrics.json last: whoever finds it finds the report and the confusion matrix of the same run.
+  write_report_files(os.path.dirname(os.path.abspath(out_path)), chosen, manifest)
   artifacts.write_json_atomic(best, out_path)
   artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],

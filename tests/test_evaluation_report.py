@@ -17,7 +17,7 @@ from deeplab import report
 from steps import artifacts
 from steps.evaluate import CONFUSION_FILE, REPORT_FOLDER
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
-from tests.test_report import find_chromium
+from tests.test_report import require_chromium
 
 CLASS_NAMES = ['background', 'red_striped', 'green_spotted', 'blue_checkered']
 GRID_WIDTH = round((3 * report.IMAGE_PANEL_INCHES + 0.4) * report.DPI)  # image | truth | prediction
@@ -97,10 +97,7 @@ def test_a_failed_fill_keeps_the_earlier_folder_and_leaves_no_staging(tmp_path):
 
 
 def test_the_report_page_opens_in_a_headless_browser(evaluated, tmp_path):
-  chromium = find_chromium()
-  if chromium is None:
-    pytest.skip('no chromium, chromium-browser or google-chrome on PATH '
-                '(Debian: apt-get install chromium)')
+  chromium = require_chromium()
   folder, _ = evaluated
   dom = subprocess.run([chromium, '--headless', '--no-sandbox', '--disable-gpu',
                         f'--user-data-dir={tmp_path / "profile"}', '--dump-dom',
