@@ -25,6 +25,7 @@ demo: setup
 	@$(PYTHON) -c "import json; m = json.load(open('artifacts/metrics.json')); \
 	  print(f\"val mIoU {m['miou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} on {m['num_images']} images\")"
 	@echo "artifacts:"; ls -1 artifacts/*.tar.gz artifacts/*.json | sed 's/^/  /'
+	@echo "evaluation report (figures in artifacts/report/): $(abspath artifacts/report/report.html)"
 
 test: setup
 	$(PYTHON) -m pytest -q
