@@ -410,6 +410,8 @@ class EvalConfig(Settings):
                                            min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
   eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+  report_images: int = setting(4, 'the evaluation report shows this many images with the lowest '
+                               'per-image mIoU and as many with the highest (0 = none)', min=0)
 
   def validate(self):
     _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)

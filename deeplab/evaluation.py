@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -39,13 +39,19 @@ def check_labels(label, name, num_classes, ignore_label, split):
                     f'label {ignore_label}')
 
 
+# Called with each example as it is scored: name, image [H, W, 3] uint8, label and prediction
+# [H, W] class ids.
+ExampleObserver = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]
+
+
 def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
-             eval_config: EvalConfig, summary_dir: Optional[str] = None,
-             global_step: int = 0) -> dict:
+             eval_config: EvalConfig, summary_dir: Optional[str] = None, global_step: int = 0,
+             each_example: Optional[ExampleObserver] = None) -> dict:
   """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `eval_config.eval_split`.
 
   With `summary_dir`, they are also written there for TensorBoard at `global_step`, with the
-  first SUMMARY_IMAGES examples and their predictions (`write_summaries`).
+  first SUMMARY_IMAGES examples and their predictions (`write_summaries`). `each_example` sees
+  every example after it is scored (the report's per-image scores, progress).
   """
   split = eval_config.eval_split
   shards = manifest.verified_shard_paths(split)
@@ -62,10 +68,9 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
       checkpoint.restore(session, tf.compat.v1.train.Saver(), checkpoint_prefix)
       started = time.perf_counter()
       while True:
-        keep = summary_dir is not None and len(samples) < SUMMARY_IMAGES
-        fetches = [predictions, example['label'], example['name']] + ([example['image']] if keep else [])
         try:
-          predicted, label, name, *image = session.run(fetches)
+          predicted, label, name, image = session.run(
+              [predictions, example['label'], example['name'], example['image']])
         except tf.errors.OutOfRangeError:
           break
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
@@ -79,10 +84,12 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
                           'the same size')
         check_labels(label, name.decode(), num_classes, ignore_label, split)
         confusion += metrics.confusion_matrix(label, predicted[0], num_classes, ignore_label)
-        if keep:
-          samples.append(np.concatenate([image[0], colorize(label, manifest.colormap),
+        if summary_dir is not None and len(samples) < SUMMARY_IMAGES:
+          samples.append(np.concatenate([image, colorize(label, manifest.colormap),
                                          colorize(predicted[0], manifest.colormap)], axis=1))
         count += 1
+        if each_example is not None:
+          each_example(name.decode(), image, label, predicted[0])
   if not count:
     raise UserError(f'split {split!r} of {manifest.folder} has no examples')
   result = metrics.summarize(confusion, manifest.class_names)

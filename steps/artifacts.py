@@ -104,6 +104,20 @@ def emit_metrics(**values) -> None:
   print(json.dumps(clean, sort_keys=False), flush=True)
 
 
+def stderr_is_terminal() -> bool:
+  """Whether progress is shown: only to a person at a terminal, never into CI or Valohai logs."""
+  return sys.stderr.isatty()
+
+
+def progress_bar(total: Optional[int], unit: str, description: str, delay: float = 3.0):
+  """A tqdm progress bar on stderr, shown only when `stderr_is_terminal()` and only once the run has
+  lasted `delay` seconds (short runs print nothing). Metric lines printed while it shows go through
+  `bar.external_write_mode()`, so the bar does not cut them."""
+  from tqdm import tqdm
+  return tqdm(total=total, unit=unit, desc=description, delay=delay, file=sys.stderr,
+              disable=not stderr_is_terminal(), dynamic_ncols=True)
+
+
 # ----------------------------------------------------------------------------- locations
 
 def _valohai_paths(step: str):
@@ -383,6 +397,34 @@ def atomic_output(out_path: str, mode: str = 'wb'):
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp_path)
+    raise
+
+
+@contextlib.contextmanager
+def atomic_folder(out_path: str) -> Iterator[str]:
+  """A folder to fill that replaces `out_path` (a folder, or nothing yet) only once the block completes.
+
+  Filled beside `out_path` (same file system) and renamed into place; on any failure it is removed
+  and whatever `out_path` held before stays, so a failed step never leaves a half-written folder.
+  """
+  out_dir = os.path.dirname(os.path.abspath(out_path))
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.basename(os.path.normpath(out_path))
+  _remove_stale(out_dir, re.compile(r'\.' + re.escape(base) + r'\.(?P<owner>[^.]+\.\d+)\.[^.]+\.partial'))
+  staging = tempfile.mkdtemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
+  try:
+    yield staging
+    os.chmod(staging, 0o755)  # mkdtemp folders are 0700; artifacts are read by other users
+    if os.path.isdir(out_path):
+      # A folder cannot be renamed over a non-empty one: the old one goes aside first.
+      old = staging[:-len('.partial')] + '-replaced.partial'
+      os.rename(out_path, old)
+      os.rename(staging, out_path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(staging, out_path)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
     raise
 
 

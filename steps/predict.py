@@ -70,12 +70,14 @@ def main():
     predictions = artifacts.Predictions(stack)
     pixel_counts = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
-    for name, path in images:
-      image = read_image(path)
-      labels = predict_bounded(runner, image, config.max_inference_pixels)
-      pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
-      predictions.add(name, labels,
-                      visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+    with artifacts.progress_bar(len(images), 'image', 'predict') as bar:
+      for name, path in images:
+        image = read_image(path)
+        labels = predict_bounded(runner, image, config.max_inference_pixels)
+        pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
+        predictions.add(name, labels,
+                        visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+        bar.update()
     elapsed = time.perf_counter() - started
     shares = {name: float(count / pixel_counts.sum())
               for name, count in zip(dataset.class_names, pixel_counts)}

@@ -72,7 +72,7 @@ def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint,
   frozen.close()
   assert predictions.shape == (1, 333, 500) and predictions.dtype == np.int32
   assert probabilities.shape == (1, 333, 500, 4) and probabilities.dtype == np.float32
-  evaluated = json.loads((tmp_path / 'metrics.json').read_text())['confusion_matrix']
+  evaluated = json.loads((tmp_path / 'confusion_matrix.json').read_text())['matrix']
   exported = metrics.confusion_matrix(mask, predictions[0], 4, 255)
   assert exported.tolist() == evaluated
 

@@ -3,11 +3,12 @@
 
 Each component's inputs are the step's flags (same names, types and defaults); input artifacts are
 passed to the step as paths, `output` is the artifact the step writes, and `metrics` holds the numbers
-of the step's JSON metric lines. The function bodies run inside the image, where `pipelines` and
-`steps` are importable (PYTHONPATH=/app).
+of the step's JSON metric lines; evaluate's `confusion_matrix` and `html_report` are its confusion
+matrix and report page, as the KFP UI shows them. The function bodies run inside the image, where
+`pipelines` and `steps` are importable (PYTHONPATH=/app).
 """
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from pipelines.shared import PROJECT_IMAGE
 
@@ -105,13 +106,16 @@ def evaluate(
     checkpoint: Input[Model],
     output: Output[Artifact],
     metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    html_report: Output[HTML],
     dataset: str = '',
     eval_split: str = 'val',
     eval_scales: str = '1.0',
     add_flipped_images: bool = False,
     eval_crop_size: str = '',
+    report_images: int = 4,
 ):
-  """Evaluate a checkpoint on a split in one pass over whole images."""
+  """Evaluate a checkpoint on a split in one pass over whole images; a report (figures and one HTML page) and the confusion matrix are written beside the metrics."""
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('evaluate', arguments)
