@@ -63,7 +63,7 @@ def test_report_has_every_figure_at_its_size_and_nothing_half_written(evaluated)
   worst, best = (png_size(folder / REPORT_FOLDER / f'{kind}_images.png') for kind in ('worst', 'best'))
   assert worst[0] == best[0] == GRID_WIDTH
   assert 2 * report.IMAGE_PANEL_INCHES * report.DPI < worst[1] < 3 * report.IMAGE_PANEL_INCHES * report.DPI
-  assert sorted(os.listdir(folder)) == [CONFUSION_FILE, 'metrics.json', REPORT_FOLDER]
+  assert sorted(os.listdir(folder)) == [CONFUSION_FILE, 'metrics.json', REPORT_FOLDER, 'tensorboard']
 
 
 def test_a_second_run_replaces_the_report_whole(evaluated, tiny_tfrecords, tiny_checkpoint, tmp_path):
@@ -75,7 +75,7 @@ def test_a_second_run_replaces_the_report_whole(evaluated, tiny_tfrecords, tiny_
            f'--output={again / "metrics.json"}', '--report_images=0')
   assert sorted(os.listdir(again / REPORT_FOLDER)) == [
       'confusion_matrix.png', 'per_class_iou.png', report.HTML_FILE, 'training_curves.png']
-  assert sorted(os.listdir(again)) == [CONFUSION_FILE, 'metrics.json', REPORT_FOLDER]
+  assert sorted(os.listdir(again)) == [CONFUSION_FILE, 'metrics.json', REPORT_FOLDER, 'tensorboard']
   # Same model, same data: the same figures, byte for byte.
   for name in ('confusion_matrix.png', 'per_class_iou.png'):
     assert (again / REPORT_FOLDER / name).read_bytes() == (folder / REPORT_FOLDER / name).read_bytes()
