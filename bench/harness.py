@@ -11,10 +11,12 @@ prints one table.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import statistics
+import sys
 from typing import Callable, Dict, List, Sequence
 
 NOISY_SPREAD = 1.15
@@ -58,6 +60,15 @@ def interleave(contenders: Dict[str, Callable[[], float]], rounds: int) -> Dict[
     for name in names[shift:] + names[:shift]:
       values[name].append(contenders[name]())
   return values
+
+
+def run_module(module_name: str) -> None:
+  """The command line of one benchmark module (`python -m bench.<name>`): its own arguments, one
+  measurement, reported as JSON lines."""
+  module = sys.modules[module_name]
+  parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
+  module.add_arguments(parser)
+  report(module.measure(parser.parse_args()))
 
 
 def load_average() -> float:
