@@ -8,9 +8,9 @@ themselves rather than to measure.
 """
 import argparse
 
-from bench import build_data, harness, predict_memory, train_input
+from bench import build_data, harness, inference, predict_memory, train_input
 
-BENCHMARKS = (train_input, build_data, predict_memory)
+BENCHMARKS = (train_input, build_data, predict_memory, inference)
 
 
 def main():
@@ -24,12 +24,14 @@ def main():
     module.add_arguments(module_parser)
     args = module_parser.parse_args([])
     if quick:
-      for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2)):
+      for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2),
+                          ('iterations', 3), ('sizes', '257')):
         if hasattr(args, name):
           setattr(args, name, value)
-    measurement = module.measure(args)
-    harness.report(measurement)
-    measurements.append(measurement)
+    measured = module.measure(args)  # one Measurement, or a list (e.g. one per input size)
+    for measurement in measured if isinstance(measured, list) else [measured]:
+      harness.report(measurement)
+      measurements.append(measurement)
   print()
   print(harness.table(measurements, load_before, harness.load_average()))
 
