@@ -8,9 +8,9 @@ themselves rather than to measure.
 """
 import argparse
 
-from bench import build_data, harness, inference, predict_memory, train_input
+from bench import build_data, harness, inference, predict, predict_memory, train_input
 
-BENCHMARKS = (train_input, build_data, predict_memory, inference)
+BENCHMARKS = (train_input, build_data, predict_memory, inference, predict)
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     args = module_parser.parse_args([])
     if quick:
       for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2),
-                          ('iterations', 3), ('sizes', '257')):
+                          ('iterations', 3), ('sizes', '257'), ('photos', 8)):
         if hasattr(args, name):
           setattr(args, name, value)
     measured = module.measure(args)  # one Measurement, or a list (e.g. one per input size)

@@ -29,7 +29,9 @@ def _run(*args):
   subprocess.run([sys.executable, '-m', *args], check=True, env=ENV, capture_output=True)
 
 
-def _model(folder):
+def export_demo_model(folder):
+  """Trains the demo's MobileNetV2 for one step on the synthetic dataset and exports it; returns
+  the path of model.tar.gz."""
   raw, tfrecords = os.path.join(folder, 'raw'), os.path.join(folder, 'tfrecords.tar.gz')
   checkpoint, model = os.path.join(folder, 'checkpoint.tar.gz'), os.path.join(folder, 'model.tar.gz')
   _run('deeplab.datasets.synthetic', '--layout=folder', f'--output={raw}', '--seed=0',
@@ -62,7 +64,7 @@ def measure(args) -> harness.Measurement:
   bounded_pixels = SPEC.parameter('max_inference_pixels').default
   seconds = {}
   with tempfile.TemporaryDirectory() as folder:
-    model = _model(folder)
+    model = export_demo_model(folder)
     images = os.path.join(folder, 'photo')
     os.makedirs(images)
     width = int((args.megapixels * 1e6 * 4 / 3) ** 0.5)
