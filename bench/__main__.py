@@ -8,9 +8,11 @@ themselves rather than to measure.
 """
 import argparse
 
-from bench import build_data, harness, inference, predict, predict_memory, train_input
+from bench import (build_data, harness, inference, predict, predict_memory, train_input,
+                   train_memory, train_resnet)
 
-BENCHMARKS = (train_input, build_data, predict_memory, inference, predict)
+BENCHMARKS = (train_input, build_data, predict_memory, inference, predict, train_resnet,
+              train_memory)
 
 
 def main():
@@ -25,7 +27,7 @@ def main():
     args = module_parser.parse_args([])
     if quick:
       for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2),
-                          ('iterations', 3), ('sizes', '257'), ('photos', 8)):
+                          ('iterations', 3), ('sizes', '257'), ('photos', 8), ('crop', 129)):
         if hasattr(args, name):
           setattr(args, name, value)
     measured = module.measure(args)  # one Measurement, or a list (e.g. one per input size)

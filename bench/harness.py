@@ -15,6 +15,8 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
+import time
 from typing import Callable, Dict, List, Sequence
 
 NOISY_SPREAD = 1.15
@@ -58,6 +60,18 @@ def interleave(contenders: Dict[str, Callable[[], float]], rounds: int) -> Dict[
     for name in names[shift:] + names[:shift]:
       values[name].append(contenders[name]())
   return values
+
+
+def peak_rss_mib(command: Sequence[str], env: Dict[str, str]):
+  """(peak resident memory in MiB, seconds) of one child process running `command`, from the
+  kernel's accounting (wait4's rusage): the child's own peak, whatever this process holds."""
+  started = time.perf_counter()
+  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  _, status, usage = os.wait4(process.pid, 0)
+  seconds = time.perf_counter() - started
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise SystemExit(f'{" ".join(command)} failed: {process.stderr.read().decode()[-2000:]}')
+  return usage.ru_maxrss / 1024, seconds
 
 
 def load_average() -> float:

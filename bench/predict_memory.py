@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
@@ -45,20 +44,6 @@ def export_demo_model(folder):
   return model
 
 
-def _peak_rss_mib(model, images, output, max_pixels):
-  """(peak RSS in MiB, seconds) of one predict process."""
-  started = time.perf_counter()
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
-       f'--output={output}', f'--max_inference_pixels={max_pixels}'],
-      env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  _, status, usage = os.wait4(process.pid, 0)
-  seconds = time.perf_counter() - started
-  if os.waitstatus_to_exitcode(status) != 0:
-    raise SystemExit(f'predict failed: {process.stderr.read().decode()[-2000:]}')
-  return usage.ru_maxrss / 1024, seconds
-
-
 def measure(args) -> harness.Measurement:
   from steps.predict import SPEC
   bounded_pixels = SPEC.parameter('max_inference_pixels').default
@@ -76,7 +61,10 @@ def measure(args) -> harness.Measurement:
 
     def predict_with(name, pixels):
       def run():
-        peak, took = _peak_rss_mib(model, images, os.path.join(folder, f'{name}.tar.gz'), pixels)
+        peak, took = harness.peak_rss_mib(
+            [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
+             f'--output={os.path.join(folder, f"{name}.tar.gz")}',
+             f'--max_inference_pixels={pixels}'], ENV)
         seconds.setdefault(name, []).append(took)
         return peak
       return run
