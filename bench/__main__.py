@@ -30,8 +30,7 @@ def main():
                           ('iterations', 3), ('sizes', '257'), ('photos', 8), ('crop', 129)):
         if hasattr(args, name):
           setattr(args, name, value)
-    measured = module.measure(args)  # one Measurement, or a list (e.g. one per input size)
-    for measurement in measured if isinstance(measured, list) else [measured]:
+    for measurement in harness.as_list(module.measure(args)):
       harness.report(measurement)
       measurements.append(measurement)
   print()

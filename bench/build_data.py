@@ -10,7 +10,6 @@ temporary folder, then measures on the same files, interleaved round by round (b
 Reports images/s, the per-round ratio of each build to the floor (target: >= 0.5 on all cores)
 and the peak resident memory of the process tree (this process + workers, sampled; target: < 1 GB).
 """
-import argparse
 import io
 import os
 import shutil
@@ -136,11 +135,5 @@ def add_arguments(parser):
   parser.add_argument('--keep', default='', help='generate into (or reuse) this folder')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  add_arguments(parser)
-  harness.report(measure(parser.parse_args()))
-
-
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

@@ -11,6 +11,7 @@ prints one table.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -49,6 +50,20 @@ class Measurement:
                    ratio_max=max(ratios), noisy=max(ratios) / min(ratios) > NOISY_SPREAD)
       rows.append(row)
     return rows
+
+
+def as_list(measured) -> List[Measurement]:
+  """What a benchmark's measure() returns, one Measurement or several (e.g. one per input size),
+  as a list."""
+  return measured if isinstance(measured, list) else [measured]
+
+
+def main(doc: str, add_arguments: Callable, measure: Callable) -> None:
+  """The command line of one benchmark module: its flags, its measurement, one JSON line each."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  add_arguments(parser)
+  for measurement in as_list(measure(parser.parse_args())):
+    report(measurement)
 
 
 def interleave(contenders: Dict[str, Callable[[], float]], rounds: int) -> Dict[str, List[float]]:

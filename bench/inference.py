@@ -12,7 +12,6 @@ interleaved round by round; the baseline is Google's TFLite when present, else o
 The TensorFlow contenders include the session's feed and fetch (labels only), the TFLite ones
 the interpreter's invoke (labels are one argmax away).
 """
-import argparse
 import os
 import tempfile
 import time
@@ -111,12 +110,5 @@ def add_arguments(parser):
   parser.add_argument('--threads', type=int, default=os.cpu_count())
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  for measurement in measure(parser.parse_args()):
-    harness.report(measurement)
-
-
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

@@ -10,7 +10,6 @@ the same model, freshly loaded in this process, predicting the same images alrea
 include the model's first run (Grappler's rewrite, kernel set-up: about ten images' worth on this
 model), so the ratio is the cost of what predict adds. Target: predict >= 0.8 x the model alone.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -69,11 +68,5 @@ def add_arguments(parser):
   parser.add_argument('--size', default='384,512')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  harness.report(measure(parser.parse_args()))
-
-
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

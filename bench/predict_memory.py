@@ -8,7 +8,6 @@ process, once with the default --max_inference_pixels and once with 0 (the whole
 size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child comes
 from the kernel (wait4's rusage); the ratio full-size / bounded says how much memory the bound saves.
 """
-import argparse
 import os
 import statistics
 import subprocess
@@ -82,11 +81,5 @@ def add_arguments(parser):
   parser.add_argument('--megapixels', type=float, default=12)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  harness.report(measure(parser.parse_args()))
-
-
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

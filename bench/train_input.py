@@ -8,7 +8,6 @@ other is fed one fixed batch held in memory. They run interleaved, `rounds` time
 (bench/harness.py), so machine noise hits both; the per-round ratio pipeline / in-memory is
 reported as median [min, max]. The target is that the input pipeline costs under 10% (ratio >= 0.9).
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -82,11 +81,5 @@ def add_arguments(parser):
   parser.add_argument('--batch', type=int, default=8)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  harness.report(measure(parser.parse_args()))
-
-
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

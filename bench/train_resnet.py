@@ -13,7 +13,6 @@ every core with ops run one at a time (inter_op_parallelism_threads=1: no two op
 oneDNN is on by default on x86 (TF_ENABLE_ONEDNN_OPTS), as the log line at start-up says.
 Target: the step >= 50% of the matmul peak.
 """
-import argparse
 import os
 import time
 
@@ -112,11 +111,5 @@ def add_arguments(parser):
   parser.add_argument('--batch', type=int, default=4)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  harness.report(measure(parser.parse_args()))
-
-
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)
