@@ -17,6 +17,8 @@ import json
 import os
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Sequence
 
@@ -77,16 +79,32 @@ def interleave(contenders: Dict[str, Callable[[], float]], rounds: int) -> Dict[
   return values
 
 
-def peak_rss_mib(command: Sequence[str], env: Dict[str, str]):
-  """(peak resident memory in MiB, seconds) of one child process running `command`, from the
-  kernel's accounting (wait4's rusage): the child's own peak, whatever this process holds."""
-  started = time.perf_counter()
-  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  _, status, usage = os.wait4(process.pid, 0)
-  seconds = time.perf_counter() - started
-  if os.waitstatus_to_exitcode(status) != 0:
-    raise SystemExit(f'{" ".join(command)} failed: {process.stderr.read().decode()[-2000:]}')
-  return usage.ru_maxrss / 1024, seconds
+# Runs a module as `python -m` would, then writes the process's VmHWM (peak resident set of this
+# program image, in kB) to the file named by the environment: the kernel's rusage is no good here,
+# as its ru_maxrss carries the parent's peak over fork and exec, so a child of a big bench process
+# would report at least the bench's own peak.
+_PEAK_RSS_WRAPPER = """
+import atexit, os, runpy, sys
+def write_peak():
+  with open('/proc/self/status') as status, open(os.environ['BENCH_PEAK_RSS_FILE'], 'w') as out:
+    out.write(next(line.split()[1] for line in status if line.startswith('VmHWM:')))
+atexit.register(write_peak)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def peak_rss_mib(module: str, args: Sequence[str], env: Dict[str, str]):
+  """(peak resident memory in MiB, seconds) of `python -m module args` in a child process."""
+  with tempfile.NamedTemporaryFile('r') as peak:
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, '-c', _PEAK_RSS_WRAPPER, module, *args],
+                               env=dict(env, BENCH_PEAK_RSS_FILE=peak.name),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+      raise SystemExit(f'{module} {" ".join(args)} failed: {completed.stderr.decode()[-2000:]}')
+    return int(peak.read()) / 1024, seconds
 
 
 def load_average() -> float:

@@ -6,7 +6,7 @@ A MobileNetV2 (depth multiplier 0.5, as the demo trains) is trained for one step
 dataset and exported; `steps.predict` then segments one 4000x3000 JPEG (at 12 MP) in a fresh
 process, once with the default --max_inference_pixels and once with 0 (the whole photo at full
 size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child comes
-from the kernel (wait4's rusage); the ratio full-size / bounded says how much memory the bound saves.
+from its VmHWM (harness.peak_rss_mib); the ratio full-size / bounded says how much memory the bound saves.
 """
 import os
 import statistics
@@ -61,9 +61,9 @@ def measure(args) -> harness.Measurement:
     def predict_with(name, pixels):
       def run():
         peak, took = harness.peak_rss_mib(
-            [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
-             f'--output={os.path.join(folder, f"{name}.tar.gz")}',
-             f'--max_inference_pixels={pixels}'], ENV)
+            'steps.predict', [f'--model={model}', f'--images={images}',
+                              f'--output={os.path.join(folder, f"{name}.tar.gz")}',
+                              f'--max_inference_pixels={pixels}'], ENV)
         seconds.setdefault(name, []).append(took)
         return peak
       return run

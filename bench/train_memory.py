@@ -4,13 +4,12 @@
 
 Each model trains `train_steps` steps (bench/train_resnet.py's step: the DeepLabv3 configuration, a
 fixed in-memory batch, so the input pipeline is not counted) in a fresh process; its peak RSS
-comes from the kernel (wait4's rusage). The first step allocates what every step needs, so one
+is its VmHWM (harness.peak_rss_mib). The first step allocates what every step needs, so one
 step is enough. The baseline is the demo's MobileNetV2 (depth multiplier
 0.5); the ratio says how much more ResNet-50 needs.
 """
 import argparse
 import statistics
-import sys
 
 from bench import harness
 from bench.predict_memory import ENV
@@ -35,8 +34,8 @@ def measure(args) -> harness.Measurement:
   def train_with(model_variant):
     def run():
       peak, took = harness.peak_rss_mib(
-          [sys.executable, '-m', 'bench.train_memory', f'--child={model_variant}',
-           f'--train_steps={args.train_steps}', f'--crop={args.crop}', f'--batch={args.batch}'], ENV)
+          'bench.train_memory', [f'--child={model_variant}', f'--train_steps={args.train_steps}',
+                                 f'--crop={args.crop}', f'--batch={args.batch}'], ENV)
       seconds.setdefault(model_variant, []).append(took)
       return peak
     return run
