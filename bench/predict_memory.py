@@ -5,8 +5,9 @@
 A MobileNetV2 (depth multiplier 0.5, as the demo trains) is trained for one step on the synthetic
 dataset and exported; `steps.predict` then segments one 4000x3000 JPEG (at 12 MP) in a fresh
 process, once with the default --max_inference_pixels and once with 0 (the whole photo at full
-size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child comes
-from its VmHWM (harness.peak_rss_mib); the ratio full-size / bounded says how much memory the bound saves.
+size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child is
+its VmHWM (harness.peak_rss_mib); the ratio full-size / bounded says how much memory the bound
+saves.
 """
 import os
 import statistics
