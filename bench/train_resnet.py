@@ -35,7 +35,8 @@ def model_config(model_variant):
 
 
 def build_train_step(model_variant, crop, batch):
-  """(train ops, forward FLOPs) of one training step on a fixed random batch, in the default graph."""
+  """(train ops, forward FLOPs) of one training step on a fixed random batch, built in the
+  default graph."""
   from deeplab import model, training
   from deeplab.compat import tf
   from deeplab.config import TrainConfig
@@ -45,11 +46,12 @@ def build_train_step(model_variant, crop, batch):
   labels = tf.constant(rng.integers(0, NUM_CLASSES, (batch, crop, crop)).astype(np.int32))
   with tf.Graph().as_default() as forward_graph:
     model.logits(tf.zeros([batch, crop, crop, 3]), config, training=TrainConfig())
-    profile = tf.compat.v1.profiler.profile(
-        forward_graph, options=tf.compat.v1.profiler.ProfileOptionBuilder(
-            tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+    options = tf.compat.v1.profiler.ProfileOptionBuilder(
+        tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    forward_flops = tf.compat.v1.profiler.profile(forward_graph, options=options).total_float_ops
   train_config = TrainConfig(train_batch_size=batch, train_crop_size=(crop, crop))
-  return training.build_train_graph(config, train_config, images, labels, 255), profile.total_float_ops
+  ops = training.build_train_graph(config, train_config, images, labels, ignore_label=255)
+  return ops, forward_flops
 
 
 def _session(settings):
@@ -85,8 +87,8 @@ def measure(args) -> harness.Measurement:
   with tf.Graph().as_default():
     rng = np.random.default_rng(0)
     # Variables: Grappler would fold a product of constants before the first run.
-    a, b = (tf.compat.v1.Variable(rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE)).astype(np.float32))
-            for _ in range(2))
+    shape = (MATMUL_SIZE, MATMUL_SIZE)
+    a, b = (tf.compat.v1.Variable(rng.standard_normal(shape).astype(np.float32)) for _ in range(2))
     # A reduction keeps the fetch small: the product itself would be copied out every run.
     product = tf.reduce_sum(tf.linalg.matmul(a, b))
     matmul_session = _warm(_session({}), product)

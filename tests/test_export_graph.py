@@ -100,7 +100,8 @@ def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
   built = export.freeze(config, prefix, ExportConfig(), lean=False)
   lean = export.freeze(config, prefix, ExportConfig())
   assert _ops(built)['FusedBatchNormV3'] == 54
-  horse = np.asarray(Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
+  horse = np.asarray(
+      Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
   golden = np.asarray(Image.open(reference.parent / 'segmentation_golden_rotation0.png')) // 10
   assert (_run(lean, horse)[0] == golden).mean() == 1.0
   for photo in photos:
