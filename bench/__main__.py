@@ -8,9 +8,11 @@ themselves rather than to measure.
 """
 import argparse
 
-from bench import build_data, harness, predict_memory, train_input
+from bench import (build_data, harness, inference, predict, predict_memory, train_input,
+                   train_memory, train_resnet)
 
-BENCHMARKS = (train_input, build_data, predict_memory)
+BENCHMARKS = (train_input, build_data, predict_memory, inference, predict, train_resnet,
+              train_memory)
 
 
 def main():
@@ -24,12 +26,13 @@ def main():
     module.add_arguments(module_parser)
     args = module_parser.parse_args([])
     if quick:
-      for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2)):
+      for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2),
+                          ('iterations', 3), ('sizes', '257'), ('photos', 8), ('crop', 129)):
         if hasattr(args, name):
           setattr(args, name, value)
-    measurement = module.measure(args)
-    harness.report(measurement)
-    measurements.append(measurement)
+    for measurement in harness.as_list(module.measure(args)):
+      harness.report(measurement)
+      measurements.append(measurement)
   print()
   print(harness.table(measurements, load_before, harness.load_average()))
 

@@ -136,4 +136,4 @@ def add_arguments(parser):
 
 
 if __name__ == '__main__':
-  harness.run_module(__name__)
+  harness.main(__doc__, add_arguments, measure)

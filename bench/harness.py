@@ -16,7 +16,10 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from typing import Callable, Dict, List, Sequence
 
 NOISY_SPREAD = 1.15
@@ -51,6 +54,20 @@ class Measurement:
     return rows
 
 
+def as_list(measured) -> List[Measurement]:
+  """What a benchmark's measure() returns, one Measurement or several (e.g. one per input size),
+  as a list."""
+  return measured if isinstance(measured, list) else [measured]
+
+
+def main(doc: str, add_arguments: Callable, measure: Callable) -> None:
+  """The command line of one benchmark module: its flags, its measurement, one JSON line each."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  add_arguments(parser)
+  for measurement in as_list(measure(parser.parse_args())):
+    report(measurement)
+
+
 def interleave(contenders: Dict[str, Callable[[], float]], rounds: int) -> Dict[str, List[float]]:
   """Runs each contender once per round, the order rotated each round; returns values by name."""
   names = list(contenders)
@@ -62,13 +79,32 @@ def interleave(contenders: Dict[str, Callable[[], float]], rounds: int) -> Dict[
   return values
 
 
-def run_module(module_name: str) -> None:
-  """The command line of one benchmark module (`python -m bench.<name>`): its own arguments, one
-  measurement, reported as JSON lines."""
-  module = sys.modules[module_name]
-  parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
-  module.add_arguments(parser)
-  report(module.measure(parser.parse_args()))
+# Runs a module as `python -m` would, then writes the process's VmHWM (peak resident set of this
+# program image, in kB) to the file named by the environment: the kernel's rusage is no good here,
+# as its ru_maxrss carries the parent's peak over fork and exec, so a child of a big bench process
+# would report at least the bench's own peak.
+_PEAK_RSS_WRAPPER = """
+import atexit, os, runpy, sys
+def write_peak():
+  with open('/proc/self/status') as status, open(os.environ['BENCH_PEAK_RSS_FILE'], 'w') as out:
+    out.write(next(line.split()[1] for line in status if line.startswith('VmHWM:')))
+atexit.register(write_peak)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def peak_rss_mib(module: str, args: Sequence[str], env: Dict[str, str]):
+  """(peak resident memory in MiB, seconds) of `python -m module args` in a child process."""
+  with tempfile.NamedTemporaryFile('r') as peak:
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, '-c', _PEAK_RSS_WRAPPER, module, *args],
+                               env=dict(env, BENCH_PEAK_RSS_FILE=peak.name),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+      raise SystemExit(f'{module} {" ".join(args)} failed: {completed.stderr.decode()[-2000:]}')
+    return int(peak.read()) / 1024, seconds
 
 
 def load_average() -> float:

@@ -5,15 +5,15 @@
 A MobileNetV2 (depth multiplier 0.5, as the demo trains) is trained for one step on the synthetic
 dataset and exported; `steps.predict` then segments one 4000x3000 JPEG (at 12 MP) in a fresh
 process, once with the default --max_inference_pixels and once with 0 (the whole photo at full
-size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child comes
-from the kernel (wait4's rusage); the ratio full-size / bounded says how much memory the bound saves.
+size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child is
+its VmHWM (harness.peak_rss_mib); the ratio full-size / bounded says how much memory the bound
+saves.
 """
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
@@ -28,7 +28,9 @@ def _run(*args):
   subprocess.run([sys.executable, '-m', *args], check=True, env=ENV, capture_output=True)
 
 
-def _model(folder):
+def export_demo_model(folder):
+  """Trains the demo's MobileNetV2 for one step on the synthetic dataset and exports it; returns
+  the path of model.tar.gz."""
   raw, tfrecords = os.path.join(folder, 'raw'), os.path.join(folder, 'tfrecords.tar.gz')
   checkpoint, model = os.path.join(folder, 'checkpoint.tar.gz'), os.path.join(folder, 'model.tar.gz')
   _run('deeplab.datasets.synthetic', '--layout=folder', f'--output={raw}', '--seed=0',
@@ -42,26 +44,12 @@ def _model(folder):
   return model
 
 
-def _peak_rss_mib(model, images, output, max_pixels):
-  """(peak RSS in MiB, seconds) of one predict process."""
-  started = time.perf_counter()
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
-       f'--output={output}', f'--max_inference_pixels={max_pixels}'],
-      env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  _, status, usage = os.wait4(process.pid, 0)
-  seconds = time.perf_counter() - started
-  if os.waitstatus_to_exitcode(status) != 0:
-    raise SystemExit(f'predict failed: {process.stderr.read().decode()[-2000:]}')
-  return usage.ru_maxrss / 1024, seconds
-
-
 def measure(args) -> harness.Measurement:
   from steps.predict import SPEC
   bounded_pixels = SPEC.parameter('max_inference_pixels').default
   seconds = {}
   with tempfile.TemporaryDirectory() as folder:
-    model = _model(folder)
+    model = export_demo_model(folder)
     images = os.path.join(folder, 'photo')
     os.makedirs(images)
     width = int((args.megapixels * 1e6 * 4 / 3) ** 0.5)
@@ -73,7 +61,10 @@ def measure(args) -> harness.Measurement:
 
     def predict_with(name, pixels):
       def run():
-        peak, took = _peak_rss_mib(model, images, os.path.join(folder, f'{name}.tar.gz'), pixels)
+        peak, took = harness.peak_rss_mib(
+            'steps.predict', [f'--model={model}', f'--images={images}',
+                              f'--output={os.path.join(folder, f"{name}.tar.gz")}',
+                              f'--max_inference_pixels={pixels}'], ENV)
         seconds.setdefault(name, []).append(took)
         return peak
       return run
@@ -92,4 +83,4 @@ def add_arguments(parser):
 
 
 if __name__ == '__main__':
-  harness.run_module(__name__)
+  harness.main(__doc__, add_arguments, measure)

@@ -82,4 +82,4 @@ def add_arguments(parser):
 
 
 if __name__ == '__main__':
-  harness.run_module(__name__)
+  harness.main(__doc__, add_arguments, measure)

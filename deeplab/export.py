@@ -66,8 +66,10 @@ def _frozen(build_outputs, checkpoint_prefix: str):
           session, graph.as_graph_def(), [tensor.op.name for tensor in outputs])
 
 
-def freeze(config: ModelConfig, checkpoint_prefix: str, export_config: ExportConfig):
-  """Returns the frozen GraphDef of the inference graph of `checkpoint_prefix`."""
+def freeze(config: ModelConfig, checkpoint_prefix: str, export_config: ExportConfig,
+           lean: bool = True):
+  """Returns the frozen GraphDef of the inference graph of `checkpoint_prefix`, made lean for
+  inference (`lean_inference_graph`) unless lean=False (as built: to compare against)."""
   def build_outputs():
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3], name=INPUT_TENSOR)
     predictions, probabilities = model.predict_labels(
@@ -76,7 +78,116 @@ def freeze(config: ModelConfig, checkpoint_prefix: str, export_config: ExportCon
     return (tf.identity(predictions, name=PREDICTIONS_TENSOR),
             tf.identity(probabilities, name=PROBABILITIES_TENSOR))
 
-  return _frozen(build_outputs, checkpoint_prefix)
+  graph_def = _frozen(build_outputs, checkpoint_prefix)
+  return lean_inference_graph(graph_def) if lean else graph_def
+
+
+_BATCH_NORMS = ('FusedBatchNorm', 'FusedBatchNormV3')
+_CONVOLUTIONS = ('Conv2D', 'DepthwiseConv2dNative')
+
+
+def lean_inference_graph(graph_def, input_size: Optional[Sequence[int]] = None):
+  """The frozen inference graph `graph_def` with the same labels, computed with fewer ops.
+
+  - Batch norm folded into the convolution before it (weights scaled per output channel, the
+    shift a BiasAdd), which TensorFlow's runtime then fuses with the bias and the activation. The
+    factors are computed in float32 as the batch norm kernel computes them, so a batch norm that
+    is the identity leaves the weights bit for bit.
+  - SemanticPredictions from the logits rather than their softmax, when the argmax reads the
+    softmax directly (one scale, unflipped, no resize back from the model's range): softmax is
+    monotonic, so the argmax is the same. SemanticProbabilities is unchanged.
+  - With `input_size` (height, width), ImageTensor gets that static shape, and Grappler folds
+    the shape arithmetic of the resizes and atrous convolutions into constants when it runs the
+    graph; such a graph only takes images of that size.
+  """
+  graph_def = _copy(graph_def)
+  nodes = {node.name: node for node in graph_def.node}
+  consumers = {}
+  for node in graph_def.node:
+    for name in node.input:
+      consumers.setdefault(name.lstrip('^'), []).append(node)
+  for node in list(graph_def.node):
+    if node.op in _BATCH_NORMS and not node.attr['is_training'].b:
+      _fold_batch_norm(graph_def, node, nodes, consumers)
+  predictions = nodes.get(PREDICTIONS_TENSOR)
+  argmax = predictions is not None and nodes.get(_producer(predictions.input[0]))
+  if argmax and argmax.op == 'ArgMax':
+    softmax = nodes[_producer(argmax.input[0])]
+    if softmax.op == 'Softmax':
+      argmax.input[0] = softmax.input[0]
+  if input_size is not None:
+    image = nodes[INPUT_TENSOR]
+    image.attr['shape'].shape.CopyFrom(
+        tf.TensorShape([1, *map(int, input_size), 3]).as_proto())
+  outputs = [name for name in (PREDICTIONS_TENSOR, PROBABILITIES_TENSOR) if name in nodes]
+  return tf.compat.v1.graph_util.extract_sub_graph(graph_def, outputs)
+
+
+def _copy(graph_def):
+  copy = tf.compat.v1.GraphDef()
+  copy.CopyFrom(graph_def)
+  return copy
+
+
+def _producer(input_name: str) -> str:
+  """The node name of a GraphDef input ('name', 'name:1' or '^name')."""
+  return input_name.lstrip('^').split(':')[0]
+
+
+def _constant(name: str, nodes) -> Optional[np.ndarray]:
+  """The value of the constant behind `name` (through Identity ops, as freezing leaves the
+  variable reads), or None when it is not a constant."""
+  node = nodes[_producer(name)]
+  while node.op == 'Identity':
+    node = nodes[_producer(node.input[0])]
+  return tf.make_ndarray(node.attr['value'].tensor) if node.op == 'Const' else None
+
+
+def _fold_batch_norm(graph_def, batch_norm, nodes, consumers) -> None:
+  """Folds the inference batch norm `batch_norm` into the convolution that feeds it (directly, or
+  through the BatchToSpaceND of an atrous convolution, which moves pixels, not channels): the
+  convolution gets scaled weights and the batch norm node becomes a BiasAdd of the same name.
+  Leaves the graph as it is when the pattern does not hold."""
+  if any(':' in name and not name.endswith(':0')
+         for consumer in consumers.get(batch_norm.name, ()) for name in consumer.input
+         if _producer(name) == batch_norm.name):
+    return  # the batch statistics outputs are read: not an inference-only batch norm
+  source = nodes[_producer(batch_norm.input[0])]
+  convolution = source
+  if source.op == 'BatchToSpaceND':
+    convolution = nodes[_producer(source.input[0])]
+  if convolution.op not in _CONVOLUTIONS or convolution.attr['data_format'].s not in (b'', b'NHWC'):
+    return
+  chain = [convolution] + ([source] if source is not convolution else [])
+  if any(len(consumers.get(node.name, ())) != 1 for node in chain):
+    return  # another op reads the unnormalised output
+  weights = _constant(convolution.input[1], nodes)
+  scale, offset, mean, variance = (_constant(name, nodes) for name in batch_norm.input[1:5])
+  if any(value is None for value in (weights, scale, offset, mean, variance)):
+    return
+  epsilon = np.float32(batch_norm.attr['epsilon'].f)
+  factor = (scale * (np.float32(1) / np.sqrt(variance + epsilon))).astype(np.float32)
+  shift = (offset - mean * factor).astype(np.float32)
+  if convolution.op == 'DepthwiseConv2dNative':  # [kh, kw, in, multiplier]: out = in * m + k
+    factor = factor.reshape(weights.shape[2:])
+  name = batch_norm.name
+  convolution.input[1] = _add_constant(graph_def, nodes, f'{name}/folded_weights', weights * factor)
+  shift_name = _add_constant(graph_def, nodes, f'{name}/folded_shift', shift)
+  device = batch_norm.device
+  batch_norm.Clear()
+  batch_norm.name, batch_norm.op, batch_norm.device = name, 'BiasAdd', device
+  batch_norm.input.extend([source.name, shift_name])
+  batch_norm.attr['T'].type = tf.float32.as_datatype_enum
+  batch_norm.attr['data_format'].s = b'NHWC'
+
+
+def _add_constant(graph_def, nodes, name: str, value: np.ndarray) -> str:
+  node = graph_def.node.add()
+  node.name, node.op = name, 'Const'
+  node.attr['dtype'].type = tf.float32.as_datatype_enum
+  node.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(value.astype(np.float32)))
+  nodes[name] = node
+  return name
 
 
 def write_frozen_graph(graph_def, path: str) -> None:

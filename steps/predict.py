@@ -1,4 +1,12 @@
-"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays)."""
+"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays).
+
+The model runs on the main thread, one image at a time, while a small thread pool decodes the
+next images and blends and encodes the previous ones (PIL, zlib and numpy release the GIL): the
+step runs at about the model's speed. Each image's outputs depend on that image alone, and the
+archive is written sorted, so the bytes do not depend on the threads' timing.
+"""
+import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -23,6 +31,11 @@ SPEC = StepSpec(
 )
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+# Images decoded ahead of the model, and images being blended and encoded behind it: enough to keep
+# the model busy, few enough that memory stays a few images' worth (large photos included).
+DECODED_AHEAD = 2
+ENCODING_BEHIND = 2
+WORKER_THREADS = 2
 
 
 def find_images(folder):
@@ -48,6 +61,17 @@ def find_images(folder):
   return found
 
 
+def _read_ahead(workers, read, paths):
+  """read(path) of each path, in order, with up to DECODED_AHEAD reads running ahead."""
+  pending = collections.deque()
+  for path in paths:
+    pending.append(workers.submit(read, path))
+    if len(pending) > DECODED_AHEAD:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
+
+
 def main():
   args = parse_flags(SPEC)
   model_path = artifacts.input_location('predict', 'model', args.model)
@@ -68,16 +92,28 @@ def main():
     runner = model.load(config.model_format)
     stack.callback(runner.close)
     predictions = artifacts.Predictions(stack)
+    # Shut down before the staging folder goes: queued work is dropped, running work finishes.
+    workers = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, 'predict-io')
+    stack.callback(workers.shutdown, wait=True, cancel_futures=True)
+
+    def write(name, image, labels):
+      predictions.add(name, labels,
+                      visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+
     pixel_counts = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
+    encoding = collections.deque()
     with artifacts.progress_bar(len(images), 'image', 'predict') as bar:
-      for name, path in images:
-        image = read_image(path)
+      for (name, _), image in zip(images, _read_ahead(workers, read_image,
+                                                      [path for _, path in images])):
         labels = predict_bounded(runner, image, config.max_inference_pixels)
         pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
-        predictions.add(name, labels,
-                        visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+        encoding.append(workers.submit(write, name, image, labels))
+        while len(encoding) > ENCODING_BEHIND:
+          encoding.popleft().result()  # raises the worker's error, if any
         bar.update()
+      for written in encoding:
+        written.result()
     elapsed = time.perf_counter() - started
     shares = {name: float(count / pixel_counts.sum())
               for name, count in zip(dataset.class_names, pixel_counts)}
