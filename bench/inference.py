@@ -68,7 +68,7 @@ def _session(graph_def):
 
 def _contenders(folder, config, prefix, size, args):
   from deeplab import export
-  from deeplab.config import ExportConfig
+  from deeplab.config import TFLITE_QUANTIZATIONS, ExportConfig
   images = reference_model.photos(size, 4)
   built = export.freeze(config, prefix, ExportConfig(), lean=False)
   lean = export.lean_inference_graph(built)
@@ -77,10 +77,11 @@ def _contenders(folder, config, prefix, size, args):
   saved_model = os.path.join(folder, f'saved_model_{size[0]}')
   export.write_saved_model(lean, saved_model)
   predictors['saved_model'] = export.SavedModelModel(saved_model).predict
-  for quantize in export.TFLITE_QUANTIZATIONS:
-    path = os.path.join(folder, f'{quantize or "float"}_{size[0]}.tflite')
+  for quantize in TFLITE_QUANTIZATIONS:
+    name = 'float' if quantize == 'none' else quantize
+    path = os.path.join(folder, f'{name}_{size[0]}.tflite')
     export.write_tflite(config, prefix, path, size, quantize, images)
-    predictors[f'tflite_{quantize or "float"}'] = _interpreter(path, args.threads, images)
+    predictors[f'tflite_{name}'] = _interpreter(path, args.threads, images)
   google = reference_model.google_tflite()
   if google and tuple(size) == reference_model.GOOGLE_TFLITE_SIZE:
     predictors['google_tflite'] = _interpreter(google, args.threads, images)

@@ -420,6 +420,8 @@ class EvalConfig(Settings):
 # The formats an export can hold, in order of preference when a model holds several: the frozen
 # graph is the reference computation (any size, multi-scale), TFLite the approximation.
 MODEL_FORMATS = ('frozen_graph', 'saved_model', 'tflite')
+# TFLite weights: float32 as trained, or full-integer quantisation calibrated on sample images.
+TFLITE_QUANTIZATIONS = ('none', 'int8')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,7 +438,7 @@ class ExportConfig(Settings):
                                                'training crop size)', min=1)
   tflite_quantize: str = setting('none', 'TFLite weights: none (float32) or int8 (full-integer, '
                                  'calibrated on training images of --tfrecords)',
-                                 choices=('none', 'int8'))
+                                 choices=TFLITE_QUANTIZATIONS)
   calibration_images: int = setting(100, 'int8: training images of --tfrecords to calibrate on',
                                     min=1)
   format_check_images: int = setting(8, 'validation images of --tfrecords on which every format '

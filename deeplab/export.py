@@ -27,7 +27,7 @@ import numpy as np
 
 from deeplab import checkpoint, metrics, model
 from deeplab.compat import tf
-from deeplab.config import MODEL_FORMATS, ExportConfig, ModelConfig
+from deeplab.config import MODEL_FORMATS, TFLITE_QUANTIZATIONS, ExportConfig, ModelConfig
 from deeplab.errors import UserError
 from deeplab.preprocess import resize_to_range
 
@@ -50,7 +50,6 @@ LOGITS_OUTPUT = 'semantic_logits'  # TFLite only
 
 TFLITE_FILE = 'model.tflite'
 DEFAULT_TFLITE_SIZE = (513, 513)  # the model zoo's evaluation crop
-TFLITE_QUANTIZATIONS = (None, 'int8')
 
 FROZEN_GRAPH_FORMAT, SAVED_MODEL_FORMAT, TFLITE_FORMAT = MODEL_FORMATS
 
@@ -270,13 +269,13 @@ def _calibration_samples(images: Iterable, size):
 
 
 def write_tflite(config: ModelConfig, checkpoint_prefix: str, path: str,
-                 input_size: Sequence[int] = DEFAULT_TFLITE_SIZE, quantize: Optional[str] = None,
+                 input_size: Sequence[int] = DEFAULT_TFLITE_SIZE, quantize: str = 'none',
                  representative_images: Optional[Iterable] = None) -> None:
   """Writes the TFLite model of `checkpoint_prefix` for images of `input_size` (height, width).
 
   Input uint8 RGB [1, H, W, 3] (preprocessing inside, as in the frozen graph); outputs in this order:
   labels int32 [1, H, W], logits [1, H, W, num_classes]. Single scale and unflipped whatever the
-  frozen graph was exported with. quantize=None keeps float32 weights and logits; 'int8' quantises
+  frozen graph was exported with. quantize='none' keeps float32 weights and logits; 'int8' quantises
   weights and activations to integers, calibrated on `representative_images` (uint8 [h, w, 3] each,
   any size: images like those the model will see, e.g. some of its training set), with int8 logits.
   """
@@ -285,10 +284,11 @@ def write_tflite(config: ModelConfig, checkpoint_prefix: str, path: str,
   height, width = (int(v) for v in input_size)
   if height < 1 or width < 1:
     raise UserError(f'TFLite input size {height}x{width}: expected positive sizes')
+  int8 = quantize == 'int8'
 
   def build_outputs():
     # The int8 converter quantises a float input into uint8 itself; the float model casts in-graph.
-    images = tf.compat.v1.placeholder(tf.float32 if quantize else tf.uint8, [1, height, width, 3],
+    images = tf.compat.v1.placeholder(tf.float32 if int8 else tf.uint8, [1, height, width, 3],
                                       name=IMAGES_INPUT)
     logits = _fixed_size_logits(tf.cast(images, tf.float32), config, [height, width])
     return (tf.argmax(logits, axis=3, output_type=tf.int32, name=PREDICTIONS_OUTPUT),
@@ -302,7 +302,7 @@ def write_tflite(config: ModelConfig, checkpoint_prefix: str, path: str,
     converter = tf.compat.v1.lite.TFLiteConverter(
         frozen, [graph.get_tensor_by_name(IMAGES_INPUT + ':0')],
         [graph.get_tensor_by_name(name + ':0') for name in (PREDICTIONS_OUTPUT, LOGITS_OUTPUT)])
-    if quantize:
+    if int8:
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
       converter.representative_dataset = lambda: _calibration_samples(
           representative_images or (), (height, width))

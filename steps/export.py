@@ -40,17 +40,17 @@ def _write_formats(folder, config, checkpoint, graph_def, manifest):
     export.write_saved_model(graph_def, os.path.join(folder, export.SAVED_MODEL_DIR))
   if export.TFLITE_FORMAT in config.export_formats:
     size = config.tflite_input_size or export.default_tflite_size(checkpoint.card)
-    quantize = None if config.tflite_quantize == 'none' else config.tflite_quantize
     calibration = None
-    if quantize:
+    if config.tflite_quantize != 'none':
       if manifest is None:
-        raise UserError(f'--tflite_quantize={quantize} calibrates on training images: pass '
-                        '--tfrecords')
+        raise UserError(f'--tflite_quantize={config.tflite_quantize} calibrates on training '
+                        'images: pass --tfrecords')
       split = checkpoint.card.training.train_split if checkpoint.card.training else 'train'
       calibration = list(tfrecord_images(manifest.verified_shard_paths(split),
                                          config.calibration_images))
     export.write_tflite(checkpoint.card.model, checkpoint.prefix,
-                        os.path.join(folder, export.TFLITE_FILE), size, quantize, calibration)
+                        os.path.join(folder, export.TFLITE_FILE), size, config.tflite_quantize,
+                        calibration)
 
 
 def _format_agreement(folder, graph_def, manifest, config):

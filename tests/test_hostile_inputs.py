@@ -19,7 +19,6 @@ from PIL import Image
 
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
-from deeplab.errors import UserError
 from steps import artifacts
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
 
