@@ -24,7 +24,11 @@ demo: setup
 	@dvc metrics show
 	@$(PYTHON) -c "import json; m = json.load(open('artifacts/metrics.json')); \
 	  print(f\"val mIoU {m['miou']:.3f}, pixel accuracy {m['pixel_accuracy']:.3f} on {m['num_images']} images\")"
+	@$(PYTHON) -c "import json; \
+	  [print(f\"{k}: {v:.4f}\") for r in json.load(open('artifacts/export_log.json')) for k, v in r.items() \
+	   if k.endswith(('_pixel_agreement', '_miou'))]"
 	@echo "artifacts:"; ls -1 artifacts/*.tar.gz artifacts/*.json | sed 's/^/  /'
+	@echo "evaluation report (figures in artifacts/report/): $(abspath artifacts/report/report.html)"
 
 test: setup
 	$(PYTHON) -m pytest -q
@@ -34,8 +38,7 @@ test-all: setup
 	$(PYTHON) -m pytest -q -m ""
 
 bench: setup
-	$(PYTHON) -m bench.train_input
-	$(PYTHON) -m bench.build_data
+	$(PYTHON) -m bench
 
 clean:
 	rm -rf artifacts data/synthetic .deeplab-train .valohai

@@ -1,19 +1,18 @@
 """Benchmark of the TFRecord builder against the cost of just reading the data, in one run.
 
-    python bench/build_data.py [--num_images=2000] [--image_size=375,500] [--keep=DIR]
+    python -m bench.build_data [--num_images=1000] [--image_size=375,500] [--rounds=3] [--keep=DIR]
 
 Writes a synthetic PASCAL VOC layout of `num_images` VOC-sized images (90% train, 10% val) into a
-temporary folder, then measures, on the same files:
+temporary folder, then measures on the same files, interleaved round by round (bench/harness.py):
 - the floor: one process reading every raw file and decoding every label (the least any builder
   must do);
-- the builder (deeplab.datasets.build, train + val) with 1 worker and with one worker per core;
-- the deterministic tarball the step writes from the shards (gzip), for the end-to-end picture.
-Prints images/s, the ratio of each build to the floor (target: >= 0.5 on all cores) and the peak
-resident memory of the process tree (this process + workers, sampled; target: < 1 GB).
+- the builder (deeplab.datasets.build, train + val) with 1 worker and with one worker per core.
+Reports images/s, the per-round ratio of each build to the floor (target: >= 0.5 on all cores)
+and the peak resident memory of the process tree (this process + workers, sampled; target: < 1 GB).
 """
-import argparse
 import io
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -24,9 +23,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import harness  # noqa: E402
 from deeplab.config import BuildConfig  # noqa: E402
 from deeplab.datasets import build, layouts, synthetic  # noqa: E402
-from steps import artifacts  # noqa: E402
 
 
 class PeakMemory:
@@ -93,48 +92,48 @@ def floor(examples) -> float:
   return time.monotonic() - start
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--num_images', type=int, default=2000)
-  parser.add_argument('--image_size', default='375,500', help='height,width')
-  parser.add_argument('--keep', default='', help='generate into (or reuse) this folder')
-  args = parser.parse_args()
+def measure(args) -> harness.Measurement:
   height, width = (int(v) for v in args.image_size.split(','))
   num_val = args.num_images // 10
   with tempfile.TemporaryDirectory(prefix='bench-build-data-') as tmp:
     raw = args.keep or os.path.join(tmp, 'raw')
     voc = layouts.get('pascal_voc_seg')
     if not os.path.isdir(raw):
-      start = time.monotonic()
       synthetic.write_dataset('pascal_voc_seg', raw, seed=0, num_train=args.num_images - num_val,
                               num_val=num_val, image_size=(height, width))
-      print(f'generated {args.num_images} images of about {width}x{height} in '
-            f'{time.monotonic() - start:.1f} s', flush=True)
     root = voc.locate(raw)
     examples = [e for split in ('train', 'val') for e in voc.scan(root, split)[0]]
-    raw_bytes = sum(os.path.getsize(e.image) + os.path.getsize(e.label) for e in examples)
     floor(examples[:50])  # warm the page cache for every contender alike
-    floor(examples)
-    floor_ips = len(examples) / floor(examples)
-    print(f'floor (read all files, decode labels; 1 process): {floor_ips:8.1f} images/s '
-          f'({raw_bytes / 2 ** 20:.0f} MiB raw)', flush=True)
+    peaks = {}
+
+    def build_with(workers):
+      def run():
+        out = tempfile.mkdtemp(dir=tmp)
+        with PeakMemory() as memory:
+          _, stats = build.build(voc, raw, out, BuildConfig(splits=('train', 'val'),
+                                                            num_workers=workers), progress=False)
+        peaks[workers] = max(peaks.get(workers, 0), memory.peak)
+        shutil.rmtree(out)
+        return stats.images_per_sec
+      return run
+
     cores = build.default_num_workers()
-    for workers in sorted({1, cores}):
-      out = os.path.join(tmp, f'out{workers}')
-      os.makedirs(out)
-      with PeakMemory() as memory:
-        _, stats = build.build(voc, raw, out, BuildConfig(splits=('train', 'val'),
-                                                          num_workers=workers), progress=False)
-      print(f'build, {workers} worker{"s" if workers > 1 else ""}:{" " * (22 - len(str(workers)))}'
-            f'{stats.images_per_sec:8.1f} images/s  ratio to floor {stats.images_per_sec / floor_ips:.2f}'
-            f'  peak RSS {memory.peak / 2 ** 20:.0f} MiB ({stats.bytes_written / 2 ** 20:.0f} MiB '
-            'of TFRecords)', flush=True)
-    start = time.monotonic()
-    artifacts.write_tarball(out, os.path.join(tmp, 'tfrecords.tar.gz'))
-    seconds = time.monotonic() - start
-    print(f'tarball (gzip, step output):        {len(examples) / seconds:8.1f} images/s '
-          f'({seconds:.1f} s)', flush=True)
+    contenders = {'floor': lambda: len(examples) / floor(examples), 'build_1_worker': build_with(1)}
+    if cores > 1:
+      contenders[f'build_{cores}_workers'] = build_with(cores)
+    values = harness.interleave(contenders, args.rounds)
+  return harness.Measurement(
+      'build_data', 'images/s', 'floor', values,
+      target='all cores >= 0.5 x floor; peak RSS < 1 GiB',
+      notes={f'peak_rss_mib_{workers}_workers': peak / 2 ** 20 for workers, peak in peaks.items()})
+
+
+def add_arguments(parser):
+  parser.add_argument('--num_images', type=int, default=1000)
+  parser.add_argument('--image_size', default='375,500', help='height,width')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--keep', default='', help='generate into (or reuse) this folder')
 
 
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

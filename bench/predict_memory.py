@@ -5,20 +5,20 @@
 A MobileNetV2 (depth multiplier 0.5, as the demo trains) is trained for one step on the synthetic
 dataset and exported; `steps.predict` then segments one 4000x3000 JPEG (at 12 MP) in a fresh
 process, once with the default --max_inference_pixels and once with 0 (the whole photo at full
-size), alternately `rounds` times. The peak resident memory of each child comes from the kernel
-(wait4's rusage). The JSON line reports the medians and their ratio.
+size), interleaved `rounds` times (bench/harness.py). The peak resident memory of each child is
+its VmHWM (harness.peak_rss_mib); the ratio full-size / bounded says how much memory the bound
+saves.
 """
-import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
+
+from bench import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
@@ -28,7 +28,9 @@ def _run(*args):
   subprocess.run([sys.executable, '-m', *args], check=True, env=ENV, capture_output=True)
 
 
-def _model(folder):
+def export_demo_model(folder):
+  """Trains the demo's MobileNetV2 for one step on the synthetic dataset and exports it; returns
+  the path of model.tar.gz."""
   raw, tfrecords = os.path.join(folder, 'raw'), os.path.join(folder, 'tfrecords.tar.gz')
   checkpoint, model = os.path.join(folder, 'checkpoint.tar.gz'), os.path.join(folder, 'model.tar.gz')
   _run('deeplab.datasets.synthetic', '--layout=folder', f'--output={raw}', '--seed=0',
@@ -42,29 +44,12 @@ def _model(folder):
   return model
 
 
-def _peak_rss_mib(model, images, output, max_pixels):
-  """(peak RSS in MiB, seconds) of one predict process."""
-  started = time.perf_counter()
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
-       f'--output={output}', f'--max_inference_pixels={max_pixels}'],
-      env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  _, status, usage = os.wait4(process.pid, 0)
-  seconds = time.perf_counter() - started
-  if os.waitstatus_to_exitcode(status) != 0:
-    raise SystemExit(f'predict failed: {process.stderr.read().decode()[-2000:]}')
-  return usage.ru_maxrss / 1024, seconds
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rounds', type=int, default=2)
-  parser.add_argument('--megapixels', type=float, default=12)
-  args = parser.parse_args()
+def measure(args) -> harness.Measurement:
   from steps.predict import SPEC
   bounded_pixels = SPEC.parameter('max_inference_pixels').default
+  seconds = {}
   with tempfile.TemporaryDirectory() as folder:
-    model = _model(folder)
+    model = export_demo_model(folder)
     images = os.path.join(folder, 'photo')
     os.makedirs(images)
     width = int((args.megapixels * 1e6 * 4 / 3) ** 0.5)
@@ -73,23 +58,29 @@ def main():
     small = rng.integers(0, 255, (height // 40, width // 40, 3), dtype=np.uint8)
     Image.fromarray(small).resize((width, height), Image.BILINEAR).save(
         os.path.join(images, 'photo.jpg'), quality=90)
-    results = {'bounded': [], 'full_size': []}
-    for _ in range(args.rounds):
-      for name, pixels in (('bounded', bounded_pixels), ('full_size', 0)):
-        results[name].append(_peak_rss_mib(model, images, os.path.join(folder, f'{name}.tar.gz'),
-                                           pixels))
-  summary = {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-             for name, runs in results.items()}
-  print(json.dumps({
-      'benchmark': 'predict_memory', 'image': f'{width}x{height}', 'rounds': args.rounds,
-      'max_inference_pixels': bounded_pixels,
-      'bounded_peak_rss_mib': round(summary['bounded'][0]),
-      'full_size_peak_rss_mib': round(summary['full_size'][0]),
-      'bounded_seconds': round(summary['bounded'][1], 1),
-      'full_size_seconds': round(summary['full_size'][1], 1),
-      'memory_ratio': round(summary['bounded'][0] / summary['full_size'][0], 3),
-      'load_average': os.getloadavg()[0]}), flush=True)
+
+    def predict_with(name, pixels):
+      def run():
+        peak, took = harness.peak_rss_mib(
+            'steps.predict', [f'--model={model}', f'--images={images}',
+                              f'--output={os.path.join(folder, f"{name}.tar.gz")}',
+                              f'--max_inference_pixels={pixels}'], ENV)
+        seconds.setdefault(name, []).append(took)
+        return peak
+      return run
+
+    values = harness.interleave({'full_size': predict_with('full_size', 0),
+                                 'bounded': predict_with('bounded', bounded_pixels)}, args.rounds)
+  return harness.Measurement(
+      'predict_memory', 'peak MiB', 'full_size', values, higher_is_better=False,
+      target=f'a {width}x{height} photo, --max_inference_pixels={bounded_pixels}: bounded',
+      notes={f'{name}_seconds': statistics.median(took) for name, took in seconds.items()})
+
+
+def add_arguments(parser):
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--megapixels', type=float, default=12)
 
 
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

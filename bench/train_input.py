@@ -1,21 +1,20 @@
 """Benchmark: training images/s with the real tf.data input pipeline vs. in-memory tensors.
 
-    python -m bench.train_input [--steps=40] [--rounds=3] [--crop=129] [--batch=8]
+    python -m bench.train_input [--steps=40] [--rounds=5] [--crop=129] [--batch=8]
 
 Both graphs are the same training step (model, loss, optimizer); one reads the synthetic dataset's
 TFRecords through `deeplab.input.train_dataset` (decode, resize, random scale, crop, flip), the
-other is fed one fixed batch held in memory. They run alternately, `rounds` times, in one process,
-so machine noise hits both; the JSON line reports the median of each and their ratio. The target is
-that the input pipeline costs under 10% (ratio >= 0.9).
+other is fed one fixed batch held in memory. They run interleaved, `rounds` times, in one process
+(bench/harness.py), so machine noise hits both; the per-round ratio pipeline / in-memory is
+reported as median [min, max]. The target is that the input pipeline costs under 10% (ratio >= 0.9).
 """
-import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,16 +46,10 @@ class _Session:
       self.session.run(self.ops['train_op'])
     return steps * batch / (time.perf_counter() - started)
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--steps', type=int, default=40)
-  parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--crop', type=int, default=129)
-  parser.add_argument('--batch', type=int, default=8)
-  args = parser.parse_args()
+def measure(args) -> harness.Measurement:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from deeplab.compat import tf
-  from deeplab import input as model_input, training
+  from deeplab import input as model_input
   from deeplab.config import ModelConfig, TrainConfig
   from deeplab.datasets.manifest import read_manifest
 
@@ -74,17 +67,19 @@ def main():
     with tf.Graph().as_default():
       in_memory = _Session(model_config, train_config, tf.constant(batch[0]),
                            tf.constant(batch[1]), manifest.ignore_label)
-    results = {'pipeline': [], 'in_memory': []}
-    for _ in range(args.rounds):
-      results['pipeline'].append(pipeline.images_per_sec(args.steps, args.batch))
-      results['in_memory'].append(in_memory.images_per_sec(args.steps, args.batch))
-  pipeline_rate = statistics.median(results['pipeline'])
-  memory_rate = statistics.median(results['in_memory'])
-  print(json.dumps({'benchmark': 'train_input', 'crop': args.crop, 'batch': args.batch,
-                    'pipeline_images_per_sec': round(pipeline_rate, 2),
-                    'in_memory_images_per_sec': round(memory_rate, 2),
-                    'ratio': round(pipeline_rate / memory_rate, 3),
-                    'pipeline_cost': round(1 - pipeline_rate / memory_rate, 3)}), flush=True)
+    values = harness.interleave({
+        'in_memory': lambda: in_memory.images_per_sec(args.steps, args.batch),
+        'pipeline': lambda: pipeline.images_per_sec(args.steps, args.batch)}, args.rounds)
+  return harness.Measurement('train_input', 'images/s', 'in_memory', values,
+                             target='pipeline >= 0.9 x in_memory')
+
+
+def add_arguments(parser):
+  parser.add_argument('--steps', type=int, default=40)
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--crop', type=int, default=129)
+  parser.add_argument('--batch', type=int, default=8)
+
 
 if __name__ == '__main__':
-  main()
+  harness.main(__doc__, add_arguments, measure)

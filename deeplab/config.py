@@ -3,8 +3,9 @@
     ModelConfig    the network and its preprocessing (travels in model.json)
     TrainConfig    the training run
     EvalConfig     evaluation
-    ExportConfig   the exported inference graph
-    PredictConfig  batch prediction
+    ExportConfig   the exported model (formats, inference graph)
+    PredictConfig  prediction with an exported model
+    ServeConfig    the online endpoint (PredictConfig + the server)
     BuildConfig    building TFRecords from a raw dataset
 
 Each field is declared with `setting(...)`: its default, help text, bounds and choices. Everything
@@ -13,10 +14,12 @@ params.yaml and the Kubeflow component inputs (pipelines/), and validation, whic
 when a config is made. The library takes config objects whole. Adding a setting is one field here
 plus the code that uses it.
 
-Names follow the original DeepLab flags. Two model settings default to the backbone's model-zoo
-value, written `preset`: `atrous_rates` and `decoder_output_stride`; `none` says explicitly "no
-atrous branches" / "no decoder". A ModelConfig resolves them when it is made, so a config (and the
-model.json written from it) always holds concrete values.
+Names follow the original DeepLab flags. The head settings default to the backbone's model-zoo
+value, written `preset` (`PRESETS`): `atrous_rates`, `decoder_output_stride`, `multi_grid` and the
+options of the MobileNetV3 head (image pooling window, ASPP and decoder shapes); `none` says
+explicitly "no atrous branches" / "no decoder" / "no multi-grid" (unit rates 1, 1, 1, the
+original's default) / "global image pooling". A ModelConfig resolves them when it is made, so a
+config (and the model.json written from it) always holds concrete values.
 """
 from __future__ import annotations
 
@@ -156,22 +159,64 @@ class Settings:
                **values)
 
 
+def _check_crop_size(name: str, value: tuple, optional: bool = False) -> None:
+  """A crop size is height,width (or, when `optional`, empty)."""
+  if len(value) != 2 and not (optional and not value):
+    raise UserError(f'--{name}={_show(value)}: expected two integers, height,width (e.g. 513,513)'
+                    + (', or nothing' if optional else ''))
+
+
 # ----------------------------------------------------------------------------- the model
 
 # Backbones this library builds. A variant is listed only once its network exists.
-MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta', 'resnet_v1_101_beta', 'xception_65')
+MODEL_VARIANTS = ('mobilenet_v2', 'mobilenet_v3_large_seg', 'mobilenet_v3_small_seg',
+                  'resnet_v1_18', 'resnet_v1_50', 'resnet_v1_101', 'resnet_v1_50_beta',
+                  'resnet_v1_101_beta', 'xception_41', 'xception_65', 'xception_71')
 # Backbones with a width multiplier; the others have one published width (depth_multiplier 1).
-WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2',)
+WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2', 'mobilenet_v3_large_seg', 'mobilenet_v3_small_seg')
 
+# A preset that stands for the dataset's class count (the model zoo's decoder_filters=19 was
+# Cityscapes' 19 classes: a decoder whose output is the logits has one channel per class).
+NUM_CLASSES = 'num_classes'
 # Model-zoo settings per backbone (DeepLab's published configurations): what PRESET means.
 # Atrous rates are given at output stride 16 and scale with it (12/24/36 at 8), as the model zoo's.
-# The ResNets' multi-grid (block4 unit rates 1, 2, 4) is part of the network, not a setting here.
+# The model zoo trains the ResNets with multi-grid 1, 2, 4 (block4's unit rates).
+# The head options default to DeepLab's; yes/no options are 0/1, as the model zoo writes them.
+_HEAD_PRESET = dict(image_pooling_crop_size=(), image_pooling_stride=(1, 1), aspp_convs_filters=256,
+                    aspp_with_concat_projection=1, aspp_with_squeeze_and_excitation=0,
+                    image_se_uses_qsigmoid=0, decoder_use_sum_merge=0, decoder_filters=256,
+                    decoder_output_is_logits=0, multi_grid=(1, 1, 1))
+# Only ImageNet checkpoints are published for resnet_v1_{18,50,101} and xception_{41,71}: they take
+# the recipe of their family's model-zoo models (DeepLabv3 for ResNets, DeepLabv3+ for Xceptions).
+_RESNET_PRESET = dict(_HEAD_PRESET, atrous_rates=(6, 12, 18), decoder_output_stride=0,
+                      multi_grid=(1, 2, 4))
+_XCEPTION_PRESET = dict(_HEAD_PRESET, atrous_rates=(6, 12, 18), decoder_output_stride=4)
+# The Cityscapes MobileNetV3 models (model zoo), which also run at output_stride=32: a sigmoid
+# gate from strided image pooling multiplies a 128-channel 1x1 branch, and a 1x1 decoder sums it
+# with the stride-8 features, each projected to the class count, into the logits.
+_MOBILENET_V3_PRESET = dict(
+    _HEAD_PRESET, atrous_rates=(), decoder_output_stride=8, image_pooling_crop_size=(769, 769),
+    image_pooling_stride=(4, 5), aspp_convs_filters=128, aspp_with_concat_projection=0,
+    aspp_with_squeeze_and_excitation=1, image_se_uses_qsigmoid=1, decoder_use_sum_merge=1,
+    decoder_filters=NUM_CLASSES, decoder_output_is_logits=1)
 PRESETS = {
-    'mobilenet_v2': dict(atrous_rates=(), decoder_output_stride=0),
-    'resnet_v1_50_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'resnet_v1_101_beta': dict(atrous_rates=(6, 12, 18), decoder_output_stride=0),
-    'xception_65': dict(atrous_rates=(6, 12, 18), decoder_output_stride=4),
+    'mobilenet_v2': dict(_HEAD_PRESET, atrous_rates=(), decoder_output_stride=0),
+    'mobilenet_v3_large_seg': _MOBILENET_V3_PRESET,
+    'mobilenet_v3_small_seg': _MOBILENET_V3_PRESET,
+    # ResNet-18's block4 has two units, whose rates its builder fixes at DeepLab's 1, 1.
+    'resnet_v1_18': dict(_RESNET_PRESET, multi_grid=(1, 1, 1)),
+    'resnet_v1_50': _RESNET_PRESET,
+    'resnet_v1_101': _RESNET_PRESET,
+    'resnet_v1_50_beta': _RESNET_PRESET,
+    'resnet_v1_101_beta': _RESNET_PRESET,
+    'xception_41': _XCEPTION_PRESET,
+    'xception_65': _XCEPTION_PRESET,
+    'xception_71': _XCEPTION_PRESET,
 }
+# What NONE means per preset setting.
+NONE_VALUES = dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1))
+# Backbones whose builder takes multi-grid unit rates; the others build unit rates 1, 1, 1 only.
+MULTI_GRID_VARIANTS = ('resnet_v1_50', 'resnet_v1_101', 'resnet_v1_50_beta', 'resnet_v1_101_beta')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,19 +225,46 @@ class ModelConfig(Settings):
   model_variant: str = setting('mobilenet_v2', 'the backbone', choices=MODEL_VARIANTS)
   num_classes: int = setting(21, 'classes the logits layer predicts (from the dataset)', min=2,
                              flag=False)
-  depth_multiplier: float = setting(1.0, 'MobileNetV2 width multiplier', min=0.01)
+  depth_multiplier: float = setting(1.0, 'MobileNet width multiplier', min=0.01)
   output_stride: int = setting(16, 'input size / feature size (8, 16 or 32)',
                                choices=(8, 16, 32))
   atrous_rates: Tuple[int, ...] = setting(
       PRESET, 'ASPP atrous rates, one 3x3 branch each ("preset" = the model_variant\'s; "none" = '
       'the 1x1 branch only)', min=1, preset=True)
   decoder_output_stride: int = setting(
-      PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for xception_65; '
-      '"none" = no decoder)', choices=(0, 4), preset=True)
+      PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for the Xceptions; '
+      '"none" = no decoder)', choices=(0, 4, 8), preset=True)
+  multi_grid: Tuple[int, ...] = setting(
+      PRESET, 'unit rates of the last block, multiplying its atrous rate ("preset" = the '
+      'model_variant\'s: 1,2,4 for the ResNets; "none" = 1,1,1, the original\'s default)', min=1,
+      preset=True)
   add_image_level_feature: bool = setting(True, 'add the image pooling branch')
   aspp_with_batch_norm: bool = setting(True, 'batch norm in the ASPP branches', flag=False)
   aspp_with_separable_conv: bool = setting(True, 'separable 3x3 convs in the ASPP branches')
   decoder_use_separable_conv: bool = setting(True, 'separable 3x3 convs in the decoder')
+  image_pooling_crop_size: Tuple[int, ...] = setting(
+      PRESET, 'image pooling averages windows of this crop\'s feature size, height,width '
+      '("none" = the whole feature map)', min=1, preset=True)
+  image_pooling_stride: Tuple[int, ...] = setting(
+      PRESET, 'image pooling window stride, height,width (with image_pooling_crop_size)', min=1,
+      preset=True)
+  aspp_convs_filters: int = setting(PRESET, 'channels of the ASPP branches and projection', min=1,
+                                    preset=True)
+  aspp_with_concat_projection: int = setting(
+      PRESET, '1: a 1x1 conv (+ dropout) projects the concatenated ASPP branches', choices=(0, 1),
+      preset=True)
+  aspp_with_squeeze_and_excitation: int = setting(
+      PRESET, '1: the image pooling branch gates the others (sigmoid) instead of joining them',
+      choices=(0, 1), preset=True)
+  image_se_uses_qsigmoid: int = setting(
+      PRESET, '1: that gate is a hard sigmoid, relu6(x + 3) / 6', choices=(0, 1), preset=True)
+  decoder_use_sum_merge: int = setting(
+      PRESET, '1: the decoder adds the projected low-level features to one conv of the ASPP '
+      'output instead of concatenating them', choices=(0, 1), preset=True)
+  decoder_filters: int = setting(PRESET, 'channels of the decoder convs', min=1, preset=True)
+  decoder_output_is_logits: int = setting(
+      PRESET, '1: the decoder\'s 1x1 convs output the logits (decoder_filters = the class count)',
+      choices=(0, 1), preset=True)
   batch_norm_epsilon: float = setting(1e-5, 'batch norm epsilon of the head', flag=False)
   dropout_keep_prob: float = setting(0.9, 'dropout after concat_projection, training only',
                                      flag=False)
@@ -207,26 +279,43 @@ class ModelConfig(Settings):
 
   def __post_init__(self):
     if self.model_variant in PRESETS:  # an unknown variant is reported by the choices check
+      multiple = {info.name for info in settings_of(type(self)) if info.multiple}
       for name, preset in PRESETS[self.model_variant].items():
         value = getattr(self, name)
         if value == PRESET or value == (PRESET,):
           if name == 'atrous_rates':
             preset = tuple(r * 16 // self.output_stride for r in preset)
-          value = preset
+          value = self.num_classes if preset == NUM_CLASSES else preset
         elif value == NONE or value == (NONE,):
-          value = () if name == 'atrous_rates' else 0
+          value = NONE_VALUES.get(name, () if name in multiple else 0)
         else:  # from the command line, the numbers arrive as text
           value = _numbers(name, value)
         object.__setattr__(self, name, value)
     super().__post_init__()
 
   def validate(self):
+    if len(self.multi_grid) != 3:
+      raise UserError(f'--multi_grid={_show(self.multi_grid)}: expected three unit rates (e.g. 1,2,4)')
+    if self.multi_grid != NONE_VALUES['multi_grid'] and self.model_variant not in MULTI_GRID_VARIANTS:
+      raise UserError(f'--multi_grid={_show(self.multi_grid)}: the {self.model_variant} builder has '
+                      'no multi-grid; expected none (1,1,1)')
     if self.depth_multiplier != 1.0 and self.model_variant not in WIDTH_MULTIPLIED_VARIANTS:
       raise UserError(f'--depth_multiplier={self.depth_multiplier}: {self.model_variant} has no '
                       'width multiplier; expected 1')
     if self.max_resize_value and self.min_resize_value > self.max_resize_value:
       raise UserError(f'--min_resize_value={self.min_resize_value} exceeds '
                       f'--max_resize_value={self.max_resize_value}')
+    for name, lengths in (('image_pooling_crop_size', (0, 2)), ('image_pooling_stride', (2,))):
+      if len(getattr(self, name)) not in lengths:
+        raise UserError(f'--{name}={_show(getattr(self, name))}: expected two integers, '
+                        'height,width')
+    if self.decoder_output_is_logits and not self.decoder_output_stride:
+      raise UserError('--decoder_output_is_logits=1 needs a decoder; got '
+                      '--decoder_output_stride=none')
+    if self.decoder_output_is_logits and self.decoder_filters != self.num_classes:
+      raise UserError(f'--decoder_filters={self.decoder_filters}: with '
+                      f'--decoder_output_is_logits=1 the decoder outputs the {self.num_classes} '
+                      'class scores; expected "preset" or the class count')
 
   @classmethod
   def from_json(cls, data: dict, retired: Tuple[str, ...] = RETIRED_KEYS) -> 'ModelConfig':
@@ -245,7 +334,7 @@ class TrainConfig(Settings):
   train_batch_size: int = setting(8, 'images per step', min=1)
   train_crop_size: Tuple[int, ...] = setting((513, 513), 'crop height,width', min=1)
   base_learning_rate: float = setting(0.0001, 'initial learning rate', min=0)
-  learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step'))
+  learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step', 'cosine'))
   learning_power: float = setting(0.9, 'poly: power')
   end_learning_rate: float = setting(0.0, 'poly: final learning rate', min=0)
   learning_rate_decay_step: int = setting(2000, 'step: decay every this many steps', min=1)
@@ -262,9 +351,27 @@ class TrainConfig(Settings):
                                           min=0)
   initialize_last_layer: bool = setting(True, 'restore the logits layer from tf_initial_checkpoint '
                                         '(false when the class count differs)')
-  last_layers_contain_logits_only: bool = setting(False, 'with initialize_last_layer=false: only '
-                                                  'logits are new (else the ASPP/decoder layers are '
-                                                  'new too)')
+  last_layers_contain_logits_only: bool = setting(False, 'the last layers are the logits only '
+                                                  '(else the ASPP/decoder layers too): what '
+                                                  'initialize_last_layer=false leaves new and '
+                                                  'last_layer_gradient_multiplier multiplies')
+  last_layer_gradient_multiplier: float = setting(
+      1.0, 'multiply the gradients of the last layers by this; biases get twice their layer\'s '
+      'multiplier, as in the original', min=0)
+  upsample_logits: bool = setting(True, 'compute the loss at label resolution (logits upsampled); '
+                                  'false: at logits resolution (labels downsampled, nearest)')
+  top_k_percent_pixels: float = setting(1.0, 'hard pixel mining: the loss counts only this share '
+                                        'of the pixels, those with the largest loss', min=0, max=1)
+  hard_example_mining_step: int = setting(0, 'hard pixel mining: the share falls linearly from 1 to '
+                                          'top_k_percent_pixels over this many steps (0 = at once)',
+                                          min=0)
+  label_weights: Tuple[float, ...] = setting((), 'loss weight of each class, one per class in '
+                                             'class id order (empty = all 1)', min=0)
+  label_weight_rule: str = setting('none', 'class weights from the training split\'s label '
+                                   'histogram when label_weights is empty: inverse_frequency = '
+                                   'mean pixels per class / the class\'s pixels, at most '
+                                   'label_weight_cap', choices=('none', 'inverse_frequency'))
+  label_weight_cap: float = setting(10.0, 'inverse_frequency: the largest class weight', min=1)
   log_steps: int = setting(10, 'print a metric line every this many steps', min=1)
   save_interval_steps: int = setting(1000, 'save a checkpoint every this many steps', min=1)
   batch_norm_decay: float = setting(0.9997, 'decay of the batch norm moving averages (lower it, '
@@ -289,9 +396,10 @@ class TrainConfig(Settings):
                         'worker_timeout')
 
   def validate(self):
-    if len(self.train_crop_size) != 2:
-      raise UserError(f'--train_crop_size={_show(self.train_crop_size)}: expected two integers, '
-                      'height,width (e.g. 513,513)')
+    _check_crop_size('train_crop_size', self.train_crop_size)
+    if self.label_weights and self.label_weight_rule != 'none':
+      raise UserError(f'--label_weights and --label_weight_rule={self.label_weight_rule} both give '
+                      'class weights; give one')
     if self.min_scale_factor > self.max_scale_factor:
       raise UserError(f'--min_scale_factor={self.min_scale_factor} exceeds '
                       f'--max_scale_factor={self.max_scale_factor}')
@@ -299,31 +407,89 @@ class TrainConfig(Settings):
 
 # ----------------------------------------------------------------------------- evaluation, export, predict
 
+# The padding protocol of the original eval.py / export_model.py, shared by evaluate and export.
+CROP_SIZE_HELP = ('pad each image (after resizing to the model\'s range) with the mean pixel to at '
+                  'least height,width before predicting, as the original does (513,513 for the '
+                  'published PASCAL numbers, 1025,2049 for Cityscapes); empty = predict the whole '
+                  'image as it is')
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Settings):
   """One evaluation pass over a split, whole images."""
-  eval_split: str = setting('val', 'the split to evaluate')
+  eval_split: str = setting('val', 'the split to evaluate (for Cityscapes, val and val_fine name '
+                            'the same split)')
   eval_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                            min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+  report_images: int = setting(4, 'the evaluation report shows this many images with the lowest '
+                               'per-image mIoU and as many with the highest (0 = none)', min=0)
+
+  def validate(self):
+    _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)
+
+
+# The formats an export can hold, in order of preference when a model holds several: the frozen
+# graph is the reference computation (any size, multi-scale), TFLite the approximation.
+MODEL_FORMATS = ('frozen_graph', 'saved_model', 'tflite')
+# TFLite weights: float32 as trained, or full-integer quantisation calibrated on sample images.
+TFLITE_QUANTIZATIONS = ('none', 'int8')
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(Settings):
-  """The exported inference graph."""
+  """The exported model: its formats and the inference graph they hold."""
   inference_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
                                                 min=0.01)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
+  export_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+  export_formats: Tuple[str, ...] = setting(
+      MODEL_FORMATS, 'formats to write: frozen_graph (the model-zoo TF1 graph), saved_model (TF '
+      'Serving, KServe), tflite (phones and edge devices)', choices=MODEL_FORMATS)
+  tflite_input_size: Tuple[int, ...] = setting((), 'TFLite fixed input height,width (empty = the '
+                                               'training crop size)', min=1)
+  tflite_quantize: str = setting('none', 'TFLite weights: none (float32) or int8 (full-integer, '
+                                 'calibrated on training images of --tfrecords)',
+                                 choices=TFLITE_QUANTIZATIONS)
+  calibration_images: int = setting(100, 'int8: training images of --tfrecords to calibrate on',
+                                    min=1)
+  format_check_images: int = setting(8, 'validation images of --tfrecords on which every format '
+                                     'is compared with the frozen graph (pixel agreement, mIoU); '
+                                     '0 = no check', min=0)
+
+  def validate(self):
+    _check_crop_size('export_crop_size', self.export_crop_size, optional=True)
+    if not self.export_formats:
+      raise UserError('--export_formats is empty; expected one or more of ' + ', '.join(MODEL_FORMATS))
+    _check_crop_size('tflite_input_size', self.tflite_input_size, optional=True)
+    if self.tflite_quantize != 'none' and 'tflite' not in self.export_formats:
+      raise UserError(f'--tflite_quantize={self.tflite_quantize} needs tflite in --export_formats')
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(Settings):
-  """Batch prediction with an exported model."""
+  """Prediction with an exported model, in batch (predict) and online (serve)."""
   overlay_alpha: float = setting(0.5, 'opacity of the colour mask over the image', min=0, max=1)
   max_inference_pixels: int = setting(
       4194304, 'images with more pixels are scaled down to this many for inference, and their '
       'labels scaled back up (nearest), which bounds the memory one large photo takes; 0 = always '
       'full size', min=0)
+  model_format: str = setting('auto', 'the format to run when the model holds several (auto: '
+                              'frozen_graph, else saved_model, else tflite)',
+                              choices=('auto',) + MODEL_FORMATS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(PredictConfig):
+  """The online endpoint: prediction settings plus the server's."""
+  host: str = setting('127.0.0.1', 'address to listen on (0.0.0.0 to accept other machines, as in '
+                      'a container)')
+  port: int = setting(8000, 'port to listen on (0 = a free one, logged)', min=0, max=65535)
+  threads: int = setting(8, 'request threads; inference runs one image at a time', min=1)
+  max_body_bytes: int = setting(20971520, 'larger request bodies are refused (413)', min=1)
+  max_image_pixels: int = setting(50000000, 'larger images are refused (413) before they are '
+                                  'decoded; 0 = no bound', min=0)
 
 
 # ----------------------------------------------------------------------------- dataset build

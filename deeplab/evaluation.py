@@ -1,4 +1,5 @@
-"""The evaluator: one pass over a split, whole images at their own size -> confusion -> metrics.
+"""The evaluator: one pass over a split, whole images at their own size (or padded to
+eval_crop_size, the original's protocol) -> confusion -> metrics.
 
 It never waits for new checkpoints (unlike the original eval loop): one checkpoint, one pass.
 Predictions are made by `model.predict_labels`, the same function the exported graph runs, so the
@@ -6,18 +7,26 @@ two agree pixel for pixel.
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
+from typing import Callable, Optional
+
 import numpy as np
+from PIL import Image
 
 from deeplab import input as model_input
 from deeplab import checkpoint, metrics, model
+from deeplab.colormaps import colorize
 from deeplab.compat import tf
 from deeplab.config import EvalConfig, ModelConfig
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
 
 log = logging.getLogger(__name__)
+
+# Examples shown in TensorBoard (image | label | prediction), the first ones of the split.
+SUMMARY_IMAGES = 3
 
 
 def check_labels(label, name, num_classes, ignore_label, split):
@@ -30,24 +39,38 @@ def check_labels(label, name, num_classes, ignore_label, split):
                     f'label {ignore_label}')
 
 
+# Called with each example as it is scored: name, image [H, W, 3] uint8, label and prediction
+# [H, W] class ids.
+ExampleObserver = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]
+
+
 def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
-             eval_config: EvalConfig) -> dict:
-  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `eval_config.eval_split`."""
+             eval_config: EvalConfig, summary_dir: Optional[str] = None, global_step: int = 0,
+             each_example: Optional[ExampleObserver] = None) -> dict:
+  """mIoU, per-class IoU, pixel accuracy and the confusion matrix of `eval_config.eval_split`.
+
+  With `summary_dir`, they are also written there for TensorBoard at `global_step`, with the
+  first SUMMARY_IMAGES examples and their predictions (`write_summaries`). `each_example` sees
+  every example after it is scored (the report's per-image scores, progress).
+  """
   split = eval_config.eval_split
   shards = manifest.verified_shard_paths(split)
   num_classes, ignore_label = config.num_classes, manifest.ignore_label
   confusion = np.zeros((num_classes, num_classes), np.int64)
   count = 0
+  samples = []
   with tf.Graph().as_default():
     example = tf.compat.v1.data.make_one_shot_iterator(model_input.eval_dataset(shards)).get_next()
     predictions, _ = model.predict_labels(example['image'][tf.newaxis], config,
-                                          eval_config.eval_scales, eval_config.add_flipped_images)
+                                          eval_config.eval_scales, eval_config.add_flipped_images,
+                                          eval_config.eval_crop_size)
     with tf.compat.v1.Session() as session:
       checkpoint.restore(session, tf.compat.v1.train.Saver(), checkpoint_prefix)
       started = time.perf_counter()
       while True:
         try:
-          predicted, label, name = session.run([predictions, example['label'], example['name']])
+          predicted, label, name, image = session.run(
+              [predictions, example['label'], example['name'], example['image']])
         except tf.errors.OutOfRangeError:
           break
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
@@ -61,10 +84,40 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
                           'the same size')
         check_labels(label, name.decode(), num_classes, ignore_label, split)
         confusion += metrics.confusion_matrix(label, predicted[0], num_classes, ignore_label)
+        if summary_dir is not None and len(samples) < SUMMARY_IMAGES:
+          samples.append(np.concatenate([image, colorize(label, manifest.colormap),
+                                         colorize(predicted[0], manifest.colormap)], axis=1))
         count += 1
+        if each_example is not None:
+          each_example(name.decode(), image, label, predicted[0])
   if not count:
     raise UserError(f'split {split!r} of {manifest.folder} has no examples')
   result = metrics.summarize(confusion, manifest.class_names)
   result.update(split=split, num_images=count,
                 images_per_sec=count / max(time.perf_counter() - started, 1e-9))
+  if summary_dir is not None:
+    write_summaries(result, samples, summary_dir, global_step)
   return result
+
+
+def _png(image) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def write_summaries(result: dict, samples, summary_dir: str, global_step: int) -> None:
+  """A TensorBoard event file in `summary_dir`: scalars eval/miou, eval/pixel_accuracy and
+  eval/iou/<class> (classes with an IoU), and images eval/example_<i> from `samples`
+  (uint8 [H, 3W, 3]: image | label | prediction, colour-mapped)."""
+  summary = tf.compat.v1.Summary
+  scalars = {'eval/miou': result['miou'], 'eval/pixel_accuracy': result['pixel_accuracy']}
+  scalars.update({f'eval/iou/{name}': iou for name, iou in result['per_class_iou'].items()})
+  values = [summary.Value(tag=tag, simple_value=value)
+            for tag, value in scalars.items() if value is not None]
+  values += [summary.Value(tag=f'eval/example_{i}', image=summary.Image(
+      height=sample.shape[0], width=sample.shape[1], colorspace=3, encoded_image_string=_png(sample)))
+             for i, sample in enumerate(samples)]
+  writer = tf.compat.v1.summary.FileWriter(summary_dir)
+  writer.add_summary(summary(value=values), global_step)
+  writer.close()

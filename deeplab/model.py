@@ -6,36 +6,42 @@ DeepLab checkpoints:
 
     image_pooling/*, aspp0/*, aspp{i}/* or aspp{i}_depthwise/* + aspp{i}_pointwise/*,
     concat_projection/*, decoder/feature_projection0/*, decoder/decoder_conv{0,1}[_depthwise,
-    _pointwise]/*, logits/semantic/{weights,biases}
+    _pointwise]/* (or decoder/decoder_conv0/* or decoder_split_sep_conv0_* with a sum merge),
+    logits/semantic/{weights,biases} (absent when the decoder outputs the logits)
 
 All bilinear resizing uses corner alignment, as the original DeepLab does, so that crops of size
 k * output_stride + 1 map exactly onto their feature grid.
 """
+import functools
 from typing import Optional
 
 from deeplab.compat import slim, tf
-from deeplab.config import ModelConfig, TrainConfig
-from deeplab.nets import mobilenet_v2, resnet_v1_beta, xception
+from deeplab.config import MULTI_GRID_VARIANTS, ModelConfig, TrainConfig
+from deeplab.nets import mobilenet_v2, mobilenet_v3, resnet_v1_beta, xception
 from deeplab.nets.batch_norm import batch_norm
 from deeplab.preprocess import MEAN_PIXEL, resize_to_range
 
-ASPP_DEPTH = 256
 DECODER_PROJECTION_DEPTH = 48
 LOGITS_SCOPE = 'logits'
 # Scopes that are new when fine-tuning to another class count without the last layers.
 LOGITS_SCOPES = ('logits',)
 LAST_LAYER_SCOPES = ('logits', 'image_pooling', 'aspp', 'concat_projection', 'decoder')
 
+# variant -> (builder, arg scope, {decoder output stride: end point the decoder reads}).
 _BACKBONES = {
     'mobilenet_v2': (mobilenet_v2.mobilenet_v2, mobilenet_v2.mobilenet_v2_arg_scope,
-                     mobilenet_v2.DECODER_END_POINT),
-    'resnet_v1_50_beta': (resnet_v1_beta.resnet_v1_50_beta,
-                          resnet_v1_beta.resnet_v1_beta_arg_scope,
-                          resnet_v1_beta.DECODER_END_POINT),
-    'resnet_v1_101_beta': (resnet_v1_beta.resnet_v1_101_beta,
-                           resnet_v1_beta.resnet_v1_beta_arg_scope,
-                           resnet_v1_beta.DECODER_END_POINT),
-    'xception_65': (xception.xception_65, xception.xception_arg_scope, xception.DECODER_END_POINT),
+                     mobilenet_v2.DECODER_END_POINTS),
+    # DeepLab builds MobileNetV3 with MobileNetV2's layer defaults (each layer sets its activation).
+    **{variant: (functools.partial(mobilenet_v3.mobilenet_v3, variant=variant),
+                 mobilenet_v2.mobilenet_v2_arg_scope, mobilenet_v3.DECODER_END_POINTS[variant])
+       for variant in mobilenet_v3.NETWORKS},
+    **{variant: (functools.partial(resnet_v1_beta.resnet, variant=variant),
+                 resnet_v1_beta.resnet_v1_beta_arg_scope,
+                 resnet_v1_beta.DECODER_END_POINTS[variant])
+       for variant in resnet_v1_beta.VARIANTS},
+    **{scope: (functools.partial(xception.xception, scope=scope), xception.xception_arg_scope,
+               xception.DECODER_END_POINTS[scope])
+       for scope in xception.NETWORKS},
 }
 
 
@@ -75,37 +81,108 @@ def _head_arg_scope(config: ModelConfig, hyper: TrainConfig, train_batch_norm: b
       return scope
 
 
-def aspp(features, config: ModelConfig, is_training: bool, weight_decay: float):
-  """Atrous spatial pyramid pooling: [N, h, w, C] -> [N, h, w, 256]."""
-  branches = []
-  if config.add_image_level_feature:
+def image_pooling_size(crop_size, output_stride):
+  """Feature size of a crop (DeepLab's scale_dimension): (crop - 1) // output_stride + 1."""
+  return [(size - 1) // output_stride + 1 for size in crop_size]
+
+
+def average_pool(features, window, stride):
+  """VALID average pooling whose window is cut to the feature map where it is larger.
+
+  [N, h, w, C] -> [N, (h - kh) // sh + 1, (w - kw) // sw + 1, C], kh = min(window[0], h) and
+  kw = min(window[1], w). Sizes may be known only when the graph runs (whole images of any size),
+  so the window sums come from a summed-area table instead of a fixed-size pooling op.
+  """
+  sums = tf.pad(features, [[0, 0], [1, 0], [1, 0], [0, 0]])
+  sums = tf.cumsum(tf.cumsum(sums, axis=1), axis=2)
+  area = 1.0
+  for axis, size, step in ((1, window[0], stride[0]), (2, window[1], stride[1])):
+    extent = tf.shape(features)[axis]
+    size = tf.minimum(size, extent)
+    starts = tf.range(0, extent - size + 1, step)
+    sums = tf.gather(sums, starts + size, axis=axis) - tf.gather(sums, starts, axis=axis)
+    area *= tf.cast(size, tf.float32)
+  return sums / area
+
+
+def _image_feature(features, config: ModelConfig):
+  """The image pooling branch: [N, h, w, C] -> [N, h, w, aspp_convs_filters].
+
+  Global average pooling, or with `image_pooling_crop_size` averages over windows of that crop's
+  feature size, `image_pooling_stride` apart; a 1x1 conv, resized back to h, w. As a gate
+  (`aspp_with_squeeze_and_excitation`) the conv has a bias and a (hard) sigmoid, not batch norm.
+  """
+  if config.image_pooling_crop_size:
+    window = image_pooling_size(config.image_pooling_crop_size, config.output_stride)
+    pooled = average_pool(features, window, config.image_pooling_stride)
+  else:
     pooled = tf.reduce_mean(features, axis=[1, 2], keepdims=True)
-    pooled = slim.conv2d(pooled, ASPP_DEPTH, 1, scope='image_pooling')
-    branches.append(resize_bilinear(pooled, _spatial_size(features)))
-  branches.append(slim.conv2d(features, ASPP_DEPTH, 1, scope='aspp0'))
+  if config.aspp_with_squeeze_and_excitation:
+    gate = mobilenet_v3.hard_sigmoid if config.image_se_uses_qsigmoid else tf.sigmoid
+    pooled = slim.conv2d(pooled, config.aspp_convs_filters, 1, activation_fn=gate,
+                         normalizer_fn=None, scope='image_pooling')
+  else:
+    pooled = slim.conv2d(pooled, config.aspp_convs_filters, 1, scope='image_pooling')
+  return resize_bilinear(pooled, _spatial_size(features))
+
+
+def aspp(features, config: ModelConfig, is_training: bool, weight_decay: float):
+  """Atrous spatial pyramid pooling: [N, h, w, C] -> [N, h, w, aspp_convs_filters].
+
+  The branches (image pooling, 1x1, a 3x3 per atrous rate) are concatenated and, with
+  `aspp_with_concat_projection`, projected by a 1x1 conv. With
+  `aspp_with_squeeze_and_excitation` the image pooling branch multiplies the result instead.
+  """
+  depth = config.aspp_convs_filters
+  branches = []
+  image_feature = _image_feature(features, config) if config.add_image_level_feature else None
+  if image_feature is not None and not config.aspp_with_squeeze_and_excitation:
+    branches.append(image_feature)
+  branches.append(slim.conv2d(features, depth, 1, scope='aspp0'))
   for i, rate in enumerate(config.atrous_rates, start=1):
     scope = f'aspp{i}'
     if config.aspp_with_separable_conv:
-      branches.append(_separable_conv(features, ASPP_DEPTH, rate, scope, weight_decay))
+      branches.append(_separable_conv(features, depth, rate, scope, weight_decay))
     else:
-      branches.append(slim.conv2d(features, ASPP_DEPTH, 3, rate=rate, scope=scope))
+      branches.append(slim.conv2d(features, depth, 3, rate=rate, scope=scope))
   net = tf.concat(branches, axis=3)
-  net = slim.conv2d(net, ASPP_DEPTH, 1, scope='concat_projection')
-  return slim.dropout(net, keep_prob=config.dropout_keep_prob, is_training=is_training,
-                      scope='concat_projection_dropout')
+  if config.aspp_with_concat_projection:
+    net = slim.conv2d(net, depth, 1, scope='concat_projection')
+    net = slim.dropout(net, keep_prob=config.dropout_keep_prob, is_training=is_training,
+                       scope='concat_projection_dropout')
+  if image_feature is not None and config.aspp_with_squeeze_and_excitation:
+    net *= image_feature
+  return net
 
 
 def decoder(features, low_level_features, config: ModelConfig, weight_decay: float):
-  """DeepLabv3+ decoder: ASPP output + projected stride-4 features -> [N, h4, w4, 256]."""
-  with tf.compat.v1.variable_scope('decoder'):
+  """DeepLabv3+ decoder: ASPP output + projected low-level features (at the decoder output
+  stride s) -> [N, ceil(H / s), ceil(W / s), decoder_filters].
+
+  Concatenation (48 projected channels) and two 3x3 convs, or with `decoder_use_sum_merge` one
+  conv of the ASPP output plus the low-level features projected to as many channels. With
+  `decoder_output_is_logits` every conv is 1x1 with a bias and no batch norm or activation.
+  """
+  depth = config.decoder_filters
+  separable = config.decoder_use_separable_conv and not config.decoder_output_is_logits
+  kernel_size = 1 if config.decoder_output_is_logits else 3
+  linear = dict(activation_fn=None, normalizer_fn=None) if config.decoder_output_is_logits else {}
+  with tf.compat.v1.variable_scope('decoder'), slim.arg_scope([slim.conv2d], **linear):
     size = _spatial_size(low_level_features)
-    projected = slim.conv2d(low_level_features, DECODER_PROJECTION_DEPTH, 1,
+    projected = slim.conv2d(low_level_features,
+                            depth if config.decoder_use_sum_merge else DECODER_PROJECTION_DEPTH, 1,
                             scope='feature_projection0')
-    net = tf.concat([resize_bilinear(features, size), projected], axis=3)
-    if config.decoder_use_separable_conv:
-      net = _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv0', weight_decay)
-      return _separable_conv(net, ASPP_DEPTH, 1, 'decoder_conv1', weight_decay)
-    return slim.repeat(net, 2, slim.conv2d, ASPP_DEPTH, 3, scope='decoder_conv0')
+    features = resize_bilinear(features, size)
+    if config.decoder_use_sum_merge:
+      if separable:
+        return _separable_conv(features, depth, 1, 'decoder_split_sep_conv0', weight_decay) + \
+            projected
+      return slim.conv2d(features, depth, kernel_size, scope='decoder_conv0') + projected
+    net = tf.concat([features, projected], axis=3)
+    if separable:
+      net = _separable_conv(net, depth, 1, 'decoder_conv0', weight_decay)
+      return _separable_conv(net, depth, 1, 'decoder_conv1', weight_decay)
+    return slim.repeat(net, 2, slim.conv2d, depth, kernel_size, scope='decoder_conv0')
 
 
 def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
@@ -117,23 +194,30 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
       training mode with fine_tune_batch_norm; its weight decay and batch norm decay); None for
       inference.
   Returns:
-    float32 [N, ceil(H / s), ceil(W / s), num_classes], s = decoder_output_stride or output_stride.
+    float32 [N, ceil(H / s), ceil(W / s), num_classes], s = decoder_output_stride or output_stride:
+    logits/semantic's output, or the decoder's with decoder_output_is_logits.
   """
   # At inference the decay settings shape no op that predictions depend on; the defaults keep the
   # inference graph the same whatever a run trained with.
   hyper = training or TrainConfig()
   is_training = training is not None
   train_batch_norm = is_training and training.fine_tune_batch_norm
-  backbone, backbone_arg_scope, decoder_end_point = _BACKBONES[config.model_variant]
+  backbone, backbone_arg_scope, decoder_end_points = _BACKBONES[config.model_variant]
   with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
                                          weight_decay=hyper.weight_decay,
                                          batch_norm_decay=hyper.batch_norm_decay)):
+    # Only the ResNet builders take multi-grid; the config allows 1,1,1 alone for the others.
+    multi_grid = ({'multi_grid': config.multi_grid}
+                  if config.model_variant in MULTI_GRID_VARIANTS else {})
     features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
-                                    output_stride=config.output_stride)
+                                    output_stride=config.output_stride, **multi_grid)
   with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):
     net = aspp(features, config, is_training, hyper.weight_decay)
     if config.decoder_output_stride:
-      net = decoder(net, end_points[decoder_end_point], config, hyper.weight_decay)
+      low_level_features = end_points[decoder_end_points[config.decoder_output_stride]]
+      net = decoder(net, low_level_features, config, hyper.weight_decay)
+  if config.decoder_output_is_logits:
+    return net
   with tf.compat.v1.variable_scope(LOGITS_SCOPE):
     return slim.conv2d(net, config.num_classes, 1, activation_fn=None, normalizer_fn=None,
                        weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01),
@@ -141,8 +225,19 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
                        scope='semantic')
 
 
+def scale_dimension(size, scale):
+  """int((size - 1) * scale + 1) of an int32 tensor, in float32 as the original DeepLab computes it:
+  the size of a scaled image whose corner pixels stay corners (aligned-corner resizing)."""
+  return tf.cast((tf.cast(size, tf.float32) - 1.0) * scale + 1.0, tf.int32)
+
+
 def predict_probabilities(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False):
   """Class probabilities at the input resolution, averaged over scales (and flips).
+
+  As the original DeepLab's multi-scale evaluation: the image is resized (aligned corners) to
+  int((H - 1) * s + 1) for each scale s != 1; each scale's logits are resized to the logits grid
+  of scale max(1, s) (so a scale below 1 is first brought to the scale-1.0 grid), then to H x W;
+  the softmax of each scale (and of each flipped copy) is averaged.
 
   Args:
     images: float32 [N, H, W, 3] in [0, 255] (any H, W).
@@ -150,30 +245,44 @@ def predict_probabilities(images, config: ModelConfig, scales=(1.0,), add_flippe
     float32 [N, H, W, num_classes] softmax probabilities.
   """
   size = _spatial_size(images)
+  logits_stride = config.decoder_output_stride or config.output_stride
   outputs = []
   for scale in scales:
     scaled = images
     if scale != 1.0:
-      scaled_size = tf.cast(tf.math.ceil(tf.cast(size, tf.float32) * scale), tf.int32)
-      scaled = resize_bilinear(images, scaled_size)
+      scaled = resize_bilinear(images, scale_dimension(size, scale))
     variants = [(scaled, False)] + ([(tf.reverse(scaled, [2]), True)] if add_flipped_images else [])
     for variant, flipped in variants:
       with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
                                        reuse=tf.compat.v1.AUTO_REUSE):
         scores = logits(preprocess(variant), config)
-      scores = resize_bilinear(scores, size)
+      if scale != 1.0:  # at 1.0 the logits already have the grid's size, ceil(H / stride)
+        scores = resize_bilinear(scores, scale_dimension(size, max(1.0, scale) / logits_stride))
       if flipped:
         scores = tf.reverse(scores, [2])
-      outputs.append(tf.nn.softmax(scores))
-  return outputs[0] if len(outputs) == 1 else tf.add_n(outputs) / float(len(outputs))
+      outputs.append(tf.nn.softmax(resize_bilinear(scores, size)))
+  return outputs[0] if len(outputs) == 1 else tf.reduce_mean(tf.stack(outputs, axis=4), axis=4)
 
 
-def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False):
+def pad_with_mean_pixel(images, min_size):
+  """Pads [N, H, W, 3] images at the bottom and right with MEAN_PIXEL to at least `min_size`
+  (height, width); larger images are left as they are."""
+  size = _spatial_size(images)
+  padding = tf.maximum(tf.constant(min_size, tf.int32) - size, 0)
+  paddings = [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]]
+  return tf.pad(images - MEAN_PIXEL, paddings) + MEAN_PIXEL
+
+
+def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False,
+                   crop_size=()):
   """Whole-image prediction, as evaluate and the exported graph do it.
 
-  The image is resized to the model's range (min/max_resize_value), predicted, and the
-  probabilities are resized back to the input size before the argmax, so predictions and
-  probabilities always agree and have the input's size.
+  The image is resized to the model's range (min/max_resize_value); with `crop_size` (height,
+  width) it is then padded with the mean pixel to at least that size, as the original eval.py and
+  export_model.py do with eval_crop_size / crop_size (the image-pooling branch then averages over
+  the padding too), and the prediction is cropped back. The probabilities are resized back to the
+  input size before the argmax, so predictions and probabilities always agree and have the input's
+  size.
 
   Args:
     images: uint8 or float [1, H, W, 3] RGB in [0, 255], any H and W.
@@ -183,7 +292,13 @@ def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_image
   images = tf.cast(images, tf.float32)
   size = _spatial_size(images)
   resized = resize_to_range(images[0], config.min_resize_value, config.max_resize_value)[tf.newaxis]
-  probabilities = predict_probabilities(resized, config, scales, add_flipped_images)
+  if crop_size:
+    resized_size = _spatial_size(resized)
+    padded = pad_with_mean_pixel(resized, crop_size)
+    probabilities = predict_probabilities(padded, config, scales, add_flipped_images)
+    probabilities = probabilities[:, :resized_size[0], :resized_size[1]]
+  else:
+    probabilities = predict_probabilities(resized, config, scales, add_flipped_images)
   if config.min_resize_value or config.max_resize_value:
     probabilities = resize_bilinear(probabilities, size)
   return tf.argmax(probabilities, axis=3, output_type=tf.int32), probabilities

@@ -99,9 +99,7 @@ def work_dir_lock(work_dir: str):
     yield
 
 
-def _excluded_scopes(train_config: TrainConfig):
-  if train_config.initialize_last_layer:
-    return ()
+def _last_layer_scopes(train_config: TrainConfig):
   return model.LOGITS_SCOPES if train_config.last_layers_contain_logits_only else model.LAST_LAYER_SCOPES
 
 
@@ -115,14 +113,29 @@ def _float32_variables(getter, *args, dtype=tf.float32, **kwargs):
   return getter(*args, dtype=dtype, **kwargs)
 
 
+def _excluded_scopes(train_config: TrainConfig):
+  return () if train_config.initialize_last_layer else _last_layer_scopes(train_config)
+
+
+def gradient_multiplier(variable_name: str, train_config: TrainConfig) -> float:
+  """The factor on a variable's gradient, as the original train.py sets it: biases 2, variables
+  whose name contains a last-layer scope last_layer_gradient_multiplier (their biases twice
+  that), others 1."""
+  bias = 2.0 if 'biases' in variable_name else 1.0
+  if any(scope in variable_name for scope in _last_layer_scopes(train_config)):
+    return bias * train_config.last_layer_gradient_multiplier
+  return bias
+
+
 def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, images, labels,
-                      ignore_label: int, strategy=None):
+                      ignore_label: int, label_histogram=None, strategy=None):
   """The training ops over a batch, replicated by `strategy` (default: this one device).
 
   `images` float32 [B, H, W, 3] and `labels` int32 [B, H, W] are this process's share of the
-  global batch; each of its replicas trains on B / (its replica count) of them, and the gradient is
-  the sum over every replica of all workers.
-
+  global batch; each of its replicas trains on B / (its replica count) of them, and the update is
+  the one a single device would make from the whole global batch: the mean of the replicas' loss
+  gradients plus the regularization gradient. `label_histogram` (pixels per class of the
+  training split) feeds the label_weight_rule.
   Returns a dict: train_op (runs one step and yields the new step count), loss, total_loss,
   gradient_norm, learning_rate, global_step, and stop_request: a float placeholder (default 0) that
   a worker feeds 1 to ask for a stop; `stop_requested` (fetched with train_op) is then positive on
@@ -131,6 +144,7 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   default = tf.distribute.get_strategy()
   strategy = strategy or default
   local_replicas = 1 if strategy is default else len(strategy.extended.worker_devices)
+  label_weights = losses.class_weights(train_config, label_histogram, model_config.num_classes)
   with strategy.scope():
     global_step = tf.compat.v1.train.get_or_create_global_step()
     learning_rate = schedules.learning_rate(global_step, train_config)
@@ -142,36 +156,46 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
     def replica_step():
       """One replica's forward and backward pass; the optimizer sums the gradients of all."""
       context = tf.distribute.get_replica_context()
+      replicas = context.num_replicas_in_sync
+      # A Python int: in graph mode a Tensor's == is identity, never a comparison of values.
+      replica = tf.get_static_value(context.replica_id_in_sync_group)
       share = tf.shape(images)[0] // local_replicas
-      first = (context.replica_id_in_sync_group % local_replicas) * share
+      first = (replica % local_replicas) * share
       compute_dtype = _COMPUTE_DTYPES[train_config.precision]
       with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
                                        custom_getter=_float32_variables):
         scores = model.logits(tf.cast(images[first:first + share], compute_dtype), model_config,
                               training=train_config)
-      loss = losses.softmax_cross_entropy(tf.cast(scores, tf.float32), labels[first:first + share],
-                                          model_config.num_classes, ignore_label)
-      # The optimizer divides each replica's loss by the replica count before summing gradients;
-      # the weights' regularization, the same on every replica, is counted once in full.
-      replicas = context.num_replicas_in_sync
-      regularization = (tf.compat.v1.losses.get_regularization_losses()
-                        if context.replica_id_in_sync_group == 0 else [])
-      total_loss = tf.add_n([loss] + [replicas * r for r in regularization], name='total_loss')
-      gradients = optimizer.compute_gradients(total_loss)
+      loss = losses.softmax_cross_entropy(
+          tf.cast(scores, tf.float32), labels[first:first + share], model_config.num_classes,
+          ignore_label, label_weights=label_weights, upsample_logits=train_config.upsample_logits,
+          top_k_percent_pixels=train_config.top_k_percent_pixels,
+          hard_example_mining_step=train_config.hard_example_mining_step, global_step=global_step)
+      # The optimizer SUMs the replicas' gradients (tf.compat.v1 optimizers scale no loss): each
+      # replica's data loss counts 1/replicas, the weights' regularization (the same on every
+      # replica) is counted once, on the first.
+      regularization = tf.compat.v1.losses.get_regularization_losses() if replica == 0 else []
+      total_loss = tf.add_n([loss / replicas] + regularization, name='total_loss')
+      gradients = []
+      for gradient, variable in optimizer.compute_gradients(total_loss):
+        factor = gradient_multiplier(variable.op.name, train_config)
+        gradients.append((gradient * factor if gradient is not None and factor != 1.0
+                          else gradient, variable))
       squared_norm = tf.square(tf.linalg.global_norm([g for g, _ in gradients if g is not None]))
       apply = optimizer.apply_gradients(gradients, global_step=global_step)
       # Per step, one all-reduce of the numbers logged and of the stop requests.
       totals = distribute.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(
-          [loss / replicas, total_loss / replicas, squared_norm, stop_request]))
+          [loss / replicas, total_loss, squared_norm, stop_request]))
       return apply, totals
 
     with batch_norm.synchronized_across_replicas(train_config.sync_batch_norm):
       applies, totals = strategy.extended.call_for_each_replica(replica_step)
   loss, total_loss, squared_norm, stop_requested = tf.unstack(
       strategy.experimental_local_results(totals)[0])
-  # With several replicas: the norm of all replicas' gradients together (one number all-reduced,
-  # not every gradient), finite exactly when the summed gradient is. With float16 loss scaling an
-  # overflowing step is skipped, not a divergence: its norm is logged as 0.
+  # The norm of the replicas' gradients taken together (the sum of their squared norms, one
+  # number all-reduced, not every gradient): for one replica the gradient's norm, finite exactly
+  # when the summed gradient is. With float16 loss scaling an overflowing step is skipped, not a
+  # divergence: its norm is logged as 0.
   gradient_norm = tf.sqrt(squared_norm)
   if train_config.precision == 'float16':
     gradient_norm = tf.where(tf.math.is_finite(gradient_norm), gradient_norm, 0.0)
@@ -225,7 +249,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
     images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     strategy = distribute.strategy_for(devices, cluster)
     ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label,
-                            strategy)
+                            manifest.label_histogram(train_config.train_split), strategy)
     config = distribute.session_config(devices)
     if cluster:
       ops['copy_from_chief'] = distribute.copy_from_chief(strategy, tf.compat.v1.global_variables())

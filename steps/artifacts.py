@@ -104,6 +104,20 @@ def emit_metrics(**values) -> None:
   print(json.dumps(clean, sort_keys=False), flush=True)
 
 
+def stderr_is_terminal() -> bool:
+  """Whether progress is shown: only to a person at a terminal, never into CI or Valohai logs."""
+  return sys.stderr.isatty()
+
+
+def progress_bar(total: Optional[int], unit: str, description: str, delay: float = 3.0):
+  """A tqdm progress bar on stderr, shown only when `stderr_is_terminal()` and only once the run has
+  lasted `delay` seconds (short runs print nothing). Metric lines printed while it shows go through
+  `bar.external_write_mode()`, so the bar does not cut them."""
+  from tqdm import tqdm
+  return tqdm(total=total, unit=unit, desc=description, delay=delay, file=sys.stderr,
+              disable=not stderr_is_terminal(), dynamic_ncols=True)
+
+
 # ----------------------------------------------------------------------------- locations
 
 def _valohai_paths(step: str):
@@ -386,6 +400,34 @@ def atomic_output(out_path: str, mode: str = 'wb'):
     raise
 
 
+@contextlib.contextmanager
+def atomic_folder(out_path: str) -> Iterator[str]:
+  """A folder to fill that replaces `out_path` (a folder, or nothing yet) only once the block completes.
+
+  Filled beside `out_path` (same file system) and renamed into place; on any failure it is removed
+  and whatever `out_path` held before stays, so a failed step never leaves a half-written folder.
+  """
+  out_dir = os.path.dirname(os.path.abspath(out_path))
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.basename(os.path.normpath(out_path))
+  _remove_stale(out_dir, re.compile(r'\.' + re.escape(base) + r'\.(?P<owner>[^.]+\.\d+)\.[^.]+\.partial'))
+  staging = tempfile.mkdtemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
+  try:
+    yield staging
+    os.chmod(staging, 0o755)  # mkdtemp folders are 0700; artifacts are read by other users
+    if os.path.isdir(out_path):
+      # A folder cannot be renamed over a non-empty one: the old one goes aside first.
+      old = staging[:-len('.partial')] + '-replaced.partial'
+      os.rename(out_path, old)
+      os.rename(staging, out_path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(staging, out_path)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
 def write_tarball(src_dir: str, out_path: str) -> str:
   """Packs `src_dir` into a deterministic `out_path` (.tar.gz), atomically. Returns out_path."""
   with atomic_output(out_path) as raw:
@@ -483,6 +525,7 @@ def _open_artifact(stack: contextlib.ExitStack, path: str, marker: str, kind: st
 
 # What tells the kinds apart, most specific first: a model holds a model.json too.
 _ARTIFACT_MARKERS = (('frozen_inference_graph.pb', 'an exported model'),
+                     ('saved_model', 'an exported model'), ('model.tflite', 'an exported model'),
                      ('model.json', 'a checkpoint'),
                      ('dataset.json', 'TFRecords (dataset.json)'))
 
@@ -535,35 +578,46 @@ class Checkpoint:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """model.tar.gz of export: the frozen graph + model.json."""
+  """model.tar.gz of export: model.json + the formats asked for (frozen_inference_graph.pb,
+  saved_model/, model.tflite)."""
   card: 'ModelCard'
   folder: str
   filename: ClassVar[str] = 'model.tar.gz'
 
-  @property
-  def graph_path(self) -> str:
-    from deeplab import export
-    return os.path.join(self.folder, export.FROZEN_GRAPH)
-
   @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Model':
     from deeplab import checkpoint, export
-    folder = _open_artifact(stack, path, export.FROZEN_GRAPH, 'an exported model', 'export')
+    folder = _open_artifact(stack, path, checkpoint.MODEL_JSON, 'an exported model', 'export')
+    if not any(export.find_models(folder).values()):
+      found = 'a checkpoint' if any(n.endswith('.index') for n in os.listdir(folder)) else 'no model'
+      raise UserError(f'{path} holds {found}, not an exported model; expected the output of the '
+                      'export step')
     return cls(checkpoint.ModelCard.read(folder), folder)
 
-  @staticmethod
-  def write(out_path: str, graph_def, card: 'ModelCard') -> str:
+  def load(self, model_format: str = 'auto'):
+    """The model of `model_format` ('auto': the first format the folder holds), with
+    `predict(image uint8 [H, W, 3]) -> labels int32 [H, W]` and `close()`."""
     from deeplab import export
+    found, path = export.find_model(self.folder, None if model_format == 'auto' else model_format)
+    return export.load_model(path, found)
+
+  @staticmethod
+  def write(out_path: str, card: 'ModelCard', fill: Callable[[str], None]) -> str:
+    """Packs `card` and what `fill(folder)` writes into the folder (the model files)."""
     with scratch_dir('model') as staging:
-      export.write_frozen_graph(graph_def, os.path.join(staging, export.FROZEN_GRAPH))
+      fill(staging)
       card.write(staging)
       return write_tarball(staging, out_path)
 
 
 class Predictions:
   """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.png`,
-  filled one image at a time in a scratch folder that lives as long as `stack`."""
+  filled one image at a time in a scratch folder that lives as long as `stack`; `add` may be called
+  from several threads."""
   filename = 'predictions.tar.gz'
+  # zlib level of the overlays: still lossless, several times faster to write than the default 6,
+  # for files a few tens of percent larger.
+  OVERLAY_PNG_LEVEL = 1
 
   def __init__(self, stack: contextlib.ExitStack):
     self.staging = stack.enter_context(scratch_dir('predictions'))
@@ -572,7 +626,7 @@ class Predictions:
     from PIL import Image
     from deeplab import visualize
     visualize.save_label_png(labels, self._path('labels', name))
-    Image.fromarray(overlay).save(self._path('overlays', name))
+    Image.fromarray(overlay).save(self._path('overlays', name), compress_level=self.OVERLAY_PNG_LEVEL)
 
   def _path(self, kind: str, name: str) -> str:
     path = os.path.join(self.staging, kind, name + '.png')

@@ -1,7 +1,11 @@
-"""evaluate: tfrecords + checkpoint -> metrics.json (mIoU, per-class IoU, pixel accuracy, confusion)."""
+"""evaluate: tfrecords + checkpoint -> metrics.json (mIoU, per-class IoU, pixel accuracy), and beside
+it confusion_matrix.json, report/ (figures + report.html, see deeplab/report.py) and tensorboard/
+(the same numbers for `tensorboard --logdir <that folder>`)."""
 import contextlib
+import dataclasses
 import logging
 import os
+from typing import Dict, List, Optional, Tuple
 
 from deeplab.config import EvalConfig
 from deeplab.errors import UserError
@@ -12,15 +16,33 @@ log = logging.getLogger('steps.evaluate')
 
 SPEC = StepSpec(
     name='evaluate',
-    description='Evaluate a checkpoint on a split in one pass over whole images.',
+    description='Evaluate a checkpoint on a split in one pass over whole images; a report (figures '
+    'and one HTML page) and the confusion matrix are written beside the metrics.',
     inputs=(
         Path('tfrecords', 'TFRecords from build_data (or original DeepLab shards + --dataset)'),
         Path('checkpoint', 'checkpoint.tar.gz from train; a folder of several (a sweep) evaluates '
              'each and reports the best'),
     ),
-    outputs=(Path('output', 'metrics JSON', filename='metrics.json'),),
+    outputs=(Path('output', 'metrics JSON; confusion_matrix.json and the report/ folder are '
+                  'written beside it', filename='metrics.json'),),
     parameters=(DATASET_PARAMETER,) + parameters_from(EvalConfig),
 )
+
+# Written in the folder of metrics.json: the confusion matrix (too large for a metrics table) and
+# the report of the best checkpoint.
+CONFUSION_FILE = 'confusion_matrix.json'
+REPORT_FOLDER = 'report'
+
+
+@dataclasses.dataclass
+class CheckpointEvaluation:
+  """What evaluating one checkpoint gives: metrics.json's content and what the report draws."""
+  result: dict
+  training: Optional[dict]  # the checkpoint's training settings and global step, if recorded
+  confusion: List[List[int]]
+  worst: list  # report.ScoredImage, lowest per-image mIoU first
+  best: list
+  training_scalars: Dict[str, List[Tuple[int, float]]]
 
 
 def sweep_checkpoints(path):
@@ -35,18 +57,52 @@ def sweep_checkpoints(path):
   return [path]
 
 
-def evaluate_checkpoint(stack, path, manifest, config: EvalConfig):
-  from deeplab import evaluation
+def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
+                        summary_dir: str) -> CheckpointEvaluation:
+  from deeplab import evaluation, report
   checkpoint = artifacts.Checkpoint.open(stack, path)
   model_config = checkpoint.card.model
   if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
-  result = evaluation.evaluate(model_config, checkpoint.prefix, manifest, config)
+  extremes = report.ExtremesCollector(config.report_images)
+  split = manifest.splits.get(config.eval_split)
+  with artifacts.progress_bar(split and split.num_examples, 'image',
+                              f'evaluate {config.eval_split}') as bar:
+
+    def each_example(name, image, label, prediction):
+      score = report.per_image_miou(label, prediction, manifest.num_classes, manifest.ignore_label)
+      extremes.add(score, name, image, label, prediction)
+      bar.update()
+
+    result = evaluation.evaluate(model_config, checkpoint.prefix, manifest, config, summary_dir,
+                                 checkpoint.card.global_step or 0, each_example)
+  confusion = result.pop('confusion_matrix')
   result.update(eval_scales=list(config.eval_scales), add_flipped_images=config.add_flipped_images,
-                dataset=manifest.name)
+                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name)
   training = checkpoint.card.training
-  return result, training and dict(training.to_json(), global_step=checkpoint.card.global_step)
+  # The training's TensorBoard events travel in the checkpoint artifact, beside its files.
+  return CheckpointEvaluation(
+      result, training and dict(training.to_json(), global_step=checkpoint.card.global_step),
+      confusion, extremes.worst(), extremes.best(),
+      report.read_event_scalars(os.path.dirname(checkpoint.prefix)))
+
+
+def write_report_files(folder: str, evaluation: CheckpointEvaluation, manifest) -> None:
+  """confusion_matrix.json and report/ in `folder`, each replacing its earlier version whole."""
+  from deeplab import report
+  result = evaluation.result
+  with artifacts.atomic_folder(os.path.join(folder, REPORT_FOLDER)) as staging:
+    report.write_report(staging, miou=result['miou'], pixel_accuracy=result['pixel_accuracy'],
+                        num_images=result['num_images'], per_class_iou=result['per_class_iou'],
+                        confusion=evaluation.confusion, class_names=manifest.class_names,
+                        colormap=manifest.colormap, ignore_label=manifest.ignore_label,
+                        worst=evaluation.worst, best=evaluation.best,
+                        training_scalars=evaluation.training_scalars)
+  artifacts.write_json_atomic({'class_names': list(manifest.class_names),
+                               'rows': 'ground-truth class', 'columns': 'predicted class',
+                               'unit': 'pixels', 'matrix': evaluation.confusion},
+                              os.path.join(folder, CONFUSION_FILE))
 
 
 def main():
@@ -59,29 +115,38 @@ def main():
   with contextlib.ExitStack() as stack:
     manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
     candidates = sweep_checkpoints(checkpoint_path)
-    results, summaries = [], []
+    evaluations, summaries = [], []
+    board = os.path.join(os.path.dirname(os.path.abspath(out_path)), 'tensorboard')
     for index, path in enumerate(candidates):
-      result, training = evaluate_checkpoint(stack, path, manifest, config)
+      # One TensorBoard run per checkpoint of a sweep.
+      summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
+      evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
+      result = evaluation.result
       result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                               else os.path.basename(os.path.normpath(path)))
-      results.append(result)
+      evaluations.append(evaluation)
       summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
-      summaries[-1]['training'] = training
+      summaries[-1]['training'] = evaluation.training
       if len(candidates) > 1:
         artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
                                pixel_accuracy=result['pixel_accuracy'])
   # Several checkpoints: the best by mIoU is reported at the top level, all of them under
-  # "checkpoints", so one metrics.json shape serves a single run and a sweep.
+  # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
+  # confusion matrix are the best one's.
   from deeplab.metrics import best_index
-  best = results[best_index([r['miou'] for r in results])]
-  if len(results) > 1:
+  chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
+  best = chosen.result
+  if len(evaluations) > 1:
     best = dict(best, checkpoints=summaries)
+  # metrics.json last: whoever finds it finds the report and the confusion matrix of the same run.
+  write_report_files(os.path.dirname(os.path.abspath(out_path)), chosen, manifest)
   artifacts.write_json_atomic(best, out_path)
   artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],
                          **{f'iou_{name}': value for name, value in best['per_class_iou'].items()})
-  log.info('mIoU %.4f on %d images of split %r (%s); wrote %s', best['miou'] or 0.0,
-           best['num_images'], config.eval_split, best['checkpoint'], out_path)
+  log.info('mIoU %.4f on %d images of split %r (%s); wrote %s and, beside it, %s and %s/',
+           best['miou'] or 0.0, best['num_images'], config.eval_split, best['checkpoint'],
+           out_path, CONFUSION_FILE, REPORT_FOLDER)
 
 
 if __name__ == '__main__':

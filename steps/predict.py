@@ -1,4 +1,12 @@
-"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays)."""
+"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays).
+
+The model runs on the main thread, one image at a time, while a small thread pool decodes the
+next images and blends and encodes the previous ones (PIL, zlib and numpy release the GIL): the
+step runs at about the model's speed. Each image's outputs depend on that image alone, and the
+archive is written sorted, so the bytes do not depend on the threads' timing.
+"""
+import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -23,6 +31,11 @@ SPEC = StepSpec(
 )
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+# Images decoded ahead of the model, and images being blended and encoded behind it: enough to keep
+# the model busy, few enough that memory stays a few images' worth (large photos included).
+DECODED_AHEAD = 2
+ENCODING_BEHIND = 2
+WORKER_THREADS = 2
 
 
 def find_images(folder):
@@ -48,42 +61,15 @@ def find_images(folder):
   return found
 
 
-def _to_rgb(image):
-  """RGB uint8 [H, W, 3] of a PIL image of any mode; 16- and 32-bit samples are scaled to 8 bits
-  (PIL's own RGB conversion clips them, turning a 16-bit image white)."""
-  import numpy as np
-  if image.mode.startswith('I') or image.mode == 'F':
-    samples = np.asarray(image)
-    if image.mode == 'F':
-      gray = np.clip(samples, 0, 255)
-    else:  # I;16 variants hold 0..65535; 'I' is how PIL widens 16-bit PNGs
-      gray = np.clip(samples, 0, 65535) / 257.0
-    return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
-  return np.asarray(image.convert('RGB'))
-
-
-def read_image(path):
-  """RGB uint8 [H, W, 3] of an image file, EXIF orientation applied; a bad file is a UserError."""
-  from PIL import Image, ImageOps, UnidentifiedImageError
-  try:
-    with Image.open(path) as image:
-      return _to_rgb(ImageOps.exif_transpose(image))
-  except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: not a readable JPEG/PNG image ({e})') from None
-
-
-def predict_bounded(model, image, max_pixels):
-  """Labels int32 [H, W] of `image` [H, W, 3]; above `max_pixels` the model sees a copy scaled
-  down to that many pixels (aspect kept) and the labels are scaled back up (nearest)."""
-  import numpy as np
-  from PIL import Image
-  height, width = image.shape[:2]
-  if not max_pixels or height * width <= max_pixels:
-    return model.predict(image)
-  scale = (max_pixels / (height * width)) ** 0.5
-  size = (max(1, int(width * scale)), max(1, int(height * scale)))
-  labels = model.predict(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))
-  return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+def _read_ahead(workers, read, paths):
+  """read(path) of each path, in order, with up to DECODED_AHEAD reads running ahead."""
+  pending = collections.deque()
+  for path in paths:
+    pending.append(workers.submit(read, path))
+    if len(pending) > DECODED_AHEAD:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
 
 
 def main():
@@ -95,24 +81,39 @@ def main():
                                       {'model': model_path, 'images': images_path})
   config = PredictConfig.from_flags(args)
   import numpy as np
-  from deeplab import export, visualize
+  from deeplab import visualize
+  from deeplab.images import predict_bounded, read_image
   with contextlib.ExitStack() as stack:
     model = artifacts.Model.open(stack, model_path)
     dataset = model.card.dataset
     images = find_images(stack.enter_context(artifacts.open_input(images_path)))
     if not images:
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
-    frozen = export.FrozenModel(model.graph_path)
-    stack.callback(frozen.close)
+    runner = model.load(config.model_format)
+    stack.callback(runner.close)
     predictions = artifacts.Predictions(stack)
-    pixel_counts = np.zeros(dataset.num_classes, np.int64)
-    started = time.perf_counter()
-    for name, path in images:
-      image = read_image(path)
-      labels = predict_bounded(frozen, image, config.max_inference_pixels)
-      pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
+    # Shut down before the staging folder goes: queued work is dropped, running work finishes.
+    workers = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, 'predict-io')
+    stack.callback(workers.shutdown, wait=True, cancel_futures=True)
+
+    def write(name, image, labels):
       predictions.add(name, labels,
                       visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+
+    pixel_counts = np.zeros(dataset.num_classes, np.int64)
+    started = time.perf_counter()
+    encoding = collections.deque()
+    with artifacts.progress_bar(len(images), 'image', 'predict') as bar:
+      for (name, _), image in zip(images, _read_ahead(workers, read_image,
+                                                      [path for _, path in images])):
+        labels = predict_bounded(runner, image, config.max_inference_pixels)
+        pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
+        encoding.append(workers.submit(write, name, image, labels))
+        while len(encoding) > ENCODING_BEHIND:
+          encoding.popleft().result()  # raises the worker's error, if any
+        bar.update()
+      for written in encoding:
+        written.result()
     elapsed = time.perf_counter() - started
     shares = {name: float(count / pixel_counts.sum())
               for name, count in zip(dataset.class_names, pixel_counts)}

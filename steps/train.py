@@ -75,6 +75,31 @@ def _resume_checkpoint(stack, path, model_config):
   return saved.prefix
 
 
+class TrainProgress:
+  """Training's report callback: prints each metric line and, on a terminal, keeps a progress line
+  on stderr under them (steps done, images/s, loss, ETA). Use as a context manager."""
+
+  def __init__(self, total_steps: int):
+    self.bar = artifacts.progress_bar(total_steps, 'step', 'train')
+
+  def __enter__(self) -> 'TrainProgress':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.bar.close()
+
+  def __call__(self, metrics: dict) -> None:
+    with self.bar.external_write_mode():
+      artifacts.emit_metrics(**metrics)
+    if 'resumed_from_step' in metrics:
+      # Counted from where this run starts, so the rate and the ETA are this run's.
+      self.bar.initial = self.bar.n = metrics['resumed_from_step']
+    if 'step' in metrics:
+      self.bar.set_postfix({'loss': f'{metrics["loss"]:.4f}',
+                            'images/s': f'{metrics["images_per_sec"]:.1f}'}, refresh=False)
+      self.bar.update(metrics['step'] - self.bar.n)
+
+
 def main():
   args = parse_flags(SPEC)
   stop_signals = _install_stop_handler()
@@ -106,10 +131,11 @@ def main():
              work_dir)
     started = time.perf_counter()
     try:
-      prefix = training.train(model_config, train_config, manifest, work_dir,
-                              initial_checkpoint=initial, resume_from=resume_from,
-                              report=lambda metrics: artifacts.emit_metrics(**metrics),
-                              should_stop=lambda: bool(stop_signals), cluster=tf_cluster)
+      with TrainProgress(train_config.training_number_of_steps) as progress:
+        prefix = training.train(model_config, train_config, manifest, work_dir,
+                                initial_checkpoint=initial, resume_from=resume_from,
+                                report=progress, should_stop=lambda: bool(stop_signals),
+                                cluster=tf_cluster)
     except training.TrainingInterrupted as e:
       print(f'error: {e}; run the same command again to resume', file=sys.stderr, flush=True)
       sys.exit(128 + (stop_signals[0] if stop_signals else signal.SIGTERM))

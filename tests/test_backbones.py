@@ -85,7 +85,7 @@ def test_resnet_published_variable_names_and_shapes(variant, output_stride):
 
   assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
                                       math.ceil(WIDTH / output_stride), 2048]
-  low_level = end_points[resnet_v1_beta.DECODER_END_POINT]
+  low_level = end_points[resnet_v1_beta.DECODER_END_POINTS[variant][4]]
   assert low_level.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256]
 
 
@@ -128,17 +128,16 @@ def _tf_slim_resnet_50_beta(images, output_stride):
     return resnet_utils.stack_blocks_dense(net, blocks, output_stride // 4)
 
 
-def test_resnet_equals_tf_slims_resnet_v1_units():
-  # Same variables, and with the same weights the same features, as tf-slim's ResNet-v1 (the code
-  # DeepLab's checkpoints were trained with), on an even-sized input where padding matters.
-  images = np.random.default_rng(0).uniform(-1, 1, [1, 34, 48, 3]).astype(np.float32)
+def features_with_the_same_weights(build, build_reference):
+  """Builds `build()` and, under the scope `reference`, `build_reference()` (ResNet layer
+  defaults, inference), checks that they have the same variables, gives the reference ours and
+  returns the values of both networks' outputs."""
   with tf.Graph().as_default():
     with slim.arg_scope(resnet_v1_beta.resnet_v1_beta_arg_scope(is_training=False)):
-      features, _ = resnet_v1_beta.resnet_v1_50_beta(tf.constant(images), output_stride=8,
-                                                    multi_grid=(1, 1, 1))
+      features = build()
       ours = {v.op.name: v for v in tf.compat.v1.global_variables()}
       with tf.compat.v1.variable_scope('reference'):
-        expected = _tf_slim_resnet_50_beta(tf.constant(images), output_stride=8)
+        expected = build_reference()
     reference = {v.op.name[len('reference/'):]: v for v in tf.compat.v1.global_variables()
                  if v.op.name.startswith('reference/')}
     assert sorted(ours) == sorted(reference)
@@ -146,7 +145,17 @@ def test_resnet_equals_tf_slims_resnet_v1_units():
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       session.run(copy_weights)
-      ours_value, expected_value = session.run([features, expected])
+      return session.run([features, expected])
+
+
+def test_resnet_equals_tf_slims_resnet_v1_units():
+  # Same variables, and with the same weights the same features, as tf-slim's ResNet-v1 (the code
+  # DeepLab's checkpoints were trained with), on an even-sized input where padding matters.
+  images = np.random.default_rng(0).uniform(-1, 1, [1, 34, 48, 3]).astype(np.float32)
+  ours_value, expected_value = features_with_the_same_weights(
+      lambda: resnet_v1_beta.resnet_v1_50_beta(tf.constant(images), output_stride=8,
+                                               multi_grid=(1, 1, 1))[0],
+      lambda: _tf_slim_resnet_50_beta(tf.constant(images), output_stride=8))
   assert ours_value.shape == expected_value.shape == (1, 5, 6, 2048)
   assert np.all(np.isfinite(ours_value)) and ours_value.max() > 0
   np.testing.assert_allclose(ours_value, expected_value, rtol=1e-5, atol=1e-6)
@@ -163,21 +172,32 @@ def test_resnet_presets_and_depth_multiplier():
     ModelConfig(model_variant='resnet_v1_50_beta', depth_multiplier=0.5)
 
 
-@pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
-def test_deeplab_predicts_at_a_tiny_size(variant):
-  config = ModelConfig(model_variant=variant, num_classes=3, decoder_output_stride=4)
+def predict_at_a_tiny_size(config, height=HEIGHT, width=WIDTH):
+  """Builds `logits` on a [1, height, width, 3] input, then predicts a grey image of that size
+  with the same variables; checks the labels and probabilities it returns.
+
+  Returns (the logits' static shape as a list, {variable name: shape}).
+  """
   with tf.Graph().as_default():
-    scores = model.logits(tf.zeros([1, HEIGHT, WIDTH, 3]), config)
+    scores = model.logits(tf.zeros([1, height, width, 3]), config)
     images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3])
     predictions, probabilities = model.predict_labels(images, config)  # reuses the variables
     names = {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       labels, probs = session.run([predictions, probabilities],
-                                  {images: np.full([1, HEIGHT, WIDTH, 3], 128, np.uint8)})
-  assert scores.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 3]
-  assert labels.shape == (1, HEIGHT, WIDTH) and probs.shape == (1, HEIGHT, WIDTH, 3)
+                                  {images: np.full([1, height, width, 3], 128, np.uint8)})
+  classes = config.num_classes
+  assert labels.shape == (1, height, width) and probs.shape == (1, height, width, classes)
   np.testing.assert_allclose(probs.sum(axis=3), 1.0, rtol=1e-5)
+  return scores.shape.as_list(), names
+
+
+@pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
+def test_deeplab_predicts_at_a_tiny_size(variant):
+  config = ModelConfig(model_variant=variant, num_classes=3, decoder_output_stride=4)
+  scores_shape, names = predict_at_a_tiny_size(config)
+  assert scores_shape == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 3]
   # The decoder projects the 256 channels of the stride-4 end point; the ASPP has three separable
   # branches on the backbone's 2048 channels.
   assert names['decoder/feature_projection0/weights'] == [1, 1, 256, 48]
@@ -258,7 +278,7 @@ def test_xception_published_variable_names_and_shapes(output_stride):
 
   assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
                                       math.ceil(WIDTH / output_stride), 2048]
-  low_level = end_points[xception.DECODER_END_POINT]
+  low_level = end_points[xception.DECODER_END_POINTS['xception_65'][4]]
   assert low_level.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256]
 
 

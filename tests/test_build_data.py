@@ -139,13 +139,13 @@ def test_cityscapes_label_ids_are_mapped_to_train_ids(tmp_path):
     path.unlink()  # only label ids left: the builder converts them
   result = build_into(tmp_path, layouts.get('cityscapes'), raw)
   built, _ = result
-  assert {k: v.num_examples for k, v in built.splits.items()} == {'train': 5, 'val': 3}
+  assert {k: v.num_examples for k, v in built.splits.items()} == {'train_fine': 5, 'val_fine': 3}
   city = layouts.get('cityscapes')
-  sources, _ = city.scan(str(raw), 'train')
+  sources, _ = city.scan(str(raw), 'train_fine')
   assert all(s.label.endswith('_gtFine_labelIds.png') for s in sources)
-  check_against_sources(records(result, 'train'), sources,
+  check_against_sources(records(result, 'train_fine'), sources,
                         label_of=lambda path: train_ids[os.path.basename(path)])
-  assert set(np.flatnonzero(built.splits['train'].label_histogram)) <= {0, 8, 11, 13}
+  assert set(np.flatnonzero(built.splits['train_fine'].label_histogram)) <= {0, 8, 11, 13}
 
 
 def test_archive_input_through_the_step(tmp_path):
@@ -280,7 +280,7 @@ BAD_INPUTS = {
         'cityscapes',
         lambda r: _corrupt(r / 'leftImg8bit/val/frankfurt/frankfurt_000000_000001_leftImg8bit.png', 200),
         "frankfurt_000000_000001_leftImg8bit.png: corrupt PNG (CRC mismatch in chunk b'IDAT') "
-        "(split 'val'"),
+        "(split 'val_fine'"),
     'truncated_mask': ('folder', lambda r: _truncate(r / 'masks' / 'val_00000.png', 0.7),
                        "val_00000.png: corrupt or truncated label PNG (split 'val', id 'val_00000')"),
     'not_an_image': ('folder', lambda r: (r / 'images' / 'train_00002.jpg').write_text('hello'),
@@ -303,7 +303,7 @@ BAD_INPUTS = {
     'cityscapes_without_label': (
         'cityscapes',
         lambda r: [p.unlink() for p in r.glob('gtFine/train/*/aachen_000000_000002_gtFine_*.png')],
-        "aachen_000000_000002_leftImg8bit.png: label missing (split 'train'"),
+        "aachen_000000_000002_leftImg8bit.png: label missing (split 'train_fine'"),
     'ade20k_rgb_annotation': (
         'ade20k', lambda r: _rgb_mask(r / 'ADEChallengeData2016/annotations/validation/ADE_val_00000001.png'),
         'ADE_val_00000001.png: label holds colours (RGB), not class ids'),

@@ -3,9 +3,11 @@
 The commands are resolved by DVC itself (its interpolation and the [parsing] settings of
 .dvc/config), then parsed by the step's own flag parser.
 """
+import collections
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -13,9 +15,11 @@ import pytest
 import yaml
 from dvc.parsing.interpolate import to_str
 from dvc.repo import Repo
+from PIL import Image
 
 from pipelines.dvc import plots
 from pipelines.shared import SPECS
+from steps import evaluate
 from steps.flags import FLAG, cast_value, parse_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,3 +133,53 @@ def test_per_class_iou_records_leave_out_absent_classes(tmp_path):
   assert plots.main(['per-class-iou', str(metrics), f'--to={out}']) == 0
   assert json.loads(out.read_text()) == [{'class': 'background', 'iou': 0.9}, {'class': 'dog', 'iou': 0.1}]
   assert plots.main(['per-class-iou', str(tmp_path / 'missing.json'), f'--to={out}']) == 1
+
+
+def test_confusion_records_are_the_percent_of_each_ground_truth_class():
+  confusion = {'class_names': ['a', 'b', 'c'], 'matrix': [[1, 1, 1], [0, 0, 0], [5, 0, 995]]}
+  counts = collections.Counter((r['actual'], r['predicted']) for r in plots.confusion_records(confusion))
+  # Thirds round to 34/33/33 (the tie goes to the first class); 'b' has no pixels, so no row.
+  assert counts == {('a', 'a'): 34, ('a', 'b'): 33, ('a', 'c'): 33, ('c', 'a'): 1, ('c', 'c'): 99}
+
+
+def test_evaluate_stage_declares_the_files_the_step_writes_beside_metrics(repo):
+  stage = next(s for s in repo.index.stages if s.name == 'evaluate')
+  folder = os.path.dirname(str(next(iter(stage.metrics)).def_path))
+  assert {str(o.def_path) for o in stage.outs} >= {os.path.join(folder, evaluate.REPORT_FOLDER),
+                                                   os.path.join(folder, evaluate.CONFUSION_FILE)}
+  assert any(f'plots confusion {folder}/{evaluate.CONFUSION_FILE}' in command for command in stage.cmd)
+
+
+def test_plots_show_renders_the_confusion_matrix_and_the_image_grids(tmp_path):
+  """`dvc plots show --json` over dvc.yaml with the files an evaluation leaves."""
+  project = tmp_path / 'project'
+  (project / '.dvc').mkdir(parents=True)
+  for name in ('dvc.yaml', 'params.yaml', os.path.join('.dvc', 'config')):
+    shutil.copy(os.path.join(ROOT, name), project / name)
+  with open(project / '.dvc' / 'config', 'a') as f:
+    f.write('[core]\n    no_scm = true\n')
+  artifacts_folder = project / 'artifacts'
+  (artifacts_folder / evaluate.REPORT_FOLDER).mkdir(parents=True)
+  for grid in ('worst_images.png', 'best_images.png'):
+    Image.new('RGB', (4, 2), (200, 30, 30)).save(artifacts_folder / evaluate.REPORT_FOLDER / grid)
+  (artifacts_folder / 'train_log.json').write_text(json.dumps([{'step': 1, 'loss': 1.0, 'learning_rate': 0.1}]))
+  (artifacts_folder / 'metrics.json').write_text(json.dumps({'miou': 0.5, 'per_class_iou': {'a': 0.9, 'b': 0.1}}))
+  (artifacts_folder / evaluate.CONFUSION_FILE).write_text(json.dumps({'class_names': ['a', 'b'],
+                                                                      'matrix': [[9, 1], [3, 7]]}))
+  assert plots.main(['per-class-iou', str(artifacts_folder / 'metrics.json'),
+                     f'--to={artifacts_folder / "per_class_iou.json"}']) == 0
+  assert plots.main(['confusion', str(artifacts_folder / evaluate.CONFUSION_FILE),
+                     f'--to={artifacts_folder / "confusion.json"}']) == 0
+  dvc = os.path.join(os.path.dirname(sys.executable), 'dvc')
+  shown = json.loads(subprocess.run([dvc, 'plots', 'show', '--json'], cwd=project, capture_output=True,
+                                    text=True, check=True).stdout)
+  assert 'errors' not in shown
+  plotted = shown['data']
+  for grid in ('worst_images.png', 'best_images.png'):
+    (image,) = plotted[f'artifacts/{evaluate.REPORT_FOLDER}/{grid}']
+    assert image['type'] == 'image'
+  (confusion,) = plotted['artifacts/confusion.json']
+  values = confusion['content']['data']['values']
+  assert collections.Counter((v['actual'], v['predicted']) for v in values) == {
+      ('a', 'a'): 90, ('a', 'b'): 10, ('b', 'a'): 30, ('b', 'b'): 70}
+  assert 'xy_count' in json.dumps(confusion['content'])  # DVC's confusion template counts the records

@@ -19,7 +19,6 @@ from PIL import Image
 
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
-from deeplab.errors import UserError
 from steps import artifacts
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
 
@@ -252,7 +251,8 @@ def test_divergence_stops_training_without_an_artifact_or_a_non_finite_checkpoin
   losses = [m['loss'] for m in result.metrics if 'loss' in m]
   assert losses and all(isinstance(loss, float) and np.isfinite(loss) for loss in losses)
   diverged_at = int(error.split('at step ')[1].split()[0])
-  assert max(m.get('step', 0) for m in result.metrics) < diverged_at
+  # The step whose update made the weights non-finite may have printed its (finite) loss.
+  assert max(m.get('step', 0) for m in result.metrics) <= diverged_at
   from deeplab.compat import tf
   saved = [os.path.join(dirpath, name[:-len('.index')])
            for dirpath, _, names in os.walk(tmp_path / 'logs') for name in names
@@ -427,7 +427,7 @@ def test_two_images_with_one_name_are_refused(tmp_path, tiny_model):
 
 
 def test_16_bit_and_other_png_modes_are_converted_not_clipped(tmp_path):
-  from steps.predict import read_image
+  from deeplab.images import read_image
   gray16 = np.full((4, 6), 32896, np.uint16)  # 128.0 in 8 bits
   Image.fromarray(gray16).save(tmp_path / 'g16.png')
   assert Image.open(tmp_path / 'g16.png').mode.startswith('I')
@@ -439,7 +439,7 @@ def test_16_bit_and_other_png_modes_are_converted_not_clipped(tmp_path):
 
 
 def test_a_large_photo_is_predicted_at_a_bounded_size_with_labels_at_full_size():
-  from steps.predict import predict_bounded
+  from deeplab.images import predict_bounded
 
   class RecordingModel:
     def __init__(self):

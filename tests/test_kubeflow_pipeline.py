@@ -7,11 +7,12 @@ import types
 
 import pytest
 import yaml
-from kfp.dsl import Metrics
+from kfp.dsl import ClassificationMetrics, Metrics
 
 from pipelines.kubeflow import components, pipeline
 from pipelines.kubeflow.__main__ import main as regenerate
-from pipelines.kubeflow.step_component import COMPONENTS_PATH, components_source, last_numbers, step_argv
+from pipelines.kubeflow.step_component import (COMPONENTS_PATH, REPORT_OUTPUTS, components_source, last_numbers,
+                                               publish_evaluation, step_argv)
 from pipelines.shared import SPECS, SWEEP_LEARNING_RATES
 from steps.flags import FLAG, FLOAT, INTEGER, STRING, parse_flags
 
@@ -56,7 +57,30 @@ def test_component_inputs_are_the_step_flags(step):
     assert declared.type == ('String' if param.multiple else KFP_TYPES[param.type]), param.name
     assert declared.default == (','.join(map(str, param.default)) if param.multiple else param.default), param.name
   assert {name: i.optional for name, i in artifacts.items()} == {p.name: p.optional for p in spec.inputs}
-  assert set(component.outputs) == {o.name for o in spec.outputs} | {'metrics'}
+  assert set(component.outputs) == {o.name for o in spec.outputs} | {'metrics'} | {
+      name for name, _ in REPORT_OUTPUTS.get(step, ())}
+
+
+def test_evaluate_component_has_outputs_the_kfp_ui_draws():
+  outputs = components.evaluate.component_spec.outputs
+  assert {name: outputs[name].type.split('@')[0] for name in ('metrics', 'confusion_matrix', 'html_report')} == {
+      'metrics': 'system.Metrics', 'confusion_matrix': 'system.ClassificationMetrics', 'html_report': 'system.HTML'}
+
+
+def test_evaluation_is_published_from_the_files_beside_its_output(tmp_path):
+  # The folder evaluate leaves (steps/evaluate.py): metrics.json, confusion_matrix.json, report/.
+  (tmp_path / 'report').mkdir()
+  (tmp_path / 'report' / 'report.html').write_text('<!DOCTYPE html><title>Evaluation report</title>')
+  (tmp_path / 'confusion_matrix.json').write_text(json.dumps(
+      {'class_names': ['background', 'cat'], 'matrix': [[9, 1], [2, 8]]}))
+  confusion = ClassificationMetrics()
+  html = types.SimpleNamespace(path=str(tmp_path / 'html_report'))
+  publish_evaluation({'output': types.SimpleNamespace(path=str(tmp_path / 'output')),
+                      'confusion_matrix': confusion, 'html_report': html})
+  assert confusion.metadata['confusionMatrix'] == {
+      'annotationSpecs': [{'displayName': 'background'}, {'displayName': 'cat'}],
+      'rows': [{'row': [9, 1]}, {'row': [2, 8]}]}
+  assert (tmp_path / 'html_report').read_text().startswith('<!DOCTYPE html>')
 
 
 @pytest.mark.parametrize('step', list(SPECS))

@@ -55,6 +55,9 @@ def test_valohai_local_runs_train_evaluate_export(raw_data, tmp_path):
   assert summary['train']['outputs'] == ['checkpoint.tar.gz']
   assert [r['step'] for r in summary['train']['metadata'] if 'step' in r] == [2, 4]
   assert 0 <= next(r['miou'] for r in summary['evaluate']['metadata'] if 'miou' in r) <= 1
+  # Valohai previews the PNG outputs; the report page and the confusion matrix are downloadable.
+  assert {'metrics.json', 'confusion_matrix.json', 'report/report.html', 'report/per_class_iou.png',
+          'report/worst_images.png'} <= set(summary['evaluate']['outputs'])
   assert next(r['images'] for r in summary['predict']['metadata'] if 'images' in r) == 12
   assert summary['predict']['outputs'] == ['predictions.tar.gz']
 
@@ -95,6 +98,8 @@ def test_dvc_repro_then_nothing_to_do_then_a_queued_sweep(tmp_path):
   assert 0 <= metrics['miou'] <= 1
   assert [r['step'] for r in json.loads((project / 'artifacts' / 'train_log.json').read_text())] == [2, 4]
   assert json.loads((project / 'artifacts' / 'per_class_iou.json').read_text())
+  assert len(json.loads((project / 'artifacts' / 'confusion.json').read_text())) % 100 == 0
+  assert (project / 'artifacts' / 'report' / 'worst_images.png').exists()
   second = run(dvc('repro'), project)
   assert 'Running stage' not in second.stdout, second.stdout  # deterministic artifacts: nothing re-runs
   run(dvc('plots', 'show', '--json'), project)
@@ -142,3 +147,14 @@ print(json.dumps({{"best_miou": task.output}}))
   tasks_with_output = [os.path.basename(d) for d, _, files in os.walk(tmp_path / 'root') if 'output' in files]
   assert tasks_with_output.count('train') == len(SWEEP_LEARNING_RATES)  # the default sweep
   assert 'predict' in tasks_with_output, 'predict wrote no output artifact'
+  # Each evaluation's confusion matrix and report page, recorded as the KFP UI reads them.
+  evaluations = [d for d, _, files in os.walk(tmp_path / 'root')
+                 if os.path.basename(d) == 'evaluate' and 'executor_output.json' in files]
+  assert len(evaluations) == len(SWEEP_LEARNING_RATES)
+  for folder in evaluations:
+    with open(os.path.join(folder, 'executor_output.json')) as f:
+      recorded = {name: output['artifacts'][0] for name, output in json.load(f)['artifacts'].items()}
+    confusion = recorded['confusion_matrix']['metadata']['confusionMatrix']
+    assert len(confusion['annotationSpecs']) == len(confusion['rows']) == 4  # the synthetic classes
+    with open(recorded['html_report']['uri']) as f:
+      assert '<title>Evaluation report</title>' in f.read()

@@ -22,7 +22,9 @@ def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_pa
   model_path = tmp_path / 'model.tar.gz'
   run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={model_path}')
   with tarfile.open(model_path) as tar:
-    assert sorted(tar.getnames()) == ['frozen_inference_graph.pb', 'model.json']
+    assert sorted(tar.getnames()) == [  # the three formats by default
+        'frozen_inference_graph.pb', 'model.json', 'model.tflite', 'saved_model', 'saved_model/1',
+        'saved_model/1/saved_model.pb', 'saved_model/1/variables']
   images = tmp_path / 'images'
   (images / 'nested').mkdir(parents=True)
   Image.new('RGB', (120, 90), (200, 30, 30)).save(images / 'red.jpg')
@@ -70,7 +72,7 @@ def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint,
   frozen.close()
   assert predictions.shape == (1, 333, 500) and predictions.dtype == np.int32
   assert probabilities.shape == (1, 333, 500, 4) and probabilities.dtype == np.float32
-  evaluated = json.loads((tmp_path / 'metrics.json').read_text())['confusion_matrix']
+  evaluated = json.loads((tmp_path / 'confusion_matrix.json').read_text())['matrix']
   exported = metrics.confusion_matrix(mask, predictions[0], 4, 255)
   assert exported.tolist() == evaluated
 

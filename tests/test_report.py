@@ -242,15 +242,21 @@ def find_chromium():
   return None
 
 
+def require_chromium():
+  """The path of a Chromium or Chrome binary; skips the test, saying how to install one, if none."""
+  chromium = find_chromium()
+  if chromium is None:
+    pytest.skip('no chromium, chromium-browser or google-chrome on PATH '
+                '(Debian: apt-get install chromium)')
+  return chromium
+
+
 def _count_colour(pixels, colour, tolerance=3):
   return int((np.abs(pixels[..., :3].astype(int) - colour) <= tolerance).all(axis=-1).sum())
 
 
 def test_report_renders_with_its_images_in_a_headless_browser(tiny_report, tmp_path):
-  chromium = find_chromium()
-  if chromium is None:
-    pytest.skip('no chromium, chromium-browser or google-chrome on PATH '
-                '(Debian: apt-get install chromium)')
+  chromium = require_chromium()
   folder, _ = tiny_report
   url = (folder / 'report.html').as_uri()
   common = [chromium, '--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars',

@@ -1,4 +1,6 @@
 """Units that had no test of their own: learning-rate schedules, training augmentation, overlays."""
+import math
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,6 +32,15 @@ def test_step_schedule_and_slow_start_by_hand():
                        slow_start_learning_rate=0.001)
   assert _rates(config, [0, 2, 3, 9, 10, 25]) == pytest.approx(
       [0.001, 0.001, 0.1, 0.1, 0.05, 0.025], rel=1e-6)
+
+
+def test_cosine_schedule_starts_after_the_slow_start():
+  config = TrainConfig(learning_policy='cosine', base_learning_rate=0.1,
+                       training_number_of_steps=110, slow_start_step=10,
+                       slow_start_learning_rate=0.001)
+  # Decay over 110 - 10 = 100 steps, counted from step 10.
+  expected = [0.001, 0.001, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi * 0.25)), 0.05, 0.0, 0.0]
+  assert _rates(config, [0, 9, 10, 35, 60, 110, 200]) == pytest.approx(expected, abs=1e-7)
 
 
 def _preprocess(image, label, model_config, train_config, ignore_label=255, seed=0):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeplab.config import MODEL_VARIANTS
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, require_fixtures, run_step
 
 
@@ -128,8 +129,8 @@ def test_unknown_model_variant_is_one_line_and_leaves_nothing(tmp_path, tiny_tfr
                     f'--output={tmp_path / "c.tar.gz"}', check=False)
   assert result.returncode == 2
   assert result.stderr.strip() == (
-      "error: python -m steps.train: --model_variant: expected one of mobilenet_v2, "
-      "resnet_v1_50_beta, resnet_v1_101_beta, xception_65, got 'resnet_v9'")
+      "error: python -m steps.train: --model_variant: expected one of "
+      + ", ".join(MODEL_VARIANTS) + ", got 'resnet_v9'")
   assert list(tmp_path.iterdir()) == []
 
 

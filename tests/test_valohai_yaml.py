@@ -17,6 +17,7 @@ from valohai_yaml.lint import lint_file
 from pipelines.shared import SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
 from pipelines.valohai import config as generator
 from pipelines.valohai.config import dashed
+from steps import serve
 from steps.flags import FLAG, parse_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +133,15 @@ def test_pipeline_edges_connect_existing_outputs_to_existing_inputs(config):
   for pipeline in config.pipelines.values():
     nodes = pipeline.node_map
     for edge in pipeline.edges:
-      source, target = node_step(config, nodes[edge.source_node]), node_step(config, nodes[edge.target_node])
+      source = node_step(config, nodes[edge.source_node])
+      if edge.target_type == 'file':  # into a deployment node: <endpoint>.<file>
+        endpoint, file_name = edge.target_key.split('.', 1)
+        assert endpoint in nodes[edge.target_node].endpoints, (pipeline.name, edge.target)
+        assert file_name in [f.name for f in config.endpoints[endpoint].files], edge.target
+        (output,) = spec_of(source).outputs
+        assert fnmatch.fnmatch(output.filename, edge.source_key), (pipeline.name, edge.source)
+        continue
+      target = node_step(config, nodes[edge.target_node])
       if edge.source_type == 'output':
         (output,) = spec_of(source).outputs
         assert fnmatch.fnmatch(output.filename, edge.source_key), (pipeline.name, edge.source)
@@ -153,8 +162,13 @@ def test_pipeline_parameters_target_existing_parameters(config):
 
 def test_every_required_input_of_a_pipeline_node_is_fed(config):
   for pipeline in config.pipelines.values():
-    fed = {(e.target_node, e.target_key) for e in pipeline.edges if e.target_type == 'input'}
+    fed = {(e.target_node, e.target_key) for e in pipeline.edges if e.target_type in ('input', 'file')}
     for node in pipeline.nodes:
+      if node.type == 'deployment':
+        for endpoint in node.endpoints:
+          for file in config.endpoints[endpoint].files:
+            assert (node.name, f'{endpoint}.{file.name}') in fed, (pipeline.name, node.name, file.name)
+        continue
       for declared in node_step(config, node).inputs.values():
         assert declared.optional or declared.default or (node.name, declared.name) in fed, \
             (pipeline.name, node.name, declared.name)
@@ -172,3 +186,12 @@ def test_sweep_task_is_the_shared_grid(config):
   task = config.tasks['train-sweep']
   assert {v.name: tuple(v.rules['items']) for v in task.parameters} == {
       'base_learning_rate': SWEEP_LEARNING_RATES, 'model_variant': SWEEP_MODEL_VARIANTS}
+
+
+def test_the_endpoint_runs_the_serve_step_on_its_model_file(config):
+  (endpoint,) = config.endpoints.values()
+  command = endpoint.server_command.split('&&')[-1].split()
+  assert command[:3] == ['python', '-m', 'steps.serve']
+  args = parse_flags(serve.SPEC, command[3:])
+  assert args.model == endpoint.files[0].path and str(args.port) == str(endpoint.port)
+  assert args.host == '0.0.0.0'  # reachable from outside the container

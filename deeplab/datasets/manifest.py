@@ -20,6 +20,10 @@
 TFRecords written by the original DeepLab tools have no manifest: `load_dataset` then builds one
 from a known dataset's description (`--dataset=<name>`) and the `{split}-NNNNN-of-NNNNN.tfrecord`
 shard names found in the folder.
+
+The original names Cityscapes' splits `train_fine`, `val_fine`, `test_fine` (so does build_data);
+shards built under the folder names `train`, `val` exist too. A split is found by either name:
+`val` finds `val_fine` and `val_fine` finds `val` (`resolve_split`).
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ from deeplab.errors import UserError
 
 MANIFEST_NAME = 'dataset.json'
 FORMAT_VERSION = 1
+# The suffix of the original's names for splits of fine annotations (Cityscapes).
+FINE_SUFFIX = '_fine'
 _SHARD_RE = re.compile(r'^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$')
 
 
@@ -83,12 +89,24 @@ class Manifest(DatasetClasses):
   skipped: List[dict] = dataclasses.field(default_factory=list)
   folder: str = ''  # where the shards are; not serialized
 
+  def resolve_split(self, split: str) -> str:
+    """The name `split` has here: itself, else the same name with or without `FINE_SUFFIX`."""
+    if split in self.splits:
+      return split
+    other = split[:-len(FINE_SUFFIX)] if split.endswith(FINE_SUFFIX) else split + FINE_SUFFIX
+    if other in self.splits:
+      return other
+    known = ', '.join(sorted(self.splits)) or 'none'
+    raise UserError(f'split {split!r} is not in the dataset {self.name!r} at {self.folder} '
+                    f'(splits found: {known})')
+
+  def label_histogram(self, split: str) -> Optional[List[int]]:
+    """Pixels per class id of `split` (None for shards without dataset.json)."""
+    return self.splits[self.resolve_split(split)].label_histogram
+
   def shard_paths(self, split: str) -> List[str]:
-    if split not in self.splits:
-      known = ', '.join(sorted(self.splits)) or 'none'
-      raise UserError(f'split {split!r} is not in the dataset {self.name!r} at {self.folder} '
-                      f'(splits found: {known})')
-    return [os.path.join(self.folder, s['file']) for s in self.splits[split].shards]
+    return [os.path.join(self.folder, s['file'])
+            for s in self.splits[self.resolve_split(split)].shards]
 
   def verified_shard_paths(self, split: str) -> List[str]:
     """`shard_paths(split)`, each shard checked before it is read.
@@ -97,7 +115,7 @@ class Manifest(DatasetClasses):
     a shard without one (original DeepLab TFRecords) has every record's CRCs read.
     """
     paths = self.shard_paths(split)
-    for shard, path in zip(self.splits[split].shards, paths):
+    for shard, path in zip(self.splits[self.resolve_split(split)].shards, paths):
       if not os.path.isfile(path):
         raise UserError(f'{path}: shard of split {split!r} is missing; expected the files '
                         f'{MANIFEST_NAME} lists')

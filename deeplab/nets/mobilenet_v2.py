@@ -14,7 +14,7 @@ resolution and dilate their depthwise convolutions instead (atrous convolution).
 
 End points: `layer_1` (Conv) ... `layer_18` (expanded_conv_16), and for each block
 `layer_N/expansion_output`, `layer_N/depthwise_output`, `layer_N/output`. The decoder reads
-`layer_4/depthwise_output` (stride 4).
+`layer_4/depthwise_output` at stride 4 and `layer_7/depthwise_output` at stride 8.
 """
 from deeplab.compat import slim, tf
 from deeplab.nets import layers
@@ -32,7 +32,8 @@ BLOCKS = (
 )
 FIRST_CONV_CHANNELS = 32
 ROOT_STRIDE = 2  # Conv
-DECODER_END_POINT = 'layer_4/depthwise_output'
+# stride -> end point the decoder reads at that stride.
+DECODER_END_POINTS = {4: 'layer_4/depthwise_output', 8: 'layer_7/depthwise_output'}
 
 
 def make_divisible(value, divisor, min_value):
@@ -62,25 +63,41 @@ def mobilenet_v2_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay
                                    batch_norm_epsilon)
 
 
-def _inverted_residual(net, stride, rate, end_points, name, expansion, out_channels):
-  """One block: 1x1 expand (if t > 1) -> 3x3 depthwise -> 1x1 linear project (+ residual).
+def inverted_residual(net, stride, rate, end_points, name, expansion, out_channels, kernel_size=3,
+                      activation_fn=None, squeeze_excite=None):
+  """One block: 1x1 expand (if it adds channels) -> depthwise -> 1x1 linear project (+ residual).
 
-  [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), out_channels].
+  [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), out_channels]. The expansion has
+  C * `expansion` channels (rounded to a multiple of 8); the depthwise conv is
+  `kernel_size` x `kernel_size`. `activation_fn` follows the expansion and the depthwise conv
+  (None: the arg scope's); `squeeze_excite` (MobileNetV3), if given, gates the depthwise output.
+  The residual is added where the block keeps the size and the channels.
   """
   in_channels = net.shape[-1]
   block_input = net
   expanded = make_divisible(in_channels * expansion, 8, 8)
-  if expanded > in_channels:
-    net = slim.conv2d(net, expanded, 1, scope='expand')
-  end_points[f'{name}/expansion_output'] = net
-  net = slim.separable_conv2d(net, None, 3, depth_multiplier=1, stride=stride, rate=rate,
-                              scope='depthwise')
+  activation = {} if activation_fn is None else {'activation_fn': activation_fn}
+  with slim.arg_scope([slim.conv2d, slim.separable_conv2d], **activation):
+    if expanded > in_channels:
+      net = slim.conv2d(net, expanded, 1, scope='expand')
+    end_points[f'{name}/expansion_output'] = net
+    net = slim.separable_conv2d(net, None, kernel_size, depth_multiplier=1, stride=stride,
+                                rate=rate, scope='depthwise')
   end_points[f'{name}/depthwise_output'] = net
+  if squeeze_excite:
+    net = squeeze_excite(net)
   net = slim.conv2d(net, out_channels, 1, activation_fn=None, scope='project')
   if stride == 1 and in_channels == out_channels:
     net += block_input
   end_points[f'{name}/output'] = net
   return net
+
+
+def inverted_residual_unit(index, stride, **args):
+  """The `index`-th (from 0) inverted residual of a MobileNet: scope `expanded_conv[_<index>]`,
+  end point `layer_<index + 2>` (layer_1 is the first convolution)."""
+  return layers.Unit(scope='expanded_conv' + (f'_{index}' if index else ''),
+                     end_point=f'layer_{index + 2}', stride=stride, args=args)
 
 
 def _inverted_residuals(depth_multiplier):
@@ -92,12 +109,10 @@ def _inverted_residuals(depth_multiplier):
   units = []
   for expansion, base_channels, repeats, first_stride in BLOCKS:
     for repeat in range(repeats):
-      index = len(units)
-      units.append(layers.Unit(
-          scope='expanded_conv' + (f'_{index}' if index else ''), end_point=f'layer_{index + 2}',
-          stride=first_stride if repeat == 0 else 1,
-          args={'expansion': expansion, 'out_channels': channels(base_channels, depth_multiplier)}))
-  return layers.Block(None, _inverted_residual, units)
+      units.append(inverted_residual_unit(
+          len(units), first_stride if repeat == 0 else 1, expansion=expansion,
+          out_channels=channels(base_channels, depth_multiplier)))
+  return layers.Block(None, inverted_residual, units)
 
 
 def mobilenet_v2(images, depth_multiplier=1.0, output_stride=16, scope=SCOPE, reuse=None):

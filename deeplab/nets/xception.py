@@ -1,25 +1,32 @@
-"""Xception-65 feature extractor for DeepLab: the modified, aligned Xception of DeepLabv3+.
+"""Xception-41, -65 and -71 feature extractors for DeepLab: the modified, aligned Xception.
 
 Chollet's Xception (2017), made deeper and fully convolutional by Dai et al. (MSRA, COCO 2017) and
 DeepLab (Chen et al., 2018): every max pooling is a stride-2 separable convolution, so the output
 stride can be set by atrous convolution, and each separable convolution is split into a depthwise
 and a pointwise conv, each with batch norm. Scope and variable names are those of the published
-DeepLab xception_65 checkpoints, so they restore:
+DeepLab checkpoints (ImageNet ones for all three depths, model-zoo ones for xception_65/71), so
+they restore; `<net>` is xception_41, xception_65 or xception_71:
 
-    xception_65/entry_flow/conv1_{1,2}/{weights, BatchNorm/*}                    (32, 64 channels)
-    xception_65/<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_depthwise/
+    <net>/entry_flow/conv1_{1,2}/{weights, BatchNorm/*}                          (32, 64 channels)
+    <net>/<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_depthwise/
         {depthwise_weights, BatchNorm/*}
-    xception_65/<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_pointwise/
+    <net>/<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_pointwise/
         {weights, BatchNorm/*}
-    xception_65/<flow>/blockB/unit_1/xception_module/shortcut/{weights, BatchNorm/*}  ("conv" skips)
+    <net>/<flow>/blockB/unit_1/xception_module/shortcut/{weights, BatchNorm/*}      ("conv" skips)
 
 BatchNorm/* is {beta, gamma, moving_mean, moving_variance}; convolutions have no biases.
 
+The networks differ in the entry flow and in the length of the middle flow:
+
+    entry flow (depth of its three separable convs, stride)       middle flow units
+    xception_41, xception_65: block1 128 s2, block2 256 s2, block3 728 s2          8 / 16
+    xception_71: block1 128 s2, block2 256 s1, block3 256 s2, block4 728 s1,
+                 block5 728 s2                                                      16
+
+Every entry-flow module has a "conv" skip and ReLU before each separable conv. The rest is common:
+
     block                 separable conv depths   units   skip    stride   ReLU
-    entry_flow/block1     128, 128, 128            1      conv    2        before each sep. conv
-    entry_flow/block2     256, 256, 256            1      conv    2        before each sep. conv
-    entry_flow/block3     728, 728, 728            1      conv    2        before each sep. conv
-    middle_flow/block1    728, 728, 728           16      sum     1        before each sep. conv
+    middle_flow/block1    728, 728, 728           8/16    sum     1        before each sep. conv
     exit_flow/block1      728, 1024, 1024          1      conv    2        before each sep. conv
     exit_flow/block2      1536, 1536, 2048         1      none    1        after each BN
 
@@ -41,28 +48,60 @@ Inputs are preprocessed to [-1, 1] (model.preprocess), as DeepLab does for Xcept
 End points (keys relative to the network scope): `entry_flow/conv1_{1,2}`, for each module
 `<flow>/blockB/unit_U/xception_module/separable_conv{1,2,3}_{depthwise,pointwise}` and `shortcut`,
 `<flow>/blockB/unit_U/xception_module` (module output) and `<flow>/blockB` (block output). The
-decoder reads `entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise` (stride 4,
-256 channels).
+decoder reads, at stride 4 and 8, the second separable conv of the entry-flow module that
+subsamples from that stride (`DECODER_END_POINTS`).
 """
+import functools
+
 from deeplab.compat import slim, tf
 from deeplab.nets import layers
 
-SCOPE = 'xception_65'
 UNIT_SCOPE = 'xception_module'
-DECODER_END_POINT = 'entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise'
 # Root convolutions: (scope, channels, stride).
 ROOT_CONVS = (('entry_flow/conv1_1', 32, 2), ('entry_flow/conv1_2', 64, 1))
 ROOT_STRIDE = 2  # entry_flow/conv1_1
-# (block scope, depths of the three separable convs, units, skip connection, stride,
-#  whether ReLU follows each batch norm rather than preceding each separable conv).
-BLOCKS = (
-    ('entry_flow/block1', (128, 128, 128), 1, 'conv', 2, False),
-    ('entry_flow/block2', (256, 256, 256), 1, 'conv', 2, False),
-    ('entry_flow/block3', (728, 728, 728), 1, 'conv', 2, False),
-    ('middle_flow/block1', (728, 728, 728), 16, 'sum', 1, False),
-    ('exit_flow/block1', (728, 1024, 1024), 1, 'conv', 2, False),
-    ('exit_flow/block2', (1536, 1536, 2048), 1, 'none', 1, True),
+# Entry flows: (block scope, depths of the three separable convs, stride); one unit each, "conv"
+# skips, ReLU before each separable conv.
+_ENTRY_FLOW_3_BLOCKS = (
+    ('entry_flow/block1', (128, 128, 128), 2),
+    ('entry_flow/block2', (256, 256, 256), 2),
+    ('entry_flow/block3', (728, 728, 728), 2),
 )
+_ENTRY_FLOW_5_BLOCKS = (
+    ('entry_flow/block1', (128, 128, 128), 2),
+    ('entry_flow/block2', (256, 256, 256), 1),
+    ('entry_flow/block3', (256, 256, 256), 2),
+    ('entry_flow/block4', (728, 728, 728), 1),
+    ('entry_flow/block5', (728, 728, 728), 2),
+)
+# network scope -> (entry flow, units of the middle flow).
+NETWORKS = {
+    'xception_41': (_ENTRY_FLOW_3_BLOCKS, 8),
+    'xception_65': (_ENTRY_FLOW_3_BLOCKS, 16),
+    'xception_71': (_ENTRY_FLOW_5_BLOCKS, 16),
+}
+_DECODER_SOURCE = '{}/unit_1/xception_module/separable_conv2_pointwise'
+# network scope -> {stride: end point the decoder reads at that stride}.
+DECODER_END_POINTS = {
+    'xception_41': {4: _DECODER_SOURCE.format('entry_flow/block2'),
+                    8: _DECODER_SOURCE.format('entry_flow/block3')},
+    'xception_65': {4: _DECODER_SOURCE.format('entry_flow/block2'),
+                    8: _DECODER_SOURCE.format('entry_flow/block3')},
+    'xception_71': {4: _DECODER_SOURCE.format('entry_flow/block3'),
+                    8: _DECODER_SOURCE.format('entry_flow/block5')},
+}
+
+
+def blocks(scope):
+  """(block scope, depths of the three separable convs, units, skip connection, stride,
+  whether ReLU follows each batch norm rather than preceding each separable conv) of `scope`."""
+  entry_flow, middle_flow_units = NETWORKS[scope]
+  return tuple((block_scope, depths, 1, 'conv', stride, False)
+               for block_scope, depths, stride in entry_flow) + (
+      ('middle_flow/block1', (728, 728, 728), middle_flow_units, 'sum', 1, False),
+      ('exit_flow/block1', (728, 1024, 1024), 1, 'conv', 2, False),
+      ('exit_flow/block2', (1536, 1536, 2048), 1, 'none', 1, True),
+  )
 
 
 def xception_arg_scope(is_training=True, weight_decay=4e-5, batch_norm_decay=0.9997,
@@ -114,21 +153,23 @@ def xception_module(net, stride, rate, end_points, name, depths, skip, relu_afte
   return net
 
 
-def _dense_blocks():
-  """`BLOCKS` as `layers.Block`s of Xception modules; every module of a block has its stride."""
+def _dense_blocks(scope):
+  """`blocks(scope)` as `layers.Block`s of Xception modules; every module of a block has its
+  stride."""
   return [layers.Block(block_scope, xception_module,
                        layers.numbered_units(block_scope, UNIT_SCOPE, (stride,) * units,
                                              depths=depths, skip=skip,
                                              relu_after_batch_norm=relu_after_batch_norm))
-          for block_scope, depths, units, skip, stride, relu_after_batch_norm in BLOCKS]
+          for block_scope, depths, units, skip, stride, relu_after_batch_norm
+          in blocks(scope)]
 
 
-def xception_65(images, depth_multiplier=1.0, output_stride=16, reuse=None):
-  """Builds the feature extractor.
+def xception(images, depth_multiplier=1.0, output_stride=16, reuse=None, *, scope):
+  """Builds the feature extractor `scope` ('xception_41', 'xception_65' or 'xception_71').
 
   Args:
     images: float32 [N, H, W, 3], preprocessed to [-1, 1].
-    depth_multiplier: must be 1.0; the published Xception has one width (accepted so that every
+    depth_multiplier: must be 1.0; the published Xceptions have one width (accepted so that every
       backbone has the same signature).
     output_stride: 2, 4, 8, 16 or 32: H / feature height (rounded up).
   Returns:
@@ -138,9 +179,15 @@ def xception_65(images, depth_multiplier=1.0, output_stride=16, reuse=None):
     ValueError: another depth multiplier or output stride.
   """
   if depth_multiplier != 1.0:
-    raise ValueError(f'{SCOPE} has no width multiplier; got depth_multiplier={depth_multiplier}')
+    raise ValueError(f'{scope} has no width multiplier; got depth_multiplier={depth_multiplier}')
+  dense_blocks = _dense_blocks(scope)
   end_points = {}
-  with tf.compat.v1.variable_scope(SCOPE, values=[images], reuse=reuse):
+  with tf.compat.v1.variable_scope(scope, values=[images], reuse=reuse):
     net = layers.root_convs(images, ROOT_CONVS, end_points)
-    net = layers.stack_blocks_dense(net, _dense_blocks(), output_stride, ROOT_STRIDE, end_points)
+    net = layers.stack_blocks_dense(net, dense_blocks, output_stride, ROOT_STRIDE, end_points)
   return net, end_points
+
+
+xception_41 = functools.partial(xception, scope='xception_41')
+xception_65 = functools.partial(xception, scope='xception_65')
+xception_71 = functools.partial(xception, scope='xception_71')

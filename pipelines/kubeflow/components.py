@@ -3,11 +3,12 @@
 
 Each component's inputs are the step's flags (same names, types and defaults); input artifacts are
 passed to the step as paths, `output` is the artifact the step writes, and `metrics` holds the numbers
-of the step's JSON metric lines. The function bodies run inside the image, where `pipelines` and
-`steps` are importable (PYTHONPATH=/app).
+of the step's JSON metric lines; evaluate's `confusion_matrix` and `html_report` are its confusion
+matrix and report page, as the KFP UI shows them. The function bodies run inside the image, where
+`pipelines` and `steps` are importable (PYTHONPATH=/app).
 """
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from pipelines.shared import PROJECT_IMAGE
 
@@ -44,9 +45,19 @@ def train(
     output_stride: int = 16,
     atrous_rates: str = 'preset',
     decoder_output_stride: str = 'preset',
+    multi_grid: str = 'preset',
     add_image_level_feature: bool = True,
     aspp_with_separable_conv: bool = True,
     decoder_use_separable_conv: bool = True,
+    image_pooling_crop_size: str = 'preset',
+    image_pooling_stride: str = 'preset',
+    aspp_convs_filters: str = 'preset',
+    aspp_with_concat_projection: str = 'preset',
+    aspp_with_squeeze_and_excitation: str = 'preset',
+    image_se_uses_qsigmoid: str = 'preset',
+    decoder_use_sum_merge: str = 'preset',
+    decoder_filters: str = 'preset',
+    decoder_output_is_logits: str = 'preset',
     min_resize_value: int = 0,
     max_resize_value: int = 0,
     dataset: str = '',
@@ -70,6 +81,13 @@ def train(
     scale_factor_step_size: float = 0.25,
     initialize_last_layer: bool = True,
     last_layers_contain_logits_only: bool = False,
+    last_layer_gradient_multiplier: float = 1.0,
+    upsample_logits: bool = True,
+    top_k_percent_pixels: float = 1.0,
+    hard_example_mining_step: int = 0,
+    label_weights: str = '',
+    label_weight_rule: str = 'none',
+    label_weight_cap: float = 10.0,
     log_steps: int = 10,
     save_interval_steps: int = 1000,
     batch_norm_decay: float = 0.9997,
@@ -92,12 +110,16 @@ def evaluate(
     checkpoint: Input[Model],
     output: Output[Artifact],
     metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    html_report: Output[HTML],
     dataset: str = '',
     eval_split: str = 'val',
     eval_scales: str = '1.0',
     add_flipped_images: bool = False,
+    eval_crop_size: str = '',
+    report_images: int = 4,
 ):
-  """Evaluate a checkpoint on a split in one pass over whole images."""
+  """Evaluate a checkpoint on a split in one pass over whole images; a report (figures and one HTML page) and the confusion matrix are written beside the metrics."""
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('evaluate', arguments)
@@ -108,10 +130,17 @@ def export(
     checkpoint: Input[Model],
     output: Output[Model],
     metrics: Output[Metrics],
+    tfrecords: Input[Dataset] = None,
     inference_scales: str = '1.0',
     add_flipped_images: bool = False,
+    export_crop_size: str = '',
+    export_formats: str = 'frozen_graph,saved_model,tflite',
+    tflite_input_size: str = '',
+    tflite_quantize: str = 'none',
+    calibration_images: int = 100,
+    format_check_images: int = 8,
 ):
-  """Freeze a checkpoint into a graph: ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0."""
+  """Export a checkpoint: the frozen graph (ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0), a SavedModel for TF Serving / KServe, a TFLite model."""
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('export', arguments)
@@ -125,6 +154,7 @@ def predict(
     metrics: Output[Metrics],
     overlay_alpha: float = 0.5,
     max_inference_pixels: int = 4194304,
+    model_format: str = 'auto',
 ):
   """Segment images with an exported model: raw label PNGs and colour overlays."""
   arguments = dict(locals())  # before the import below adds a local

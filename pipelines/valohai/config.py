@@ -18,6 +18,7 @@ import sys
 import yaml
 
 from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS, write_or_check
+from steps import serve
 
 SETUP_COMMAND = 'sh pipelines/install_requirements.sh'
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,6 +36,14 @@ BUILD_DATA_VARIANTS = (
 DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master/research/deeplab/'
                     f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
 STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
+
+# The endpoint serving the exported model, and the deployment the pipeline publishes it to: create
+# a deployment of this name once in the Valohai project (Deployments > Create), then every run of
+# train-evaluate-deploy adds a version of it.
+ENDPOINT = 'segment'
+DEPLOYMENT = 'deeplab'
+ENDPOINT_MODEL_PATH = 'model/model.tar.gz'
+SERVE_SPEC = serve.SPEC
 
 # Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
 PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
@@ -121,6 +130,14 @@ def _knob_parameters(target_node: str) -> list:
           for knob in PIPELINE_KNOBS]
 
 
+def _build_train_evaluate_export_edges() -> list:
+  """build-data's records to train and evaluate, train's checkpoint to evaluate and export."""
+  return [_artifact_edge('build_data', 'train', 'tfrecords'),
+          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
+          _artifact_edge('train', 'evaluate', 'checkpoint'),
+          _artifact_edge('train', 'export', 'checkpoint')]
+
+
 def train_evaluate_export_pipeline() -> dict:
   """build-data (PASCAL VOC by default) -> train -> evaluate + export -> predict."""
   return {'pipeline': {
@@ -128,11 +145,7 @@ def train_evaluate_export_pipeline() -> dict:
       'parameters': _knob_parameters('train'),
       'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]), _execution('train'),
                 _execution('evaluate'), _execution('export'), _execution('predict')],
-      'edges': [
-          _artifact_edge('build_data', 'train', 'tfrecords'),
-          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
-          _artifact_edge('train', 'evaluate', 'checkpoint'),
-          _artifact_edge('train', 'export', 'checkpoint'),
+      'edges': _build_train_evaluate_export_edges() + [
           _artifact_edge('export', 'predict', 'model'),
       ],
   }}
@@ -165,6 +178,37 @@ def sweep_pipeline() -> dict:
   }}
 
 
+def endpoint(image: str) -> dict:
+  """The online endpoint: the serve step on the exported model, which the deployment node of
+  `train_evaluate_deploy_pipeline` (or `vh deployment create-version`) hands over as a file."""
+  serve = SERVE_SPEC.parameter
+  return {'endpoint': {
+      'name': ENDPOINT,
+      'description': SERVE_SPEC.description,
+      'image': image,
+      'port': serve('port').default,
+      'server-command': (f'{SETUP_COMMAND} && python -m steps.serve --model={ENDPOINT_MODEL_PATH} '
+                         f'--host=0.0.0.0 --port={serve("port").default}'),
+      'files': [{'name': 'model', 'description': 'model.tar.gz from the export step',
+                 'path': ENDPOINT_MODEL_PATH}],
+  }}
+
+
+def train_evaluate_deploy_pipeline() -> dict:
+  """build-data -> train -> evaluate + export -> a new version of the `deeplab` deployment."""
+  return {'pipeline': {
+      'name': 'train-evaluate-deploy',
+      'parameters': _knob_parameters('train'),
+      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]), _execution('train'),
+                _execution('evaluate'), _execution('export'),
+                {'name': 'deploy', 'type': 'deployment', 'deployment': DEPLOYMENT,
+                 'endpoints': [ENDPOINT]}],
+      'edges': _build_train_evaluate_export_edges() + [
+          [f'export.output.{output_filename("export")}', f'deploy.file.{ENDPOINT}.model'],
+      ],
+  }}
+
+
 # Machines of a distributed training task; each trains on every GPU of its own (steps/cluster.py
 # turns Valohai's member list into TF_CONFIG).
 DISTRIBUTED_WORKERS = 2
@@ -190,12 +234,7 @@ def distributed_pipeline() -> dict:
       'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]),
                 {'name': 'train', 'type': 'task', 'task': 'train-distributed'},
                 _execution('evaluate'), _execution('export')],
-      'edges': [
-          _artifact_edge('build_data', 'train', 'tfrecords'),
-          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
-          _artifact_edge('train', 'evaluate', 'checkpoint'),
-          _artifact_edge('train', 'export', 'checkpoint'),
-      ],
+      'edges': _build_train_evaluate_export_edges(),
   }}
 
 
@@ -203,8 +242,9 @@ def config(image: str = BASE_IMAGE) -> list:
   entries = [step_entry(step, image) for step in SPECS]
   entries[1:1] = [step_entry('build_data', image, name, {'dataset': dataset}, {'raw_data': url})
                   for name, dataset, url in BUILD_DATA_VARIANTS]
-  return entries + [sweep_task(), distributed_train_task(), train_evaluate_export_pipeline(),
-                    sweep_pipeline(), distributed_pipeline()]
+  return entries + [endpoint(image), sweep_task(), distributed_train_task(),
+                    train_evaluate_export_pipeline(), sweep_pipeline(),
+                    train_evaluate_deploy_pipeline(), distributed_pipeline()]
 
 
 def render(image: str = BASE_IMAGE) -> str:

@@ -3,7 +3,11 @@
 Layout: `leftImg8bit/<split>/<city>/<id>_leftImg8bit.png` with
 `gtFine/<split>/<city>/<id>_gtFine_labelTrainIds.png`, or, when only `<id>_gtFine_labelIds.png`
 exists, the label ids mapped to the 19 train ids (others -> 255) by `TRAIN_ID_TABLE`.
-Splits: the `leftImg8bit/` subfolders that have a `gtFine/` counterpart.
+Splits: the `leftImg8bit/` subfolders that have a `gtFine/` counterpart, named as the original
+DeepLab's Cityscapes builder and reader name them: the folder plus `_fine` (`train_fine`,
+`val_fine`, `test_fine`), so shards are `val_fine-NNNNN-of-NNNNN.tfrecord`. A split may be asked for
+by its folder name too (`--splits=val`); its shards then carry the name asked for, and readers find
+a split by either name (`Manifest.resolve_split`).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 
 from deeplab import colormaps
 from deeplab.datasets.layouts import base
+from deeplab.datasets.manifest import FINE_SUFFIX
 from deeplab.errors import UserError
 
 CLASS_NAMES = (
@@ -58,28 +63,31 @@ class Cityscapes(base.Dataset):
             and os.path.isdir(os.path.join(folder, 'gtFine')))
 
   def splits(self, root):
-    return sorted(s for s in os.listdir(os.path.join(root, 'leftImg8bit'))
-                  if os.path.isdir(os.path.join(root, 'gtFine', s)))
+    return sorted(folder + FINE_SUFFIX for folder in os.listdir(os.path.join(root, 'leftImg8bit'))
+                  if os.path.isdir(os.path.join(root, 'gtFine', folder)))
 
   def scan(self, root, split):
+    if not split.endswith(FINE_SUFFIX):
+      split += FINE_SUFFIX
     self.check_split(root, split)
-    pattern = os.path.join(root, 'leftImg8bit', split, '*', '*' + self.IMAGE_SUFFIX)
+    folder = split[:-len(FINE_SUFFIX)]
+    pattern = os.path.join(root, 'leftImg8bit', folder, '*', '*' + self.IMAGE_SUFFIX)
     images = sorted(glob.glob(pattern))
     if not images:
-      raise UserError(f'{os.path.join(root, "leftImg8bit", split)}: split {split!r} is empty; '
+      raise UserError(f'{os.path.join(root, "leftImg8bit", folder)}: split {split!r} is empty; '
                       f'expected <city>/*{self.IMAGE_SUFFIX}')
     by_id = {os.path.basename(p)[:-len(self.IMAGE_SUFFIX)]: p for p in images}
 
     def label_of(example_id):
       city = os.path.basename(os.path.dirname(by_id[example_id]))
-      stem = os.path.join(root, 'gtFine', split, city, example_id)
+      stem = os.path.join(root, 'gtFine', folder, city, example_id)
       return (base.existing_file(stem + self.TRAIN_ID_SUFFIX)
               or base.existing_file(stem + self.LABEL_ID_SUFFIX))
 
     ids = [os.path.basename(p)[:-len(self.IMAGE_SUFFIX)] for p in images]
     return base.pair_files(
         split, ids, by_id.get, label_of, pattern,
-        (pattern, f'gtFine/{split}/<city>/<id>{self.TRAIN_ID_SUFFIX} or {self.LABEL_ID_SUFFIX}'))
+        (pattern, f'gtFine/{folder}/<city>/<id>{self.TRAIN_ID_SUFFIX} or {self.LABEL_ID_SUFFIX}'))
 
   def label_table(self, label_path):
     return TRAIN_ID_TABLE if label_path.endswith(self.LABEL_ID_SUFFIX) else None

@@ -1,0 +1,41 @@
+"""Every benchmark in one run, then one table: `python -m bench` (what `make bench` runs).
+
+    python -m bench [--quick]
+
+Each benchmark interleaves its contenders round by round and reports per-round ratios against its
+baseline (bench/harness.py). --quick runs fewer rounds on smaller inputs, to check the benches
+themselves rather than to measure.
+"""
+import argparse
+
+from bench import (build_data, harness, inference, predict, predict_memory, train_input,
+                   train_memory, train_resnet)
+
+BENCHMARKS = (train_input, build_data, predict_memory, inference, predict, train_resnet,
+              train_memory)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--quick', action='store_true')
+  quick = parser.parse_args().quick
+  load_before = harness.load_average()
+  measurements = []
+  for module in BENCHMARKS:
+    module_parser = argparse.ArgumentParser()
+    module.add_arguments(module_parser)
+    args = module_parser.parse_args([])
+    if quick:
+      for name, value in (('rounds', 2), ('steps', 5), ('num_images', 100), ('megapixels', 2),
+                          ('iterations', 3), ('sizes', '257'), ('photos', 8), ('crop', 129)):
+        if hasattr(args, name):
+          setattr(args, name, value)
+    for measurement in harness.as_list(module.measure(args)):
+      harness.report(measurement)
+      measurements.append(measurement)
+  print()
+  print(harness.table(measurements, load_before, harness.load_average()))
+
+
+if __name__ == '__main__':
+  main()

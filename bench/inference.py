@@ -1,0 +1,115 @@
+"""Benchmark: latency per image of every export format, at 257x257 and 513x513.
+
+    python -m bench.inference [--rounds=3] [--iterations=5] [--sizes=257,513] [--threads=2]
+
+One model, DeepLabv3 MobileNetV2 (bench/reference_model.py: Google's weights when the shared
+fixture is there), exported as: the frozen graph as built and after `lean_inference_graph` (batch
+norm folded, labels from the logits), that lean graph with the static input size, the SavedModel,
+and our TFLite float32 and int8 at each size; Google's own deeplabv3.tflite runs at 257x257. Every
+TFLite model runs on the same interpreter (ai-edge-litert) with the same thread count. A value is
+the mean milliseconds of `iterations` predictions of one image (after a warm-up), contenders
+interleaved round by round; the baseline is Google's TFLite when present, else our TFLite float.
+The TensorFlow contenders include the session's feed and fetch (labels only), the TFLite ones
+the interpreter's invoke (labels are one argmax away).
+"""
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from bench import harness, reference_model
+
+TARGET_SIZE = 257
+TARGET = 'frozen_lean <= 1.5 x Google\'s TFLite latency (ratio >= 0.667)'
+
+
+def _timed(predict, images, iterations):
+  """A contender: the mean milliseconds of `iterations` calls of predict(image)."""
+  predict(images[0])  # the first run builds kernels and Grappler's rewrite
+
+  def run():
+    started = time.perf_counter()
+    for index in range(iterations):
+      predict(images[index % len(images)])
+    return (time.perf_counter() - started) / iterations * 1000
+  return run
+
+
+def _interpreter(path, threads, images):
+  """predict(image) running a TFLite model on `threads` threads; a float input (Google's model)
+  gets the image scaled to [-1, 1] as that model expects."""
+  from ai_edge_litert.interpreter import Interpreter
+  interpreter = Interpreter(model_path=path, num_threads=threads)
+  interpreter.allocate_tensors()
+  detail = interpreter.get_input_details()[0]
+  as_input = ((lambda image: image[np.newaxis]) if detail['dtype'] == np.uint8 else
+              (lambda image: (image[np.newaxis].astype(np.float32) / 127.5 - 1.0)))
+  feeds = {id(image): as_input(image) for image in images}
+
+  def predict(image):
+    interpreter.set_tensor(detail['index'], feeds[id(image)])
+    interpreter.invoke()
+  return predict
+
+
+def _session(graph_def):
+  """predict(image) of a frozen GraphDef: run to the labels."""
+  from deeplab import export
+  from deeplab.compat import tf
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.compat.v1.import_graph_def(graph_def, name='')
+  session = tf.compat.v1.Session(graph=graph)
+  inputs = graph.get_tensor_by_name(export.INPUT_TENSOR + ':0')
+  labels = graph.get_tensor_by_name(export.PREDICTIONS_TENSOR + ':0')
+  return lambda image: session.run(labels, {inputs: image[np.newaxis]})
+
+
+def _contenders(folder, config, prefix, size, args):
+  from deeplab import export
+  from deeplab.config import TFLITE_QUANTIZATIONS, ExportConfig
+  images = reference_model.photos(size, 4)
+  built = export.freeze(config, prefix, ExportConfig(), lean=False)
+  lean = export.lean_inference_graph(built)
+  predictors = {'frozen_as_built': _session(built), 'frozen_lean': _session(lean),
+                'frozen_lean_static': _session(export.lean_inference_graph(built, size))}
+  saved_model = os.path.join(folder, f'saved_model_{size[0]}')
+  export.write_saved_model(lean, saved_model)
+  predictors['saved_model'] = export.SavedModelModel(saved_model).predict
+  for quantize in TFLITE_QUANTIZATIONS:
+    name = 'float' if quantize == 'none' else quantize
+    path = os.path.join(folder, f'{name}_{size[0]}.tflite')
+    export.write_tflite(config, prefix, path, size, quantize, images)
+    predictors[f'tflite_{name}'] = _interpreter(path, args.threads, images)
+  google = reference_model.google_tflite()
+  if google and tuple(size) == reference_model.GOOGLE_TFLITE_SIZE:
+    predictors['google_tflite'] = _interpreter(google, args.threads, images)
+  return {name: _timed(predict, images, args.iterations) for name, predict in predictors.items()}
+
+
+def measure(args):
+  """One Measurement per size."""
+  measurements = []
+  with tempfile.TemporaryDirectory() as folder:
+    config, prefix = reference_model.write_checkpoint(folder)
+    for side in (int(v) for v in args.sizes.split(',')):
+      contenders = _contenders(folder, config, prefix, (side, side), args)
+      baseline = 'google_tflite' if 'google_tflite' in contenders else 'tflite_float'
+      values = harness.interleave(contenders, args.rounds)
+      measurements.append(harness.Measurement(
+          f'inference_{side}', 'ms/image', baseline, values, higher_is_better=False,
+          target=TARGET if side == TARGET_SIZE and baseline == 'google_tflite' else '',
+          notes={'load_average': harness.load_average()}))
+  return measurements
+
+
+def add_arguments(parser):
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--iterations', type=int, default=5)
+  parser.add_argument('--sizes', default='257,513')
+  parser.add_argument('--threads', type=int, default=os.cpu_count())
+
+
+if __name__ == '__main__':
+  harness.main(__doc__, add_arguments, measure)

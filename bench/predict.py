@@ -1,0 +1,72 @@
+"""Benchmark: `predict` images/s end to end vs. the frozen graph alone on the same images.
+
+    python -m bench.predict [--rounds=3] [--photos=24] [--size=384,512]
+
+The demo's MobileNetV2 (bench/predict_memory.py's model) segments `photos` JPEGs of `size`
+(height, width): the demo photos of the shared fixtures resized, or smooth random images. Per
+round, `steps.predict` runs in a fresh process and reports the images/s of its loop (decode,
+inference, overlay and PNG encoding, without the process start and the archive); the baseline is
+the same model, freshly loaded in this process, predicting the same images already decoded. Both
+include the model's first run (Grappler's rewrite, kernel set-up: about ten images' worth on this
+model), so the ratio is the cost of what predict adds. Target: predict >= 0.8 x the model alone.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench import harness, reference_model
+from bench.predict_memory import ENV, export_demo_model
+
+
+def _predict_step(model, images, output):
+  """images/s of one `steps.predict` run, as the step reports it."""
+  completed = subprocess.run(
+      [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
+       f'--output={output}'], env=ENV, capture_output=True, text=True, check=True)
+  metrics = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith('{')]
+  return next(m['images_per_sec'] for m in metrics if 'images_per_sec' in m)
+
+
+def _model_alone(model, images):
+  """images/s of the model in `model` (model.tar.gz), loaded afresh, over `images` (decoded)."""
+  from steps import artifacts
+  with contextlib.ExitStack() as stack:
+    runner = artifacts.Model.open(stack, model).load()
+    stack.callback(runner.close)
+    started = time.perf_counter()
+    for image in images:
+      runner.predict(image)
+    return len(images) / (time.perf_counter() - started)
+
+
+def measure(args) -> harness.Measurement:
+  from PIL import Image
+  size = tuple(int(v) for v in args.size.split(','))
+  with tempfile.TemporaryDirectory() as folder:
+    model = export_demo_model(folder)
+    images = reference_model.photos(size, args.photos)
+    photos = os.path.join(folder, 'photos')
+    os.makedirs(photos)
+    for index, image in enumerate(images):
+      Image.fromarray(image).save(os.path.join(photos, f'{index:04d}.jpg'), quality=90)
+    output = os.path.join(folder, 'predictions.tar.gz')
+    values = harness.interleave({'model_alone': lambda: _model_alone(model, images),
+                                 'predict_step': lambda: _predict_step(model, photos, output)},
+                                args.rounds)
+  return harness.Measurement(
+      'predict', 'images/s', 'model_alone', values,
+      target=f'{args.photos} JPEGs {size[1]}x{size[0]}: predict_step >= 0.8 x model_alone')
+
+
+def add_arguments(parser):
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--photos', type=int, default=24)
+  parser.add_argument('--size', default='384,512')
+
+
+if __name__ == '__main__':
+  harness.main(__doc__, add_arguments, measure)

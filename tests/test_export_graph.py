@@ -1,0 +1,108 @@
+"""The lean inference graph (export.lean_inference_graph) gives the labels of the graph as built."""
+import collections
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab import export
+from deeplab.compat import tf
+from deeplab.config import ExportConfig, ModelConfig
+from tests.conftest import require_fixtures
+
+# Every folding case: plain and depthwise convolutions, atrous depthwise (SpaceToBatchND ->
+# depthwise -> BatchToSpaceND -> batch norm) in the backbone at output stride 8 and in the ASPP,
+# and the decoder.
+TINY = ModelConfig(num_classes=4, depth_multiplier=0.25, output_stride=8, atrous_rates=(2, 4),
+                   decoder_output_stride=4)
+
+
+def _tiny_checkpoint(folder, config):
+  """A random checkpoint whose batch norms are far from the identity (random gamma, beta and
+  moving statistics), so that a wrong fold changes the labels."""
+  from deeplab import model
+  prefix = str(folder / 'model.ckpt')
+  rng = np.random.default_rng(0)
+  with tf.Graph().as_default():
+    model.logits(tf.compat.v1.placeholder(tf.float32, [1, 65, 65, 3]), config)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      for variable in tf.compat.v1.global_variables():
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name.endswith(('/gamma', '/moving_variance')):
+          variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
+        elif name.endswith(('/beta', '/moving_mean')):
+          variable.load(rng.normal(0.0, 0.5, shape).astype(np.float32), session)
+      tf.compat.v1.train.Saver().save(session, prefix, write_meta_graph=False)
+  return prefix
+
+
+def _run(graph_def, image):
+  """(labels, probabilities) of a frozen graph for one image."""
+  with tf.Graph().as_default() as graph:
+    tf.compat.v1.import_graph_def(graph_def, name='')
+    with tf.compat.v1.Session(graph=graph) as session:
+      labels, probabilities = session.run(
+          [export.PREDICTIONS_TENSOR + ':0', export.PROBABILITIES_TENSOR + ':0'],
+          {export.INPUT_TENSOR + ':0': image[np.newaxis]})
+  return labels[0], probabilities[0]
+
+
+def _ops(graph_def):
+  return collections.Counter(node.op for node in graph_def.node)
+
+
+def _images(sizes, seed=1):
+  rng = np.random.default_rng(seed)
+  return [np.asarray(Image.fromarray(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8))
+                     .resize((w, h), Image.BILINEAR)) for h, w in sizes]
+
+
+@pytest.mark.parametrize('export_config', [ExportConfig(),
+                                           ExportConfig(inference_scales=(0.75, 1.0),
+                                                        add_flipped_images=True)],
+                         ids=['single_scale', 'multi_scale_flipped'])
+def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, export_config):
+  prefix = _tiny_checkpoint(tmp_path, TINY)
+  built = export.freeze(TINY, prefix, export_config, lean=False)
+  lean = export.freeze(TINY, prefix, export_config)
+  assert _ops(built)['FusedBatchNormV3'] > 20
+  assert not any(op.startswith('FusedBatchNorm') for op in _ops(lean))
+  for image in _images([(65, 65), (97, 130), (40, 71)]):
+    built_labels, built_probabilities = _run(built, image)
+    lean_labels, lean_probabilities = _run(lean, image)
+    np.testing.assert_array_equal(lean_labels, built_labels)
+    np.testing.assert_allclose(lean_probabilities, built_probabilities, atol=1e-5)
+
+
+def test_single_scale_labels_skip_the_softmax_and_a_static_size_keeps_them(tmp_path):
+  prefix = _tiny_checkpoint(tmp_path, TINY)
+  built = export.freeze(TINY, prefix, ExportConfig(), lean=False)
+  lean = export.lean_inference_graph(built)
+  nodes = {node.name: node for node in lean.node}
+  argmax = nodes[nodes[export.PREDICTIONS_TENSOR].input[0]]
+  assert argmax.op == 'ArgMax' and nodes[argmax.input[0]].op == 'ResizeBilinear'
+  static = export.lean_inference_graph(built, (97, 130))
+  image = _images([(97, 130)])[0]
+  np.testing.assert_array_equal(_run(static, image)[0], _run(built, image)[0])
+  with pytest.raises(ValueError):  # the static graph takes only its size
+    _run(static, _images([(65, 65)])[0])
+
+
+def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
+  from tests.reference_model import TFLITE_CONFIG, write_reference_checkpoint
+  reference = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
+  photos = [np.asarray(Image.open(path).convert('RGB'))
+            for path in sorted(require_fixtures('photos').glob('image*.jpg'))]
+  prefix = str(tmp_path / 'model.ckpt')
+  write_reference_checkpoint(str(reference), prefix)
+  config = ModelConfig(**TFLITE_CONFIG)
+  built = export.freeze(config, prefix, ExportConfig(), lean=False)
+  lean = export.freeze(config, prefix, ExportConfig())
+  assert _ops(built)['FusedBatchNormV3'] == 54
+  horse = np.asarray(
+      Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
+  golden = np.asarray(Image.open(reference.parent / 'segmentation_golden_rotation0.png')) // 10
+  assert (_run(lean, horse)[0] == golden).mean() == 1.0
+  for photo in photos:
+    np.testing.assert_array_equal(_run(lean, photo)[0], _run(built, photo)[0])
