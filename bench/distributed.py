@@ -39,7 +39,8 @@ class _Training:
           ModelConfig(num_classes=21, model_variant=args.variant),
           TrainConfig(train_batch_size=args.batch, train_crop_size=(args.crop, args.crop),
                       precision=precision),
-          tf.constant(images), tf.constant(labels), 255, distribute.strategy_for(devices, None))
+          tf.constant(images), tf.constant(labels), 255,
+          strategy=distribute.strategy_for(devices, None))
       self.train_op = ops['train_op']
       self.session = tf.compat.v1.Session(config=distribute.session_config(devices))
       self.session.run(tf.compat.v1.global_variables_initializer())

@@ -153,6 +153,18 @@ def all_reduce(reduce_op, value):
       lambda strategy, v: strategy.extended.reduce_to(reduce_op, v, destinations=v), args=(value,))
 
 
+def replica_id(context) -> int:
+  """The replica's index in its sync group as a Python int.
+
+  `ReplicaContext.replica_id_in_sync_group` is a constant Tensor, and in graph mode a Tensor's
+  `==` and `!=` compare identities, never values: `id != 0` is True on every replica.
+  """
+  value = tf.get_static_value(context.replica_id_in_sync_group)
+  if value is None:
+    raise RuntimeError('the replica id is not a constant in this strategy')
+  return int(value)
+
+
 def copy_from_chief(strategy, variables):
   """An op that sets every replica's copy of `variables` to the chief's first replica's.
 
@@ -163,7 +175,7 @@ def copy_from_chief(strategy, variables):
   def replica_values():
     context = tf.distribute.get_replica_context()
     flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], 0)
-    if context.replica_id_in_sync_group != 0:
+    if replica_id(context) != 0:
       flat = tf.zeros_like(flat)
     return all_reduce(tf.distribute.ReduceOp.SUM, flat)
 

@@ -128,7 +128,7 @@ def gradient_multiplier(variable_name: str, train_config: TrainConfig) -> float:
 
 
 def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, images, labels,
-                      ignore_label: int, label_histogram=None, strategy=None):
+                      ignore_label: int, label_histogram=None, *, strategy=None):
   """The training ops over a batch, replicated by `strategy` (default: this one device).
 
   `images` float32 [B, H, W, 3] and `labels` int32 [B, H, W] are this process's share of the
@@ -157,8 +157,7 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
       """One replica's forward and backward pass; the optimizer sums the gradients of all."""
       context = tf.distribute.get_replica_context()
       replicas = context.num_replicas_in_sync
-      # A Python int: in graph mode a Tensor's == is identity, never a comparison of values.
-      replica = tf.get_static_value(context.replica_id_in_sync_group)
+      replica = distribute.replica_id(context)
       share = tf.shape(images)[0] // local_replicas
       first = (replica % local_replicas) * share
       compute_dtype = _COMPUTE_DTYPES[train_config.precision]
@@ -174,7 +173,10 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
       # The optimizer SUMs the replicas' gradients (tf.compat.v1 optimizers scale no loss): each
       # replica's data loss counts 1/replicas, the weights' regularization (the same on every
       # replica) is counted once, on the first.
-      regularization = tf.compat.v1.losses.get_regularization_losses() if replica == 0 else []
+      # (In bfloat16/float16 graphs the regularizers see the variables as read, in that dtype.)
+      regularization = ([tf.cast(r, tf.float32)
+                         for r in tf.compat.v1.losses.get_regularization_losses()]
+                        if replica == 0 else [])
       total_loss = tf.add_n([loss / replicas] + regularization, name='total_loss')
       gradients = []
       for gradient, variable in optimizer.compute_gradients(total_loss):
@@ -249,7 +251,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
     images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     strategy = distribute.strategy_for(devices, cluster)
     ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label,
-                            manifest.label_histogram(train_config.train_split), strategy)
+                            manifest.label_histogram(train_config.train_split), strategy=strategy)
     config = distribute.session_config(devices)
     if cluster:
       ops['copy_from_chief'] = distribute.copy_from_chief(strategy, tf.compat.v1.global_variables())

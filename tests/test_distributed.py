@@ -43,7 +43,7 @@ def _train_in_memory(devices, start_from, steps=STEPS, **train):
   with tf.Graph().as_default():
     strategy = distribute.strategy_for(devices, None)
     ops = training.build_train_graph(model_config, train_config, tf.constant(images),
-                                     tf.constant(labels), 255, strategy)
+                                     tf.constant(labels), 255, strategy=strategy)
     saver = tf.compat.v1.train.Saver()
     with tf.compat.v1.Session(config=distribute.session_config(devices)) as session:
       session.run(tf.compat.v1.global_variables_initializer())
@@ -52,7 +52,29 @@ def _train_in_memory(devices, start_from, steps=STEPS, **train):
       else:
         saver.save(session, start_from)
       losses = [session.run([ops['train_op'], ops['total_loss']])[1] for _ in range(steps)]
-      return losses, {v.op.name: session.run(v) for v in tf.compat.v1.global_variables()}
+      # One run for all: each new fetch of a session prunes and optimises the graph again.
+      return losses, session.run({v.op.name: v for v in tf.compat.v1.global_variables()})
+
+
+def _assert_same_updates(start_from, expected, actual):
+  """The variables moved from their values in the checkpoint `start_from` as in `expected`.
+
+  Compared as one vector of every variable's change (relative L2), and the moving variances one
+  by one: single elements are no measure, since some gradients are zero up to rounding (the beta
+  of a batch norm whose output another batch norm normalises) and a change of 1e-6 to a weight
+  near 1 is below float32's resolution. Measured: 0.1% after two steps of 2 synchronised
+  replicas; 36% without synchronised batch norm.
+  """
+  from deeplab.compat import tf
+  reader = tf.compat.v1.train.NewCheckpointReader(start_from)
+  changes = {name: (value - reader.get_tensor(name), actual[name] - reader.get_tensor(name))
+             for name, value in expected.items() if name != 'global_step'}
+  error = np.sqrt(sum(np.sum((e - a) ** 2) for e, a in changes.values()) /
+                  sum(np.sum(e ** 2) for e, _ in changes.values()))
+  assert error < 0.01, f'the updates differ by {error:.2%}'
+  for name, (e, a) in changes.items():
+    if name.endswith('moving_variance'):
+      assert np.linalg.norm(e - a) <= 0.01 * np.linalg.norm(e), name
 
 
 @pytest.fixture(scope='module')
@@ -66,9 +88,8 @@ def test_two_replicas_train_like_one_device_with_the_whole_batch(one_device):
   mirrored_losses, mirrored_weights = _train_in_memory(['/cpu:0', '/cpu:1'], start)
   assert sorted(mirrored_weights) == sorted(weights)  # plain names: checkpoints interchange
   np.testing.assert_allclose(mirrored_losses, losses, rtol=1e-4)
-  for name, value in weights.items():
-    # Synchronised batch norm: the moving statistics are those of the whole batch.
-    np.testing.assert_allclose(mirrored_weights[name], value, rtol=1e-3, atol=1e-5, err_msg=name)
+  # Synchronised batch norm: the moving statistics are those of the whole batch.
+  _assert_same_updates(start, weights, mirrored_weights)
 
 
 def test_bfloat16_trains_close_to_float32_with_float32_variables(one_device):
@@ -165,7 +186,7 @@ def _worker_in_memory(start_from, result_path):
     devices = distribute.local_devices(1)
     strategy = distribute.strategy_for(devices, cluster)
     ops = training.build_train_graph(model_config, train_config, tf.constant(images[half]),
-                                     tf.constant(labels[half]), 255, strategy)
+                                     tf.constant(labels[half]), 255, strategy=strategy)
     copy = distribute.copy_from_chief(strategy, tf.compat.v1.global_variables())
     saver = tf.compat.v1.train.Saver()
     config = distribute.session_config(devices)
@@ -177,9 +198,8 @@ def _worker_in_memory(start_from, result_path):
         saver.restore(session, start_from)  # only the chief has it; the copy brings it to all
       session.run(copy)
       losses = [float(session.run([ops['train_op'], ops['total_loss']])[1]) for _ in range(STEPS)]
-      np.savez(result_path, losses=losses,
-               **{v.op.name.replace('/', '|'): session.run(v)
-                  for v in tf.compat.v1.global_variables()})
+      np.savez(result_path, losses=losses, **session.run(
+          {v.op.name.replace('/', '|'): v for v in tf.compat.v1.global_variables()}))
 
 
 def _environment(**extra):
@@ -200,9 +220,7 @@ def test_two_worker_processes_train_like_one_device(one_device, tmp_path):
   for i in range(2):
     result = np.load(tmp_path / f'{i}.npz')
     np.testing.assert_allclose(result['losses'], losses, rtol=1e-4)
-    for name, value in weights.items():
-      np.testing.assert_allclose(result[name.replace('/', '|')], value, rtol=1e-3, atol=1e-5,
-                                 err_msg=name)
+    _assert_same_updates(start, weights, {name: result[name.replace('/', '|')] for name in weights})
 
 
 def _start_workers(tfrecords, folder, configs, total):

@@ -52,16 +52,18 @@ def _replica_mean_gradient(unused_op, gradient):
 def _global_moments(inputs, replica_context):
   """Mean and variance [C] over the batch of every replica (each replica's batch is equally large).
 
-  Returns (mean, biased variance, unbiased variance) in float32, from one all-reduce of the first
-  two moments.
+  Returns (mean, biased variance, unbiased variance) in float32, from one all-reduce of each
+  replica's mean and second moment. That all-reduce and the subtraction after it are in float64:
+  in float32, E[x^2] - mean^2 loses the variance's digits when the mean is large against the
+  spread, and the gradients of batch norm magnify the loss.
   """
-  x = tf.cast(inputs, tf.float32)
-  moments = _replica_mean(tf.stack([tf.reduce_mean(x, [0, 1, 2]),
-                                    tf.reduce_mean(tf.square(x), [0, 1, 2])]))
-  mean = moments[0]
-  variance = tf.nn.relu(moments[1] - tf.square(mean))  # rounding can make it slightly negative
-  count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]) * replica_context.num_replicas_in_sync, tf.float32)
-  return mean, variance, variance * count / tf.maximum(count - 1, 1)
+  local_mean, local_variance = tf.nn.moments(tf.cast(inputs, tf.float32), [0, 1, 2])
+  moments = _replica_mean(tf.cast(tf.stack([local_mean, local_variance + tf.square(local_mean)]),
+                                  tf.float64))
+  variance = tf.cast(tf.nn.relu(moments[1] - tf.square(moments[0])), tf.float32)
+  count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]) * replica_context.num_replicas_in_sync,
+                  tf.float32)
+  return tf.cast(moments[0], tf.float32), variance, variance * count / tf.maximum(count - 1, 1)
 
 
 @slim.add_arg_scope
