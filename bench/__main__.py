@@ -8,11 +8,11 @@ themselves rather than to measure.
 """
 import argparse
 
-from bench import (build_data, harness, inference, predict, predict_memory, train_input,
-                   train_memory, train_resnet)
+from bench import (build_data, distributed, harness, inference, predict, predict_memory,
+                   train_input, train_memory, train_resnet)
 
 BENCHMARKS = (train_input, build_data, predict_memory, inference, predict, train_resnet,
-              train_memory)
+              train_memory, distributed)
 
 
 def main():

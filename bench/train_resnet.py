@@ -34,9 +34,9 @@ def model_config(model_variant):
                      atrous_rates=(6, 12, 18), aspp_with_separable_conv=False)
 
 
-def build_train_step(model_variant, crop, batch):
+def build_train_step(model_variant, crop, batch, precision='float32', strategy=None):
   """(train ops, forward FLOPs) of one training step on a fixed random batch, built in the
-  default graph."""
+  default graph (replicated by `strategy`, a tf.distribute strategy, when given)."""
   from deeplab import model, training
   from deeplab.compat import tf
   from deeplab.config import TrainConfig
@@ -49,8 +49,10 @@ def build_train_step(model_variant, crop, batch):
     options = tf.compat.v1.profiler.ProfileOptionBuilder(
         tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
     forward_flops = tf.compat.v1.profiler.profile(forward_graph, options=options).total_float_ops
-  train_config = TrainConfig(train_batch_size=batch, train_crop_size=(crop, crop))
-  ops = training.build_train_graph(config, train_config, images, labels, ignore_label=255)
+  train_config = TrainConfig(train_batch_size=batch, train_crop_size=(crop, crop),
+                             precision=precision)
+  ops = training.build_train_graph(config, train_config, images, labels, ignore_label=255,
+                                   strategy=strategy)
   return ops, forward_flops
 
 

@@ -2,6 +2,7 @@
 mixed precision; the cluster descriptions Valohai and Kubeflow get."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -234,12 +235,22 @@ def _start_workers(tfrecords, folder, configs, total):
       stderr=subprocess.PIPE, text=True) for i, config in enumerate(configs)]
 
 
+def _metric_lines(output):
+  return [json.loads(line) for line in output.splitlines() if line.startswith('{')]
+
+
+def _wait_for_step(chief, step):
+  """Reads the chief's metric lines until one reports `step` (or later); returns that step."""
+  for line in chief.stdout:
+    if line.startswith('{') and json.loads(line).get('step', 0) >= step:
+      return json.loads(line)['step']
+  raise AssertionError(f'the chief ended before step {step}: {chief.stderr.read()[-2000:]}')
+
+
 def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfrecords, tmp_path):
   configs = _tf_configs(2)
   chief, worker = _start_workers(tiny_tfrecords, tmp_path, configs, total=12)
-  for line in chief.stdout:  # past the step-3 checkpoint
-    if line.startswith('{') and json.loads(line).get('step', 0) >= 4:
-      break
+  _wait_for_step(chief, 4)  # past the step-3 checkpoint
   worker.kill()
   worker.wait()
   chief.wait(timeout=300)
@@ -251,12 +262,29 @@ def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfreco
   chief_out, chief_err = chief.communicate(timeout=600)
   worker_out, worker_err = worker.communicate(timeout=60)
   assert chief.returncode == 0 and worker.returncode == 0, (chief_err + worker_err)[-3000:]
-  metrics = [json.loads(l) for l in chief_out.splitlines() if l.startswith('{')]
+  metrics = _metric_lines(chief_out)
   assert metrics[0]['resumed_from_step'] >= 3
   assert metrics[-1]['global_step'] == 12
   assert (tmp_path / 'checkpoint-0.tar.gz').exists()
   assert not (tmp_path / 'checkpoint-1.tar.gz').exists()  # only the chief writes the artifact
-  assert 'worker 1 of 2' in worker_err and not [l for l in worker_out.splitlines() if l.startswith('{')]
+  assert 'worker 1 of 2' in worker_err and not _metric_lines(worker_out)
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_a_worker_stops_every_worker_with_a_checkpoint_of_the_chief(tiny_tfrecords,
+                                                                                tmp_path):
+  chief, worker = _start_workers(tiny_tfrecords, tmp_path, _tf_configs(2), total=100)
+  _wait_for_step(chief, 2)
+  worker.send_signal(signal.SIGTERM)
+  chief_err = chief.communicate(timeout=300)[1]
+  worker_err = worker.communicate(timeout=60)[1]
+  assert chief.returncode == worker.returncode == 128 + signal.SIGTERM, (chief_err + worker_err)[-3000:]
+  assert 'training stopped at step' in chief_err and 'training stopped at step' in worker_err
+  stopped_at = int(chief_err.split('training stopped at step ')[1].split(';')[0])
+  from deeplab import checkpoint
+  run_folder, = (tmp_path / 'runs').iterdir()
+  assert checkpoint.latest_prefix(str(run_folder)).endswith(f'-{stopped_at}')
+  assert not list(tmp_path.glob('checkpoint-*'))  # a stopped run leaves no artifact
 
 
 def test_valohai_has_a_distributed_train_task_in_a_pipeline():
