@@ -6,10 +6,12 @@
 # version requirements.txt pins (tensorflow-cpu there, for CPU machines), which brings the CUDA, cuDNN
 # and NCCL libraries that TensorFlow release was built against as pip packages, and registers them
 # with the dynamic loader (`pip install --dry-run "tensorflow[and-cuda]==2.21.0"` resolves the CUDA 12.9
-# wheels, cuDNN 9.28 and NCCL 2.32). Not the official tensorflow/tensorflow:<version>-gpu image: it ships a
-# system cuDNN older than the one TensorFlow loads (tensorflow/build#221: cuDNN 8.9 in the image,
-# cuDNN 9 loaded since TF 2.15; tensorflow/tensorflow#62412: the 2.18 GPU image lists no GPU until
-# `pip install tensorflow[and-cuda]`). Valohai runs the same script on the same base.
+# wheels, cuDNN 9.28 and NCCL 2.32). Not the official tensorflow/tensorflow:<version>-gpu image: its system
+# CUDA/cuDNN have lagged the ones TensorFlow loads (tensorflow/tensorflow#94593, 2025: latest-gpu finds no
+# GPU because of a CUDA/cuDNN mismatch; #62412: the 2.15 GPU image finds no GPU though nvidia-smi does).
+# The pip libraries alone are not found by the loader either (#63362: python:3.11 + tensorflow[and-cuda]
+# lists no GPU on 2.16), hence the ld.so.conf registration. Unverified here: no Docker engine, no GPU.
+# Valohai runs the same script on the same base.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
