@@ -11,9 +11,14 @@ is 3 x forward. The peak is tf.linalg.matmul of two 2048 x 2048 float32 matrices
 TensorFlow runs fastest. Session settings tried: TensorFlow's defaults, and one intra-op pool over
 every core with ops run one at a time (inter_op_parallelism_threads=1: no two ops split the cores).
 oneDNN is on by default on x86 (TF_ENABLE_ONEDNN_OPTS), as the log line at start-up says.
-Target: the step >= 50% of the matmul peak.
+Target: the step >= 50% of the matmul peak. One traced step says where the time goes: the
+convolution kernels' share of it, and so the fraction of the peak those kernels reach alone, the
+ceiling of the step if every other op were free.
 """
+import collections
 import os
+import re
+import statistics
 import time
 
 import numpy as np
@@ -76,6 +81,25 @@ def _gflops(session, fetch, flops, repeats):
   return flops * repeats / (time.perf_counter() - started) / 1e9
 
 
+# oneDNN's convolution kernels of a training step (forward, input gradient, filter gradient).
+CONVOLUTION_KERNELS = re.compile(r'Conv2D(BackpropInput|BackpropFilter)?$')
+
+
+def _seconds_by_op_type(session, fetch):
+  """Kernel seconds per op type of one traced run of `fetch` (ops that overlap both count)."""
+  from deeplab.compat import tf
+  metadata = tf.compat.v1.RunMetadata()
+  session.run(fetch, options=tf.compat.v1.RunOptions(
+      trace_level=tf.compat.v1.RunOptions.FULL_TRACE), run_metadata=metadata)
+  seconds = collections.Counter()
+  for device in metadata.step_stats.dev_stats:
+    for node in device.node_stats:
+      op_type = re.match(r'[^=]*= (\w+)', node.timeline_label)  # 'name = Type(inputs)'
+      if op_type:
+        seconds[op_type.group(1)] += (node.op_end_rel_micros - node.op_start_rel_micros) / 1e6
+  return seconds
+
+
 SESSION_SETTINGS = {
     'train_step_default': {},
     'train_step_one_op_pool': dict(intra_op_parallelism_threads=os.cpu_count(),
@@ -97,15 +121,29 @@ def measure(args) -> harness.Measurement:
     contenders['matmul_peak'] = lambda: _gflops(matmul_session, product, 2 * MATMUL_SIZE ** 3, 10)
   with tf.Graph().as_default():
     ops, forward_flops = build_train_step('resnet_v1_50_beta', args.crop, args.batch)
-    for name, settings in SESSION_SETTINGS.items():
-      session = _warm(_session(settings), ops['train_op'])
+    sessions = {name: _warm(_session(settings), ops['train_op'])
+                for name, settings in SESSION_SETTINGS.items()}
+    for name, session in sessions.items():
       contenders[name] = (lambda session=session: _gflops(
           session, ops['train_op'], 3 * forward_flops, args.train_steps))
     values = harness.interleave(contenders, args.rounds)
-  return harness.Measurement(
+    # Where the step's time goes: if the convolution kernels alone run at a fraction f of the
+    # matmul peak, the step cannot beat f whatever the ops around them cost. Traced with one op
+    # at a time, so that kernel times add up to the step instead of overlapping.
+    seconds = _seconds_by_op_type(sessions['train_step_one_op_pool'], ops['train_op'])
+  convolution_share = (sum(t for op, t in seconds.items() if CONVOLUTION_KERNELS.search(op)) /
+                       sum(seconds.values()))
+  measurement = harness.Measurement(
       'train_resnet', 'GFLOP/s', 'matmul_peak', values,
-      target=f'ResNet-50 DeepLabv3 {args.crop}x{args.crop} batch {args.batch}: >= 0.5 x matmul',
-      notes={'train_step_gflop': 3 * forward_flops / 1e9})
+      target=f'ResNet-50 DeepLabv3 {args.crop}x{args.crop} batch {args.batch}: >= 0.5 x matmul')
+  # Nearly every FLOP of the step is a convolution's, so the convolutions alone run at the step's
+  # fraction of the peak divided by their share of the time (the trace's share; tracing slows
+  # every kernel alike, the interleaved rounds give the rate).
+  step_fraction = statistics.median(measurement.ratios('train_step_one_op_pool'))
+  measurement.notes = {'train_step_gflop': 3 * forward_flops / 1e9,
+                       'convolution_share_of_kernel_time': convolution_share,
+                       'convolution_kernels_vs_matmul_peak': step_fraction / convolution_share}
+  return measurement
 
 
 def add_arguments(parser):
