@@ -112,7 +112,8 @@ def test_valohai_distributed_config_becomes_tf_config(tmp_path, monkeypatch):
       'config': {'group_name': 'task-123', 'member_id': '1', 'required_count': 2},
       'members': members}))
   monkeypatch.setenv('VH_CONFIG_DIR', str(tmp_path))
-  monkeypatch.delenv('TF_CONFIG', raising=False)
+  # Set (empty: no cluster yet), so that the TF_CONFIG written below is undone after the test.
+  monkeypatch.setenv('TF_CONFIG', '')
   import valohai
   valohai.distributed.flush_state()
   from steps import cluster
