@@ -92,6 +92,11 @@ def lean_inference_graph(graph_def, input_size: Optional[Sequence[int]] = None):
     shift a BiasAdd), which TensorFlow's runtime then fuses with the bias and the activation. The
     factors are computed in float32 as the batch norm kernel computes them, so a batch norm that
     is the identity leaves the weights bit for bit.
+  - An atrous depthwise convolution (SpaceToBatchND -> depthwise -> BatchToSpaceND, as
+    tf.nn.depthwise_conv2d builds a dilated one) becomes one depthwise convolution with that
+    dilation: the same sums over the same pixels, without the two copies of the feature map,
+    the shape arithmetic of their paddings (about 20 ops each for any-size input) and with the
+    bias and activation after it fused into it by the runtime.
   - SemanticPredictions from the logits rather than their softmax, when the argmax reads the
     softmax directly (one scale, unflipped, no resize back from the model's range): softmax is
     monotonic, so the argmax is the same. SemanticProbabilities is unchanged.
@@ -108,6 +113,9 @@ def lean_inference_graph(graph_def, input_size: Optional[Sequence[int]] = None):
   for node in list(graph_def.node):
     if node.op in _BATCH_NORMS and not node.attr['is_training'].b:
       _fold_batch_norm(graph_def, node, nodes, consumers)
+  for node in list(graph_def.node):
+    if node.op == 'BatchToSpaceND':
+      _dilate_in_place(graph_def, node, nodes)
   predictions = nodes.get(PREDICTIONS_TENSOR)
   argmax = predictions is not None and nodes.get(_producer(predictions.input[0]))
   if argmax and argmax.op == 'ArgMax':
@@ -178,6 +186,59 @@ def _fold_batch_norm(graph_def, batch_norm, nodes, consumers) -> None:
   batch_norm.input.extend([source.name, shift_name])
   batch_norm.attr['T'].type = tf.float32.as_datatype_enum
   batch_norm.attr['data_format'].s = b'NHWC'
+
+
+def _dilate_in_place(graph_def, batch_to_space, nodes) -> None:
+  """Turns SpaceToBatchND -> DepthwiseConv2dNative (VALID, stride 1) -> `batch_to_space` into
+  that DepthwiseConv2dNative with the block shape as its dilation, read where `batch_to_space`
+  was. Leaves the graph as it is unless the pattern holds and the space-to-batch pads as SAME
+  padding of the dilated kernel would (how the models build every atrous convolution)."""
+  convolution = nodes[_producer(batch_to_space.input[0])]
+  if (convolution.op != 'DepthwiseConv2dNative' or convolution.attr['padding'].s != b'VALID'
+      or list(convolution.attr['strides'].list.i) != [1, 1, 1, 1]
+      or any(rate != 1 for rate in convolution.attr['dilations'].list.i)
+      or convolution.attr['data_format'].s not in (b'', b'NHWC')):
+    return
+  space_to_batch = nodes[_producer(convolution.input[0])]
+  if space_to_batch.op != 'SpaceToBatchND':
+    return
+  rates = _constant(space_to_batch.input[1], nodes)
+  crop_rates = _constant(batch_to_space.input[1], nodes)
+  if rates is None or crop_rates is None or rates.tolist() != crop_rates.tolist():
+    return
+  weights = _constant(convolution.input[1], nodes)
+  if weights is None or not _pads_same(space_to_batch, weights.shape[:2], rates, nodes):
+    return
+  convolution.input[0] = space_to_batch.input[0]
+  convolution.attr['padding'].s = b'SAME'
+  convolution.attr['dilations'].list.i[:] = [1, *(int(rate) for rate in rates), 1]
+  for node in graph_def.node:
+    for index, name in enumerate(node.input):
+      if name in (batch_to_space.name, batch_to_space.name + ':0'):
+        node.input[index] = convolution.name
+
+
+def _pads_same(space_to_batch, kernel_size, rates, nodes) -> bool:
+  """Whether `space_to_batch` pads as the dilated convolution with SAME padding would. tf.nn's
+  atrous convolutions pad by constant base paddings ([[top, bottom], [left, right]]) plus what
+  makes the size a multiple of the rate (cropped again after the batch-to-space); the base
+  paddings are the one 2x2 constant the paddings are computed from."""
+  pending, seen, found = [space_to_batch.input[2]], set(), []
+  while pending:
+    node = nodes[_producer(pending.pop())]
+    if node.name in seen:
+      continue
+    seen.add(node.name)
+    if node.op == 'Const':
+      value = tf.make_ndarray(node.attr['value'].tensor)
+      if value.shape == (2, 2):
+        found.append(value.tolist())
+    elif node.op != 'Shape':  # the input's size: where the extra padding comes from
+      pending.extend(node.input)
+  if len(found) != 1:
+    return False
+  totals = [(int(size) - 1) * int(rate) for size, rate in zip(kernel_size, rates)]
+  return found[0] == [[total // 2, total - total // 2] for total in totals]
 
 
 def _add_constant(graph_def, nodes, name: str, value: np.ndarray) -> str:

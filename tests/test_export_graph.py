@@ -68,6 +68,8 @@ def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, export_
   lean = export.freeze(TINY, prefix, export_config)
   assert _ops(built)['FusedBatchNormV3'] > 20
   assert not any(op.startswith('FusedBatchNorm') for op in _ops(lean))
+  assert _ops(built)['SpaceToBatchND'] > 5  # atrous depthwise convolutions, dilated in place
+  assert not {'SpaceToBatchND', 'BatchToSpaceND'} & set(_ops(lean))
   for image in _images([(65, 65), (97, 130), (40, 71)]):
     built_labels, built_probabilities = _run(built, image)
     lean_labels, lean_probabilities = _run(lean, image)
