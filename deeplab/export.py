@@ -20,6 +20,7 @@ logits [1, H, W, num_classes] out (float32, or int8 with full-integer quantisati
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -92,17 +93,15 @@ def lean_inference_graph(graph_def, input_size: Optional[Sequence[int]] = None):
     shift a BiasAdd), which TensorFlow's runtime then fuses with the bias and the activation. The
     factors are computed in float32 as the batch norm kernel computes them, so a batch norm that
     is the identity leaves the weights bit for bit.
-  - An atrous depthwise convolution (SpaceToBatchND -> depthwise -> BatchToSpaceND, as
-    tf.nn.depthwise_conv2d builds a dilated one) becomes one depthwise convolution with that
-    dilation: the same sums over the same pixels, without the two copies of the feature map,
-    the shape arithmetic of their paddings (about 20 ops each for any-size input) and with the
-    bias and activation after it fused into it by the runtime.
   - SemanticPredictions from the logits rather than their softmax, when the argmax reads the
     softmax directly (one scale, unflipped, no resize back from the model's range): softmax is
     monotonic, so the argmax is the same. SemanticProbabilities is unchanged.
   - With `input_size` (height, width), ImageTensor gets that static shape, and Grappler folds
     the shape arithmetic of the resizes and atrous convolutions into constants when it runs the
     graph; such a graph only takes images of that size.
+
+  The graph stays portable: its atrous convolutions are still the space-to-batch form every
+  TensorFlow runs (see `dilated_for_this_runtime`).
   """
   graph_def = _copy(graph_def)
   nodes = {node.name: node for node in graph_def.node}
@@ -113,9 +112,6 @@ def lean_inference_graph(graph_def, input_size: Optional[Sequence[int]] = None):
   for node in list(graph_def.node):
     if node.op in _BATCH_NORMS and not node.attr['is_training'].b:
       _fold_batch_norm(graph_def, node, nodes, consumers)
-  for node in list(graph_def.node):
-    if node.op == 'BatchToSpaceND':
-      _dilate_in_place(graph_def, node, nodes)
   predictions = nodes.get(PREDICTIONS_TENSOR)
   argmax = predictions is not None and nodes.get(_producer(predictions.input[0]))
   if argmax and argmax.op == 'ArgMax':
@@ -186,6 +182,46 @@ def _fold_batch_norm(graph_def, batch_norm, nodes, consumers) -> None:
   batch_norm.input.extend([source.name, shift_name])
   batch_norm.attr['T'].type = tf.float32.as_datatype_enum
   batch_norm.attr['data_format'].s = b'NHWC'
+
+
+def dilated_for_this_runtime(graph_def):
+  """`graph_def` with each atrous depthwise convolution (SpaceToBatchND -> depthwise ->
+  BatchToSpaceND, as tf.nn.depthwise_conv2d builds a dilated one) as one depthwise convolution
+  with that dilation, if this TensorFlow's kernels take dilations; else `graph_def` itself.
+
+  The same sums over the same pixels, without the two copies of the feature map and the shape
+  arithmetic of their paddings (about 20 ops each for any-size input), and the runtime fuses the
+  bias and activation into the convolution: about a fifth of the latency of MobileNetV2 at
+  output stride 8. Done when a graph is loaded rather than in the exported file, because
+  TensorFlow's own CPU kernel (no oneDNN: ARM, TF_ENABLE_ONEDNN_OPTS=0, most TF Serving builds)
+  and its GPU kernel refuse dilations.
+  """
+  if not _depthwise_takes_dilations():
+    return graph_def
+  graph_def = _copy(graph_def)
+  nodes = {node.name: node for node in graph_def.node}
+  for node in list(graph_def.node):
+    if node.op == 'BatchToSpaceND':
+      _dilate_in_place(graph_def, node, nodes)
+  outputs = [name for name in (PREDICTIONS_TENSOR, PROBABILITIES_TENSOR) if name in nodes]
+  return tf.compat.v1.graph_util.extract_sub_graph(graph_def, outputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _depthwise_takes_dilations() -> bool:
+  """Whether DepthwiseConv2dNative runs with dilations here, on the device a session places it
+  on (a placeholder input: constant folding would run it elsewhere)."""
+  with tf.Graph().as_default() as graph:
+    images = tf.compat.v1.placeholder(tf.float32, [1, 5, 5, 1])
+    dilated = tf.raw_ops.DepthwiseConv2dNative(
+        input=images, filter=tf.ones([3, 3, 1, 1]), strides=[1, 1, 1, 1], padding='SAME',
+        dilations=[1, 2, 2, 1])
+    with tf.compat.v1.Session(graph=graph) as session:
+      try:
+        session.run(dilated, {images: np.ones([1, 5, 5, 1], np.float32)})
+        return True
+      except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        return False
 
 
 def _dilate_in_place(graph_def, batch_to_space, nodes) -> None:
@@ -409,7 +445,8 @@ class _SessionModel:
 
 
 class FrozenModel(_SessionModel):
-  """A loaded frozen graph: `predict(image uint8 [H, W, 3])` -> labels int32 [H, W]."""
+  """A loaded frozen graph: `predict(image uint8 [H, W, 3])` -> labels int32 [H, W]; run as
+  `dilated_for_this_runtime` makes it."""
   format = FROZEN_GRAPH_FORMAT
 
   def __init__(self, path: str):
@@ -425,7 +462,7 @@ class FrozenModel(_SessionModel):
                       'export step')
     graph = tf.Graph()
     with graph.as_default():
-      tf.compat.v1.import_graph_def(graph_def, name='')
+      tf.compat.v1.import_graph_def(dilated_for_this_runtime(graph_def), name='')
     super().__init__(graph, tf.compat.v1.Session(graph=graph), INPUT_TENSOR + ':0',
                      PREDICTIONS_TENSOR + ':0')
 
