@@ -7,8 +7,8 @@ fixture is there), exported as: the frozen graph as built and after `lean_infere
 norm folded, labels from the logits), that lean graph with the static input size, the lean graph
 as `export.FrozenModel` loads and runs it (atrous convolutions dilated where the runtime can: what
 predict, serve and export's comparison run), the SavedModel, and our TFLite float32 and int8 at
-each size; Google's own deeplabv3.tflite runs at 257x257. Every
-TFLite model runs on the same interpreter (ai-edge-litert) with the same thread count. A value is
+each size; Google's own deeplabv3.tflite runs at 257x257. Every TFLite model runs on the same
+interpreter (ai-edge-litert) with the same thread count. A value is
 the mean milliseconds of `iterations` predictions of one image (after a warm-up), contenders
 interleaved round by round; the baseline is Google's TFLite when present, else our TFLite float.
 The TensorFlow contenders include the session's feed and fetch (labels only), the TFLite ones

@@ -236,8 +236,10 @@ def _dilate_in_place(graph_def, batch_to_space, nodes) -> None:
       or convolution.attr['data_format'].s not in (b'', b'NHWC')):
     return
   space_to_batch = nodes[_producer(convolution.input[0])]
-  if space_to_batch.op != 'SpaceToBatchND':
-    return
+  readers = [node for node in graph_def.node
+             if any(_producer(name) == convolution.name for name in node.input)]
+  if space_to_batch.op != 'SpaceToBatchND' or readers != [batch_to_space]:
+    return  # another reader of the convolution's output would see it change
   rates = _constant(space_to_batch.input[1], nodes)
   crop_rates = _constant(batch_to_space.input[1], nodes)
   if rates is None or crop_rates is None or rates.tolist() != crop_rates.tolist():
