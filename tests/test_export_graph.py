@@ -1,5 +1,9 @@
-"""The lean inference graph (export.lean_inference_graph) gives the labels of the graph as built."""
+"""The lean inference graph (export.lean_inference_graph), and as FrozenModel loads it
+(export.dilated_for_this_runtime), gives the labels of the graph as built."""
 import collections
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ from PIL import Image
 from deeplab import export
 from deeplab.compat import tf
 from deeplab.config import ExportConfig, ModelConfig
-from tests.conftest import require_fixtures
+from tests.conftest import REPO, require_fixtures
 
 # Every folding case: plain and depthwise convolutions, atrous depthwise (SpaceToBatchND ->
 # depthwise -> BatchToSpaceND -> batch norm) in the backbone at output stride 8 and in the ASPP,
@@ -52,6 +56,15 @@ def _ops(graph_def):
   return collections.Counter(node.op for node in graph_def.node)
 
 
+def _as_loaded(graph_def):
+  """The graph as FrozenModel runs it (export.dilated_for_this_runtime): on a TensorFlow whose
+  depthwise kernel takes dilations (oneDNN, as here), without any space-to-batch."""
+  loaded = export.dilated_for_this_runtime(graph_def)
+  if export._depthwise_takes_dilations():
+    assert not {'SpaceToBatchND', 'BatchToSpaceND'} & set(_ops(loaded))
+  return loaded
+
+
 def _images(sizes, seed=1):
   rng = np.random.default_rng(seed)
   return [np.asarray(Image.fromarray(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8))
@@ -68,11 +81,14 @@ def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, export_
   lean = export.freeze(TINY, prefix, export_config)
   assert _ops(built)['FusedBatchNormV3'] > 20
   assert not any(op.startswith('FusedBatchNorm') for op in _ops(lean))
+  assert _ops(lean)['SpaceToBatchND'] > 5  # atrous convolutions: kept portable in the file
+  loaded = _as_loaded(lean)
   for image in _images([(65, 65), (97, 130), (40, 71)]):
     built_labels, built_probabilities = _run(built, image)
-    lean_labels, lean_probabilities = _run(lean, image)
-    np.testing.assert_array_equal(lean_labels, built_labels)
-    np.testing.assert_allclose(lean_probabilities, built_probabilities, atol=1e-5)
+    for graph_def in (lean, loaded):
+      labels, probabilities = _run(graph_def, image)
+      np.testing.assert_array_equal(labels, built_labels)
+      np.testing.assert_allclose(probabilities, built_probabilities, atol=1e-5)
 
 
 def test_single_scale_labels_skip_the_softmax_and_a_static_size_keeps_them(tmp_path):
@@ -103,6 +119,30 @@ def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
   horse = np.asarray(
       Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
   golden = np.asarray(Image.open(reference.parent / 'segmentation_golden_rotation0.png')) // 10
-  assert (_run(lean, horse)[0] == golden).mean() == 1.0
-  for photo in photos:
-    np.testing.assert_array_equal(_run(lean, photo)[0], _run(built, photo)[0])
+  for graph_def in (lean, _as_loaded(lean)):
+    assert (_run(graph_def, horse)[0] == golden).mean() == 1.0
+    for photo in photos:
+      np.testing.assert_array_equal(_run(graph_def, photo)[0], _run(built, photo)[0])
+
+
+def test_a_tensorflow_whose_depthwise_kernel_takes_no_dilations_runs_the_file_as_exported(
+    tmp_path):
+  """Without oneDNN TensorFlow's CPU kernel refuses dilated depthwise convolutions: FrozenModel
+  then runs the portable graph of the file, with the same labels."""
+  prefix = _tiny_checkpoint(tmp_path, TINY)
+  path = str(tmp_path / export.FROZEN_GRAPH)
+  export.write_frozen_graph(export.freeze(TINY, prefix, ExportConfig()), path)
+  image = _images([(97, 130)])[0]
+  np.save(tmp_path / 'image.npy', image)
+  script = ('import sys, numpy as np; from deeplab import export; '
+            'print(export._depthwise_takes_dilations()); '
+            'np.save(sys.argv[3], export.FrozenModel(sys.argv[1]).predict(np.load(sys.argv[2])))')
+  completed = subprocess.run(
+      [sys.executable, '-c', script, path, str(tmp_path / 'image.npy'), str(tmp_path / 'labels.npy')],
+      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
+               TF_ENABLE_ONEDNN_OPTS='0'),
+      capture_output=True, text=True, check=True)
+  assert completed.stdout.split()[-1] == 'False'
+  model = export.FrozenModel(path)
+  np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), model.predict(image))
+  model.close()

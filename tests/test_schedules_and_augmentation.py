@@ -7,6 +7,7 @@ from PIL import Image
 
 from deeplab import input as model_input
 from deeplab import schedules, visualize
+from deeplab.colormaps import colorize
 from deeplab.compat import tf
 from deeplab.config import ModelConfig, TrainConfig
 
@@ -102,3 +103,18 @@ def test_overlay_blends_the_colormap_at_alpha(tmp_path):
   assert np.asarray(Image.open(tmp_path / 'l.png')).tolist() == labels.tolist()
   assert Image.open(tmp_path / 'l.png').mode == 'L'
   assert np.asarray(Image.open(tmp_path / 'wide.png')).tolist() == [[300, 0]]
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.3, 0.5, 1.0])
+def test_overlay_is_the_pixelwise_blend_and_its_png_is_lossless(tmp_path, alpha):
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+  labels = rng.integers(-1, 300, (37, 53)).astype(np.int32)  # ids without a colour included
+  colormap = rng.integers(0, 256, (21, 3)).tolist()
+  blended = visualize.overlay(image, labels, colormap, alpha)
+  pixelwise = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(labels, colormap)
+  np.testing.assert_array_equal(blended, np.clip(np.round(pixelwise), 0, 255).astype(np.uint8))
+  visualize.save_overlay_png(blended, tmp_path / 'overlay.png')
+  with Image.open(tmp_path / 'overlay.png') as png:
+    assert png.mode == 'RGB'
+    np.testing.assert_array_equal(np.asarray(png), blended)
