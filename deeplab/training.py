@@ -103,9 +103,6 @@ def _last_layer_scopes(train_config: TrainConfig):
   return model.LOGITS_SCOPES if train_config.last_layers_contain_logits_only else model.LAST_LAYER_SCOPES
 
 
-_COMPUTE_DTYPES = {'float32': tf.float32, 'bfloat16': tf.bfloat16, 'float16': tf.float16}
-
-
 def _float32_variables(getter, *args, dtype=tf.float32, **kwargs):
   """A variable getter: float16/bfloat16 variables are float32 ones read as float16/bfloat16."""
   if dtype in (tf.float16, tf.bfloat16):
@@ -145,6 +142,8 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   strategy = strategy or default
   local_replicas = 1 if strategy is default else len(strategy.extended.worker_devices)
   label_weights = losses.class_weights(train_config, label_histogram, model_config.num_classes)
+  # The precision choices are TensorFlow's dtype names (TrainConfig.precision).
+  compute_dtype = tf.as_dtype(train_config.precision)
   with strategy.scope():
     global_step = tf.compat.v1.train.get_or_create_global_step()
     learning_rate = schedules.learning_rate(global_step, train_config)
@@ -160,7 +159,6 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
       replica = distribute.replica_id(context)
       share = tf.shape(images)[0] // local_replicas
       first = (replica % local_replicas) * share
-      compute_dtype = _COMPUTE_DTYPES[train_config.precision]
       with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
                                        custom_getter=_float32_variables):
         scores = model.logits(tf.cast(images[first:first + share], compute_dtype), model_config,
