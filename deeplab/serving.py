@@ -4,8 +4,9 @@ gunicorn server that runs it, and the KServe InferenceService of a SavedModel ex
     POST /predict   a JPEG/PNG image as the raw body or a multipart file field
                     -> JSON {"width", "height", "classes": [{"id", "name", "pixels", "share"}]},
                        with "labels_png" (base64 PNG label map) when ?include=labels;
-                    -> a PNG with ?format=labels|overlay, or the label map PNG when the Accept
-                       header prefers image/png
+                    -> the label map PNG with ?format=labels, or when the Accept header prefers
+                       image/png; the overlay with ?format=overlay, as --overlay_format says (JPEG
+                       by default) unless the Accept header takes only the other format
     GET  /healthz   {"status": "ok"}
     GET  /model     model.json (classes, colormap, model options) and the format served
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR_ENV = 'DEEPLAB_MODEL_DIR'  # the model folder of the module-level `application`
 VH_PREFIX_ENV = 'VH_DEFAULT_PREFIX'
 IMAGE_FORMATS = ('JPEG', 'PNG')
-PNG_KINDS = ('labels', 'overlay')
+PICTURE_KINDS = ('labels', 'overlay')  # ?format=
 
 
 def decode_image(data: bytes, max_pixels: int = ServeConfig.max_image_pixels):
@@ -70,6 +71,19 @@ def _png(array) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format='PNG')
   return buffer.getvalue()
+
+
+def _overlay_format(accept, configured: str) -> Optional[str]:
+  """The format (visualize.OVERLAY_MEDIA_TYPES) to send an overlay in: `configured` (the
+  --overlay_format) unless the Accept header (werkzeug's MIMEAccept) takes only the other one;
+  None when it takes neither."""
+  from deeplab import visualize
+  if not accept.provided:
+    return configured
+  by_preference = sorted(visualize.OVERLAY_MEDIA_TYPES.items(),
+                         key=lambda item: item[0] != configured)  # configured first
+  chosen = accept.best_match([media for _, media in by_preference])  # a tie goes to the first
+  return next((name for name, media in by_preference if media == chosen), None)
 
 
 def _class_shares(labels, class_names):
@@ -152,17 +166,21 @@ def create_app(model_dir: str, prefix: Optional[str] = None, **settings):
 
   @app.post('/predict')
   def predict():
-    png_kind = request.args.get('format')
-    if png_kind is not None and png_kind not in PNG_KINDS:
-      raise BadRequest(f'format={png_kind!r}: expected one of {", ".join(PNG_KINDS)}')
+    picture = request.args.get('format')
+    if picture is not None and picture not in PICTURE_KINDS:
+      raise BadRequest(f'format={picture!r}: expected one of {", ".join(PICTURE_KINDS)}')
     include = request.args.get('include')
     if include not in (None, 'labels'):
       raise BadRequest(f'include={include!r}: expected labels')
-    if png_kind is None and request.accept_mimetypes.best_match(
+    if picture is None and request.accept_mimetypes.best_match(
         ['application/json', 'image/png']) == 'image/png':
-      png_kind = 'labels'
-    if png_kind and request.accept_mimetypes.provided and not request.accept_mimetypes['image/png']:
-      raise NotAcceptable(f'format={png_kind} is a PNG, which the Accept header refuses')
+      picture = 'labels'
+    if picture == 'overlay':
+      overlay_format = _overlay_format(request.accept_mimetypes, config.overlay_format)
+      if overlay_format is None:
+        raise NotAcceptable('format=overlay is a JPEG or PNG, which the Accept header refuses')
+    elif picture and request.accept_mimetypes.provided and not request.accept_mimetypes['image/png']:
+      raise NotAcceptable(f'format={picture} is a PNG, which the Accept header refuses')
     if request.mimetype == 'multipart/form-data':
       files = request.files.getlist('image') or list(request.files.values())
       if len(files) != 1:
@@ -173,11 +191,14 @@ def create_app(model_dir: str, prefix: Optional[str] = None, **settings):
     image = decode_image(data, config.max_image_pixels)
     with model_lock:
       labels = predict_bounded(model, image, config.max_inference_pixels)
-    if png_kind == 'overlay':
-      return Response(_png(visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha)),
-                      mimetype='image/png')
+    if picture == 'overlay':
+      buffer = io.BytesIO()
+      visualize.write_overlay(
+          visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha), buffer,
+          overlay_format)
+      return Response(buffer.getvalue(), mimetype=visualize.OVERLAY_MEDIA_TYPES[overlay_format])
     label_map = labels.astype(np.uint8 if len(class_names) <= 256 else np.uint16)
-    if png_kind == 'labels':
+    if picture == 'labels':
       return Response(_png(label_map), mimetype='image/png')
     result = {'width': int(image.shape[1]), 'height': int(image.shape[0]),
               'classes': _class_shares(labels, class_names)}

@@ -611,21 +611,24 @@ class Model:
 
 
 class Predictions:
-  """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.png`,
-  filled one image at a time in a scratch folder that lives as long as `stack`; `add` may be called
-  from several threads."""
+  """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.jpg` (or
+  `.png`: `overlay_format`), filled one image at a time in a scratch folder that lives as long as
+  `stack`; `add` may be called from several threads."""
   filename = 'predictions.tar.gz'
 
-  def __init__(self, stack: contextlib.ExitStack):
+  def __init__(self, stack: contextlib.ExitStack, overlay_format: str):
     self.staging = stack.enter_context(scratch_dir('predictions'))
+    self.overlay_format = overlay_format
 
   def add(self, name: str, labels, overlay) -> None:
     from deeplab import visualize
-    visualize.save_label_png(labels, self._path('labels', name))
-    visualize.save_overlay_png(overlay, self._path('overlays', name))
+    visualize.save_label_png(labels, self._path('labels', name, '.png'))
+    visualize.write_overlay(
+        overlay, self._path('overlays', name, visualize.OVERLAY_SUFFIXES[self.overlay_format]),
+        self.overlay_format)
 
-  def _path(self, kind: str, name: str) -> str:
-    path = os.path.join(self.staging, kind, name + '.png')
+  def _path(self, kind: str, name: str, suffix: str) -> str:
+    path = os.path.join(self.staging, kind, name + suffix)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
 

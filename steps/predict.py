@@ -1,9 +1,10 @@
-"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays).
+"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays, JPEG or PNG).
 
 The model runs on the main thread, one image at a time, while a small thread pool decodes the
 next images and blends and encodes the previous ones (PIL, zlib and numpy release the GIL): the
-step runs at about the model's speed. Each image's outputs depend on that image alone, and the
-archive is written sorted, so the bytes do not depend on the threads' timing.
+step runs at about the model's speed with JPEG overlays (PNG ones cost several times their CPU).
+Each image's outputs depend on that image alone, and the archive is written sorted, so the bytes
+do not depend on the threads' timing.
 """
 import collections
 import concurrent.futures
@@ -91,7 +92,7 @@ def main():
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
     runner = model.load(config.model_format)
     stack.callback(runner.close)
-    predictions = artifacts.Predictions(stack)
+    predictions = artifacts.Predictions(stack, config.overlay_format)
     # Shut down before the staging folder goes: queued work is dropped, running work finishes.
     workers = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, 'predict-io')
     stack.callback(workers.shutdown, wait=True, cancel_futures=True)

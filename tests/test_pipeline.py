@@ -34,9 +34,9 @@ def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_pa
                        f'--output={predictions_path}')
   assert predicted.last('images') == 2
   with tarfile.open(predictions_path) as tar:
-    names = sorted(n for n in tar.getnames() if n.endswith('.png'))
-    assert names == ['labels/nested/blue.png', 'labels/red.png', 'overlays/nested/blue.png',
-                     'overlays/red.png']
+    names = sorted(n for n in tar.getnames() if n.endswith(('.png', '.jpg')))
+    assert names == ['labels/nested/blue.png', 'labels/red.png', 'overlays/nested/blue.jpg',
+                     'overlays/red.jpg']  # JPEG overlays by default
     label = Image.open(tar.extractfile('labels/red.png'))
     assert label.mode == 'L' and label.size == (120, 90)
   shares = [v for k, v in predicted.metrics[-1].items() if k.startswith('share_')]

@@ -3,13 +3,13 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from deeplab import input as model_input
 from deeplab import schedules, visualize
 from deeplab.colormaps import colorize
 from deeplab.compat import tf
-from deeplab.config import ModelConfig, TrainConfig
+from deeplab.config import OVERLAY_FORMATS, ModelConfig, TrainConfig
 
 
 def _rates(config, steps):
@@ -114,7 +114,24 @@ def test_overlay_is_the_pixelwise_blend_and_its_png_is_lossless(tmp_path, alpha)
   blended = visualize.overlay(image, labels, colormap, alpha)
   pixelwise = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(labels, colormap)
   np.testing.assert_array_equal(blended, np.clip(np.round(pixelwise), 0, 255).astype(np.uint8))
-  visualize.save_overlay_png(blended, tmp_path / 'overlay.png')
+  visualize.write_overlay(blended, tmp_path / 'overlay.png', 'png')
   with Image.open(tmp_path / 'overlay.png') as png:
-    assert png.mode == 'RGB'
+    assert png.format == 'PNG' and png.mode == 'RGB'
     np.testing.assert_array_equal(np.asarray(png), blended)
+
+
+def test_jpeg_overlays_keep_colour_at_full_resolution(tmp_path):
+  assert sorted(visualize.OVERLAY_SUFFIXES) == sorted(visualize.OVERLAY_MEDIA_TYPES) == sorted(
+      OVERLAY_FORMATS)
+  image = np.full((32, 32, 3), 120, np.uint8)
+  labels = np.zeros((32, 32), np.int32)
+  labels[:, 15:] = 1  # an edge between chroma blocks' pixels: 4:2:0 would blend its colours
+  blended = visualize.overlay(image, labels, [[0, 0, 0], [255, 0, 0]], alpha=0.5)
+  visualize.write_overlay(blended, tmp_path / 'overlay.jpg', 'jpeg')
+  with Image.open(tmp_path / 'overlay.jpg') as jpeg:
+    assert jpeg.format == 'JPEG' and JpegImagePlugin.get_sampling(jpeg) == 0  # 4:4:4
+    decoded = np.asarray(jpeg).astype(int)
+  assert np.abs(decoded - blended).max() <= 12
+  assert decoded[:, 14, 0].max() < 80 and decoded[:, 15, 0].min() > 160  # the edge stays sharp
+  with pytest.raises(ValueError, match='gif'):
+    visualize.write_overlay(blended, tmp_path / 'overlay.gif', 'gif')

@@ -417,6 +417,11 @@ def test_a_png_as_a_multipart_file_gives_a_label_map_or_an_overlay(server, tiny_
   status, response_headers, labels = server.request('POST', '/predict?format=labels', body, headers)
   assert status == 200 and response_headers['content-type'] == 'image/png'
   np.testing.assert_array_equal(_png_array(labels), expected)
+  # The overlay in --overlay_format (JPEG by default), or in PNG when the client takes only PNG.
+  status, response_headers, overlay = server.request('POST', '/predict?format=overlay', body, headers)
+  assert status == 200 and response_headers['content-type'] == 'image/jpeg'
+  with Image.open(io.BytesIO(overlay)) as jpeg:
+    assert jpeg.format == 'JPEG' and np.asarray(jpeg).shape == image.shape
   status, response_headers, overlay = server.request(
       'POST', '/predict?format=overlay', body, dict(headers, Accept='image/png'))
   assert status == 200 and response_headers['content-type'] == 'image/png'
@@ -578,3 +583,15 @@ def test_the_kserve_manifest_uses_only_inference_service_fields():
   for name in ('DeepLab', '1model', 'model-', 'a' * 64, 'my_model'):
     with pytest.raises(UserError, match='InferenceService name'):
       serving.kserve_inference_service(name, 'gs://b/m')
+
+
+@pytest.mark.parametrize('accept, configured, chosen', [
+    (None, 'jpeg', 'jpeg'), (None, 'png', 'png'), ('*/*', 'png', 'png'), ('image/*', 'jpeg', 'jpeg'),
+    ('image/png', 'jpeg', 'png'), ('image/jpeg', 'png', 'jpeg'),
+    ('image/png;q=0.5, image/jpeg', 'png', 'jpeg'), ('application/json', 'jpeg', None)])
+def test_the_overlay_format_follows_the_setting_unless_accept_takes_only_the_other(
+    accept, configured, chosen):
+  from werkzeug.datastructures import MIMEAccept
+  from werkzeug.http import parse_accept_header
+  header = parse_accept_header(accept, MIMEAccept)  # as a request parses it; None: no header
+  assert serving._overlay_format(header, configured) == chosen

@@ -153,6 +153,7 @@ def predict(
     output: Output[Dataset],
     metrics: Output[Metrics],
     overlay_alpha: float = 0.5,
+    overlay_format: str = 'jpeg',
     max_inference_pixels: int = 4194304,
     model_format: str = 'auto',
 ):
