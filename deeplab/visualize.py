@@ -1,4 +1,5 @@
 """Blend colour-mapped label maps over images and save label maps and overlays (numpy + PIL)."""
+import functools
 import zlib
 
 import numpy as np
@@ -10,16 +11,29 @@ from deeplab.colormaps import colorize
 def overlay(image, labels, colormap, alpha=0.5):
   """The image with its colour-mapped labels blended on top at opacity `alpha`; uint8 [H, W, 3].
 
-  Blends every (label id, channel, pixel value) once into a table, then looks each pixel up: the
-  same arithmetic as blending pixel by pixel, in under half the time on a photo (predict blends
-  one per image).
+  Looks each pixel up, one channel at a time, in a table of every (label id, pixel value) blend:
+  the same arithmetic as blending pixel by pixel, about 1.2 ms for a 512x384 photo (predict
+  blends one per image, beside the model; one table for all three channels took twice as long).
   """
+  tables = _blend_tables(tuple(map(tuple, np.asarray(colormap, np.uint8).tolist())), float(alpha))
+  rows = np.asarray(labels).clip(0, 255).astype(np.intp) << 8  # a label's row of 256 values
+  image = np.asarray(image, np.uint8)
+  blended = np.empty(image.shape, np.uint8)
+  for channel, table in enumerate(tables):
+    # mode='clip' (every index is in range) spares numpy a buffered copy of `out`.
+    np.take(table, rows + image[..., channel], out=blended[..., channel], mode='clip')
+  return blended
+
+
+@functools.lru_cache(maxsize=8)
+def _blend_tables(colormap, alpha):
+  """uint8 [3, 256 * 256]: per channel, round((1 - alpha) * value + alpha * colour) at index
+  label id * 256 + pixel value. Built once per colormap and alpha (a few ms: predict and serve
+  blend many images with one)."""
   values = np.arange(256, dtype=np.float32)
-  colors = colorize(np.arange(256), colormap)[:, :, np.newaxis]  # [id, channel, 1]
-  table = np.clip(np.round((1.0 - alpha) * values + alpha * colors), 0, 255).astype(np.uint8)
-  index = image + np.arange(0, 3 * 256, 256, dtype=np.int32)  # channel c reads table[:, c]
-  index += np.asarray(labels, np.int32).clip(0, 255)[..., np.newaxis] * (3 * 256)
-  return table.ravel().take(index)
+  colors = colorize(np.arange(256), colormap).T[:, :, np.newaxis]  # [channel, id, 1]
+  blends = np.clip(np.round((1.0 - alpha) * values + alpha * colors), 0, 255).astype(np.uint8)
+  return blends.reshape(3, -1)
 
 
 def save_label_png(labels, path):
