@@ -98,8 +98,10 @@ def main():
     stack.callback(workers.shutdown, wait=True, cancel_futures=True)
 
     def write(name, image, labels):
+      """Writes the image's outputs; returns its pixel count per class."""
       predictions.add(name, labels,
                       visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+      return np.bincount(labels.ravel(), minlength=dataset.num_classes)
 
     pixel_counts = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
@@ -108,13 +110,12 @@ def main():
       for (name, _), image in zip(images, _read_ahead(workers, read_image,
                                                       [path for _, path in images])):
         labels = predict_bounded(runner, image, config.max_inference_pixels)
-        pixel_counts += np.bincount(labels.ravel(), minlength=len(pixel_counts))
         encoding.append(workers.submit(write, name, image, labels))
         while len(encoding) > ENCODING_BEHIND:
-          encoding.popleft().result()  # raises the worker's error, if any
+          pixel_counts += encoding.popleft().result()  # raises the worker's error, if any
         bar.update()
       for written in encoding:
-        written.result()
+        pixel_counts += written.result()
     elapsed = time.perf_counter() - started
     shares = {name: float(count / pixel_counts.sum())
               for name, count in zip(dataset.class_names, pixel_counts)}
