@@ -7,6 +7,7 @@ baseline (bench/harness.py). --quick runs fewer rounds on smaller inputs, to che
 themselves rather than to measure.
 """
 import argparse
+import time
 
 from bench import (build_data, distributed, harness, inference, predict, predict_memory,
                    train_input, train_memory, train_resnet)
@@ -20,8 +21,10 @@ def main():
   parser.add_argument('--quick', action='store_true')
   quick = parser.parse_args().quick
   load_before = harness.load_average()
-  measurements = []
+  started = time.perf_counter()
+  measurements, seconds = [], {}
   for module in BENCHMARKS:
+    module_started = time.perf_counter()
     module_parser = argparse.ArgumentParser()
     module.add_arguments(module_parser)
     args = module_parser.parse_args([])
@@ -33,8 +36,11 @@ def main():
     for measurement in harness.as_list(module.measure(args)):
       harness.report(measurement)
       measurements.append(measurement)
+    seconds[module.__name__.split('.')[-1]] = round(time.perf_counter() - module_started)
   print()
   print(harness.table(measurements, load_before, harness.load_average()))
+  print(f'{time.perf_counter() - started:.0f} s in all; seconds per benchmark: '
+        + ', '.join(f'{name} {value}' for name, value in seconds.items()))
 
 
 if __name__ == '__main__':

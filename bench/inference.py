@@ -8,11 +8,16 @@ norm folded, labels from the logits), that lean graph with the static input size
 as `export.FrozenModel` loads and runs it (atrous convolutions dilated where the runtime can: what
 predict, serve and export's comparison run), the SavedModel, and our TFLite float32 and int8 at
 each size; Google's own deeplabv3.tflite runs at 257x257. Every TFLite model runs on the same
-interpreter (ai-edge-litert) with the same thread count. A value is
-the mean milliseconds of `iterations` predictions of one image (after a warm-up), contenders
-interleaved round by round; the baseline is Google's TFLite when present, else our TFLite float.
-The TensorFlow contenders include the session's feed and fetch (labels only), the TFLite ones
-the interpreter's invoke (labels are one argmax away).
+interpreter (ai-edge-litert) with the same thread count. A value is the mean milliseconds of
+`iterations` predictions of one image (after a warm-up), contenders interleaved round by round.
+
+Every contender of ours turns a uint8 image into labels (scaling inside, argmax inside): the
+TensorFlow ones are timed from the session's feed to its fetch of the labels, our TFLite ones
+from setting the input to the end of the invoke. Google's model takes the image already scaled
+to [-1, 1] and returns logits, so it runs twice: `google_tflite_labels` does the same job as ours
+(the scaling, the invoke, numpy's argmax over the logits) and is the baseline; `google_tflite` is
+its invoke alone, the figure Google's own latency numbers give. Without the fixture the baseline
+is our TFLite float.
 """
 import os
 import tempfile
@@ -23,7 +28,8 @@ import numpy as np
 from bench import harness, reference_model
 
 TARGET_SIZE = 257
-TARGET = 'frozen_loaded <= 1.5 x Google\'s TFLite latency (ratio >= 0.667)'
+TARGET = ('frozen_loaded <= 1.5 x and tflite_float <= 1.1 x Google\'s TFLite segmenting the same '
+          'image (ratios >= 0.667 and >= 0.909)')
 
 
 def _timed(predict, images, iterations):
@@ -38,15 +44,25 @@ def _timed(predict, images, iterations):
   return run
 
 
-def _interpreter(path, threads, images):
+def _interpreter(path, threads, images, to_labels=False):
   """predict(image) running a TFLite model on `threads` threads; a float input (Google's model)
-  gets the image scaled to [-1, 1] as that model expects."""
+  gets the image scaled to [-1, 1] as that model expects, done beforehand unless `to_labels`:
+  then the call does what turns Google's model into a segmenter like ours (the scaling, the
+  invoke, and the argmax over its [1, H, W, classes] logits)."""
   from ai_edge_litert.interpreter import Interpreter
   interpreter = Interpreter(model_path=path, num_threads=threads)
   interpreter.allocate_tensors()
   detail = interpreter.get_input_details()[0]
   as_input = ((lambda image: image[np.newaxis]) if detail['dtype'] == np.uint8 else
               (lambda image: (image[np.newaxis].astype(np.float32) / 127.5 - 1.0)))
+  if to_labels:
+    logits = interpreter.get_output_details()[0]['index']
+
+    def predict_labels(image):
+      interpreter.set_tensor(detail['index'], as_input(image))
+      interpreter.invoke()
+      return np.argmax(interpreter.get_tensor(logits)[0], axis=-1)
+    return predict_labels
   feeds = {id(image): as_input(image) for image in images}
 
   def predict(image):
@@ -90,6 +106,7 @@ def _contenders(folder, config, prefix, size, args):
   google = reference_model.google_tflite()
   if google and tuple(size) == reference_model.GOOGLE_TFLITE_SIZE:
     predictors['google_tflite'] = _interpreter(google, args.threads, images)
+    predictors['google_tflite_labels'] = _interpreter(google, args.threads, images, to_labels=True)
   return {name: _timed(predict, images, args.iterations) for name, predict in predictors.items()}
 
 
@@ -100,11 +117,11 @@ def measure(args):
     config, prefix = reference_model.write_checkpoint(folder)
     for side in (int(v) for v in args.sizes.split(',')):
       contenders = _contenders(folder, config, prefix, (side, side), args)
-      baseline = 'google_tflite' if 'google_tflite' in contenders else 'tflite_float'
+      baseline = 'google_tflite_labels' if 'google_tflite' in contenders else 'tflite_float'
       values = harness.interleave(contenders, args.rounds)
       measurements.append(harness.Measurement(
           f'inference_{side}', 'ms/image', baseline, values, higher_is_better=False,
-          target=TARGET if side == TARGET_SIZE and baseline == 'google_tflite' else '',
+          target=TARGET if side == TARGET_SIZE and baseline != 'tflite_float' else '',
           notes={'load_average': harness.load_average()}))
   return measurements
 

@@ -341,13 +341,15 @@ def _fixed_size_logits(images, config: ModelConfig, size):
 
   `model.predict_labels` at one scale, unflipped, with the logits kept instead of their softmax
   (the argmax is the same); the static size lets the converter fold the resizing arithmetic.
+  Without a resize range the images go in as they are (no slice and reshape of the input for
+  the interpreter to run on every call).
   """
+  if not (config.min_resize_value or config.max_resize_value):
+    return model.resize_bilinear(model.logits(model.preprocess(images), config), size)
   resized = resize_to_range(images[0], config.min_resize_value, config.max_resize_value)[tf.newaxis]
   scores = model.resize_bilinear(model.logits(model.preprocess(resized), config),
                                  tf.shape(resized)[1:3])
-  if config.min_resize_value or config.max_resize_value:
-    scores = model.resize_bilinear(scores, size)
-  return scores
+  return model.resize_bilinear(scores, size)
 
 
 def _calibration_samples(images: Iterable, size):
