@@ -1,6 +1,6 @@
 """Benchmark: latency per image of every export format, at 257x257 and 513x513.
 
-    python -m bench.inference [--rounds=3] [--iterations=5] [--sizes=257,513] [--threads=2]
+    python -m bench.inference [--rounds=5] [--iterations=20] [--sizes=257,513] [--threads=2]
 
 One model, DeepLabv3 MobileNetV2 (bench/reference_model.py: Google's weights when the shared
 fixture is there), exported as: the frozen graph as built and after `lean_inference_graph` (batch
@@ -127,8 +127,8 @@ def measure(args):
 
 
 def add_arguments(parser):
-  parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--iterations', type=int, default=5)
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--iterations', type=int, default=20)
   parser.add_argument('--sizes', default='257,513')
   parser.add_argument('--threads', type=int, default=os.cpu_count())
 

@@ -1,6 +1,6 @@
 """Benchmark: `predict` images/s end to end vs. the frozen graph alone on the same images.
 
-    python -m bench.predict [--rounds=3] [--photos=96] [--size=384,512]
+    python -m bench.predict [--rounds=5] [--photos=96] [--size=384,512]
 
 The demo's MobileNetV2 (bench/predict_memory.py's model) segments `photos` JPEGs of `size`
 (height, width): the demo photos of the shared fixtures resized, or smooth random images. Per
@@ -65,7 +65,7 @@ def measure(args) -> harness.Measurement:
 
 
 def add_arguments(parser):
-  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--photos', type=int, default=96)
   parser.add_argument('--size', default='384,512')
 
