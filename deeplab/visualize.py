@@ -67,4 +67,5 @@ def write_overlay(image, file, overlay_format: str) -> None:
   elif overlay_format == 'png':
     picture.save(file, format='PNG', compress_level=1, compress_type=zlib.Z_RLE)
   else:
-    raise ValueError(f'overlay_format={overlay_format!r}: expected one of {tuple(OVERLAY_SUFFIXES)}')
+    raise ValueError(
+        f'overlay_format={overlay_format!r}: expected one of {tuple(OVERLAY_SUFFIXES)}')
