@@ -6,13 +6,17 @@ Writes a synthetic PASCAL VOC layout of `num_images` VOC-sized images (90% train
 temporary folder, then measures on the same files, interleaved round by round (bench/harness.py):
 - the floor: one process reading every raw file and decoding every label (the least any builder
   must do);
-- the builder (deeplab.datasets.build, train + val) with 1 worker and with one worker per core.
+- the build_data step (train + val) in a process of its own, with 1 worker and with one worker
+  per core, at the images/s it reports (its build, without process start and packing).
 Reports images/s, the per-round ratio of each build to the floor (target: >= 0.5 on all cores)
-and the peak resident memory of the process tree (this process + workers, sampled; target: < 1 GB).
+and the peak resident memory of the step's process tree (the step + its workers, sampled;
+target: < 1 GB).
 """
 import io
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,17 +25,18 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from bench import harness  # noqa: E402
-from deeplab.config import BuildConfig  # noqa: E402
 from deeplab.datasets import build, layouts, synthetic  # noqa: E402
 
 
 class PeakMemory:
-  """Samples the summed RSS of this process and all its descendants until stopped."""
+  """Samples the summed RSS of process `pid` and all its descendants until stopped."""
 
-  def __init__(self, interval: float = 0.05):
+  def __init__(self, pid: int, interval: float = 0.05):
+    self.pid = pid
     self.peak = 0
     self._interval = interval
     self._stop = threading.Event()
@@ -47,7 +52,7 @@ class PeakMemory:
 
   def _run(self):
     while not self._stop.is_set():
-      self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(os.getpid())))
+      self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(self.pid)))
       self._stop.wait(self._interval)
 
 
@@ -109,12 +114,23 @@ def measure(args) -> harness.Measurement:
     def build_with(workers):
       def run():
         out = tempfile.mkdtemp(dir=tmp)
-        with PeakMemory() as memory:
-          _, stats = build.build(voc, raw, out, BuildConfig(splits=('train', 'val'),
-                                                            num_workers=workers), progress=False)
+        # The step in a process of its own, as users run it: this process may hold TensorFlow
+        # (python -m bench ran the training benches before), which the build's memory must not
+        # count.
+        step = subprocess.Popen(
+            [sys.executable, '-m', 'steps.build_data', '--dataset=pascal_voc_seg',
+             f'--raw_data={raw}', f'--output={os.path.join(out, "tfrecords.tar.gz")}',
+             '--splits=train,val', f'--num_workers={workers}'],
+            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        with PeakMemory(step.pid) as memory:
+          stdout, stderr = step.communicate()
+        if step.returncode:
+          raise SystemExit(f'steps.build_data failed: {stderr[-2000:]}')
         peaks[workers] = max(peaks.get(workers, 0), memory.peak)
         shutil.rmtree(out)
-        return stats.images_per_sec
+        metrics = [json.loads(line) for line in stdout.splitlines() if line.startswith('{')]
+        return next(m['images_per_sec'] for m in metrics if 'images_per_sec' in m)
       return run
 
     cores = build.default_num_workers()
