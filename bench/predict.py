@@ -5,8 +5,9 @@
 The demo's MobileNetV2 (bench/predict_memory.py's model) segments `photos` JPEGs of `size`
 (height, width): the demo photos of the shared fixtures resized, or smooth random images. Per
 round, `steps.predict` runs in a fresh process and reports the images/s of its loop (decode,
-inference, overlay and PNG encoding, without the process start and the archive); the baseline is
-the same model, freshly loaded in this process, predicting the same images already decoded. Both
+inference, blending and encoding with its default settings: JPEG overlays; without the process
+start and the archive); the baseline is the same model, freshly loaded in this process,
+predicting the same images already decoded. Both
 include the model's first run (Grappler's rewrite, kernel set-up: about ten images' worth on this
 model), so the ratio is the cost of what predict adds; 96 photos make that start a tenth of a
 round (with 24 it was a third, and predict's own start-up weighed as much as its steady state).
