@@ -13,7 +13,6 @@ and the peak resident memory of the step's process tree (the step + its workers,
 target: < 1 GB).
 """
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -129,8 +128,7 @@ def measure(args) -> harness.Measurement:
           raise SystemExit(f'steps.build_data failed: {stderr[-2000:]}')
         peaks[workers] = max(peaks.get(workers, 0), memory.peak)
         shutil.rmtree(out)
-        metrics = [json.loads(line) for line in stdout.splitlines() if line.startswith('{')]
-        return next(m['images_per_sec'] for m in metrics if 'images_per_sec' in m)
+        return harness.step_metric(stdout, 'images_per_sec')
       return run
 
     cores = build.default_num_workers()

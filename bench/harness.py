@@ -107,6 +107,13 @@ def peak_rss_mib(module: str, args: Sequence[str], env: Dict[str, str]):
     return int(peak.read()) / 1024, seconds
 
 
+def step_metric(stdout: str, key: str) -> float:
+  """The value of `key` in the JSON metric lines a step printed on `stdout` (the first line
+  that has it)."""
+  metrics = (json.loads(line) for line in stdout.splitlines() if line.startswith('{'))
+  return next(m[key] for m in metrics if key in m)
+
+
 def load_average() -> float:
   return os.getloadavg()[0]
 

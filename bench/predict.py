@@ -14,7 +14,6 @@ round (with 24 it was a third, and predict's own start-up weighed as much as its
 Target: predict >= 0.8 x the model alone.
 """
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -30,8 +29,7 @@ def _predict_step(model, images, output):
   completed = subprocess.run(
       [sys.executable, '-m', 'steps.predict', f'--model={model}', f'--images={images}',
        f'--output={output}'], env=ENV, capture_output=True, text=True, check=True)
-  metrics = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith('{')]
-  return next(m['images_per_sec'] for m in metrics if 'images_per_sec' in m)
+  return harness.step_metric(completed.stdout, 'images_per_sec')
 
 
 def _model_alone(model, images):
