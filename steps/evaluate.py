@@ -105,8 +105,8 @@ def write_report_files(folder: str, evaluation: CheckpointEvaluation, manifest) 
                               os.path.join(folder, CONFUSION_FILE))
 
 
-def main():
-  args = parse_flags(SPEC)
+def main(argv=None):
+  args = parse_flags(SPEC, argv)
   tfrecords = artifacts.input_location('evaluate', 'tfrecords', args.tfrecords)
   checkpoint_path = artifacts.input_location('evaluate', 'checkpoint', args.checkpoint)
   out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json',

@@ -72,8 +72,8 @@ def _format_agreement(folder, graph_def, manifest, config):
     return export.compare_formats(models, images, manifest.num_classes)
 
 
-def main():
-  args = parse_flags(SPEC)
+def main(argv=None):
+  args = parse_flags(SPEC, argv)
   checkpoint_path = artifacts.input_location('export', 'checkpoint', args.checkpoint)
   tfrecords = artifacts.input_location('export', 'tfrecords', args.tfrecords, optional=True)
   out_path = artifacts.output_location('export', 'output', args.output, artifacts.Model.filename,

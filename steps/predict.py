@@ -73,8 +73,8 @@ def _read_ahead(workers, read, paths):
     yield pending.popleft().result()
 
 
-def main():
-  args = parse_flags(SPEC)
+def main(argv=None):
+  args = parse_flags(SPEC, argv)
   model_path = artifacts.input_location('predict', 'model', args.model)
   images_path = artifacts.input_location('predict', 'images', args.images)
   out_path = artifacts.output_location('predict', 'output', args.output,

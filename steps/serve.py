@@ -21,8 +21,8 @@ SPEC = StepSpec(
 )
 
 
-def main():
-  args = parse_flags(SPEC)
+def main(argv=None):
+  args = parse_flags(SPEC, argv)
   model_path = artifacts.input_location('serve', 'model', args.model)
   config = ServeConfig.from_flags(args)
   from deeplab import serving

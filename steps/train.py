@@ -100,8 +100,8 @@ class TrainProgress:
       self.bar.update(metrics['step'] - self.bar.n)
 
 
-def main():
-  args = parse_flags(SPEC)
+def main(argv=None):
+  args = parse_flags(SPEC, argv)
   stop_signals = _install_stop_handler()
   tfrecords = artifacts.input_location('train', 'tfrecords', args.tfrecords)
   resume_path = artifacts.input_location('train', 'checkpoint', args.checkpoint, optional=True)
