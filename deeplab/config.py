@@ -15,7 +15,7 @@ when a config is made. The library takes config objects whole. Adding a setting 
 plus the code that uses it.
 
 Names follow the original DeepLab flags. The head settings default to the backbone's model-zoo
-value, written `preset` (`PRESETS`): `atrous_rates`, `decoder_output_stride`, `multi_grid` and the
+value, written `preset` (deeplab/nets/registry.py): `atrous_rates`, `decoder_output_stride`, `multi_grid` and the
 options of the MobileNetV3 head (image pooling window, ASPP and decoder shapes); `none` says
 explicitly "no atrous branches" / "no decoder" / "no multi-grid" (unit rates 1, 1, 1, the
 original's default) / "global image pooling". A ModelConfig resolves them when it is made, so a
@@ -29,6 +29,8 @@ import typing
 from typing import Any, Optional, Tuple
 
 from deeplab.errors import UserError
+from deeplab.nets import registry
+from deeplab.nets.registry import BACKBONES
 
 PRESET = 'preset'
 NONE = 'none'
@@ -168,55 +170,11 @@ def _check_crop_size(name: str, value: tuple, optional: bool = False) -> None:
 
 # ----------------------------------------------------------------------------- the model
 
-# Backbones this library builds. A variant is listed only once its network exists.
-MODEL_VARIANTS = ('mobilenet_v2', 'mobilenet_v3_large_seg', 'mobilenet_v3_small_seg',
-                  'resnet_v1_18', 'resnet_v1_50', 'resnet_v1_101', 'resnet_v1_50_beta',
-                  'resnet_v1_101_beta', 'xception_41', 'xception_65', 'xception_71')
-# Backbones with a width multiplier; the others have one published width (depth_multiplier 1).
-WIDTH_MULTIPLIED_VARIANTS = ('mobilenet_v2', 'mobilenet_v3_large_seg', 'mobilenet_v3_small_seg')
-
-# A preset that stands for the dataset's class count (the model zoo's decoder_filters=19 was
-# Cityscapes' 19 classes: a decoder whose output is the logits has one channel per class).
-NUM_CLASSES = 'num_classes'
-# Model-zoo settings per backbone (DeepLab's published configurations): what PRESET means.
-# Atrous rates are given at output stride 16 and scale with it (12/24/36 at 8), as the model zoo's.
-# The model zoo trains the ResNets with multi-grid 1, 2, 4 (block4's unit rates).
-# The head options default to DeepLab's; yes/no options are 0/1, as the model zoo writes them.
-_HEAD_PRESET = dict(image_pooling_crop_size=(), image_pooling_stride=(1, 1), aspp_convs_filters=256,
-                    aspp_with_concat_projection=1, aspp_with_squeeze_and_excitation=0,
-                    image_se_uses_qsigmoid=0, decoder_use_sum_merge=0, decoder_filters=256,
-                    decoder_output_is_logits=0, multi_grid=(1, 1, 1))
-# Only ImageNet checkpoints are published for resnet_v1_{18,50,101} and xception_{41,71}: they take
-# the recipe of their family's model-zoo models (DeepLabv3 for ResNets, DeepLabv3+ for Xceptions).
-_RESNET_PRESET = dict(_HEAD_PRESET, atrous_rates=(6, 12, 18), decoder_output_stride=0,
-                      multi_grid=(1, 2, 4))
-_XCEPTION_PRESET = dict(_HEAD_PRESET, atrous_rates=(6, 12, 18), decoder_output_stride=4)
-# The Cityscapes MobileNetV3 models (model zoo), which also run at output_stride=32: a sigmoid
-# gate from strided image pooling multiplies a 128-channel 1x1 branch, and a 1x1 decoder sums it
-# with the stride-8 features, each projected to the class count, into the logits.
-_MOBILENET_V3_PRESET = dict(
-    _HEAD_PRESET, atrous_rates=(), decoder_output_stride=8, image_pooling_crop_size=(769, 769),
-    image_pooling_stride=(4, 5), aspp_convs_filters=128, aspp_with_concat_projection=0,
-    aspp_with_squeeze_and_excitation=1, image_se_uses_qsigmoid=1, decoder_use_sum_merge=1,
-    decoder_filters=NUM_CLASSES, decoder_output_is_logits=1)
-PRESETS = {
-    'mobilenet_v2': dict(_HEAD_PRESET, atrous_rates=(), decoder_output_stride=0),
-    'mobilenet_v3_large_seg': _MOBILENET_V3_PRESET,
-    'mobilenet_v3_small_seg': _MOBILENET_V3_PRESET,
-    # ResNet-18's block4 has two units, whose rates its builder fixes at DeepLab's 1, 1.
-    'resnet_v1_18': dict(_RESNET_PRESET, multi_grid=(1, 1, 1)),
-    'resnet_v1_50': _RESNET_PRESET,
-    'resnet_v1_101': _RESNET_PRESET,
-    'resnet_v1_50_beta': _RESNET_PRESET,
-    'resnet_v1_101_beta': _RESNET_PRESET,
-    'xception_41': _XCEPTION_PRESET,
-    'xception_65': _XCEPTION_PRESET,
-    'xception_71': _XCEPTION_PRESET,
-}
+# The backbones, their model-zoo presets and capabilities: one table, deeplab/nets/registry.py.
+MODEL_VARIANTS = tuple(BACKBONES)
+NUM_CLASSES = registry.NUM_CLASSES
 # What NONE means per preset setting.
 NONE_VALUES = dict(atrous_rates=(), decoder_output_stride=0, multi_grid=(1, 1, 1))
-# Backbones whose builder takes multi-grid unit rates; the others build unit rates 1, 1, 1 only.
-MULTI_GRID_VARIANTS = ('resnet_v1_50', 'resnet_v1_101', 'resnet_v1_50_beta', 'resnet_v1_101_beta')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,9 +236,9 @@ class ModelConfig(Settings):
   RETIRED_KEYS = ('weight_decay', 'batch_norm_decay')
 
   def __post_init__(self):
-    if self.model_variant in PRESETS:  # an unknown variant is reported by the choices check
+    if self.model_variant in BACKBONES:  # an unknown variant is reported by the choices check
       multiple = {info.name for info in settings_of(type(self)) if info.multiple}
-      for name, preset in PRESETS[self.model_variant].items():
+      for name, preset in BACKBONES[self.model_variant].preset.items():
         value = getattr(self, name)
         if value == PRESET or value == (PRESET,):
           if name == 'atrous_rates':
@@ -296,10 +254,11 @@ class ModelConfig(Settings):
   def validate(self):
     if len(self.multi_grid) != 3:
       raise UserError(f'--multi_grid={_show(self.multi_grid)}: expected three unit rates (e.g. 1,2,4)')
-    if self.multi_grid != NONE_VALUES['multi_grid'] and self.model_variant not in MULTI_GRID_VARIANTS:
+    backbone = BACKBONES[self.model_variant]  # a known variant: the choices were checked first
+    if self.multi_grid != NONE_VALUES['multi_grid'] and not backbone.multi_grid:
       raise UserError(f'--multi_grid={_show(self.multi_grid)}: the {self.model_variant} builder has '
                       'no multi-grid; expected none (1,1,1)')
-    if self.depth_multiplier != 1.0 and self.model_variant not in WIDTH_MULTIPLIED_VARIANTS:
+    if self.depth_multiplier != 1.0 and not backbone.width_multiplier:
       raise UserError(f'--depth_multiplier={self.depth_multiplier}: {self.model_variant} has no '
                       'width multiplier; expected 1')
     if self.max_resize_value and self.min_resize_value > self.max_resize_value:

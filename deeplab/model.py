@@ -12,12 +12,12 @@ DeepLab checkpoints:
 All bilinear resizing uses corner alignment, as the original DeepLab does, so that crops of size
 k * output_stride + 1 map exactly onto their feature grid.
 """
-import functools
 from typing import Optional
 
 from deeplab.compat import slim, tf
-from deeplab.config import MULTI_GRID_VARIANTS, ModelConfig, TrainConfig
-from deeplab.nets import mobilenet_v2, mobilenet_v3, resnet_v1_beta, xception
+from deeplab.config import ModelConfig, TrainConfig
+from deeplab.nets.mobilenet_v3 import hard_sigmoid
+from deeplab.nets.registry import BACKBONES
 from deeplab.nets.batch_norm import batch_norm
 from deeplab.preprocess import MEAN_PIXEL, resize_to_range
 
@@ -26,23 +26,6 @@ LOGITS_SCOPE = 'logits'
 # Scopes that are new when fine-tuning to another class count without the last layers.
 LOGITS_SCOPES = ('logits',)
 LAST_LAYER_SCOPES = ('logits', 'image_pooling', 'aspp', 'concat_projection', 'decoder')
-
-# variant -> (builder, arg scope, {decoder output stride: end point the decoder reads}).
-_BACKBONES = {
-    'mobilenet_v2': (mobilenet_v2.mobilenet_v2, mobilenet_v2.mobilenet_v2_arg_scope,
-                     mobilenet_v2.DECODER_END_POINTS),
-    # DeepLab builds MobileNetV3 with MobileNetV2's layer defaults (each layer sets its activation).
-    **{variant: (functools.partial(mobilenet_v3.mobilenet_v3, variant=variant),
-                 mobilenet_v2.mobilenet_v2_arg_scope, mobilenet_v3.DECODER_END_POINTS[variant])
-       for variant in mobilenet_v3.NETWORKS},
-    **{variant: (functools.partial(resnet_v1_beta.resnet, variant=variant),
-                 resnet_v1_beta.resnet_v1_beta_arg_scope,
-                 resnet_v1_beta.DECODER_END_POINTS[variant])
-       for variant in resnet_v1_beta.VARIANTS},
-    **{scope: (functools.partial(xception.xception, scope=scope), xception.xception_arg_scope,
-               xception.DECODER_END_POINTS[scope])
-       for scope in xception.NETWORKS},
-}
 
 
 def preprocess(images):
@@ -118,7 +101,7 @@ def _image_feature(features, config: ModelConfig):
   else:
     pooled = tf.reduce_mean(features, axis=[1, 2], keepdims=True)
   if config.aspp_with_squeeze_and_excitation:
-    gate = mobilenet_v3.hard_sigmoid if config.image_se_uses_qsigmoid else tf.sigmoid
+    gate = hard_sigmoid if config.image_se_uses_qsigmoid else tf.sigmoid
     pooled = slim.conv2d(pooled, config.aspp_convs_filters, 1, activation_fn=gate,
                          normalizer_fn=None, scope='image_pooling')
   else:
@@ -202,13 +185,13 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   hyper = training or TrainConfig()
   is_training = training is not None
   train_batch_norm = is_training and training.fine_tune_batch_norm
-  backbone, backbone_arg_scope, decoder_end_points = _BACKBONES[config.model_variant]
+  spec = BACKBONES[config.model_variant]
+  backbone, backbone_arg_scope, decoder_end_points = spec.network(config.model_variant)
   with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
                                          weight_decay=hyper.weight_decay,
                                          batch_norm_decay=hyper.batch_norm_decay)):
-    # Only the ResNet builders take multi-grid; the config allows 1,1,1 alone for the others.
-    multi_grid = ({'multi_grid': config.multi_grid}
-                  if config.model_variant in MULTI_GRID_VARIANTS else {})
+    # Only builders with multi-grid take it; the config allows 1,1,1 alone for the others.
+    multi_grid = {'multi_grid': config.multi_grid} if spec.multi_grid else {}
     features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
                                     output_stride=config.output_stride, **multi_grid)
   with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):

@@ -12,6 +12,7 @@ from deeplab import model, training
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig
 from deeplab.errors import UserError
+from deeplab.nets.registry import BACKBONES
 from deeplab.nets import resnet_v1_beta, xception
 from tf_slim.nets import resnet_utils, resnet_v1  # after deeplab.compat, which patches tf-slim
 
@@ -26,7 +27,7 @@ BATCH_NORM_VARIABLES = ('beta', 'gamma', 'moving_mean', 'moving_variance')
 
 def _build_backbone(variant, output_stride):
   """The backbone alone on a [1, 33, 50, 3] placeholder, in a new graph (the default)."""
-  backbone, arg_scope, _ = model._BACKBONES[variant]
+  backbone, arg_scope, _ = BACKBONES[variant].network(variant)
   with slim.arg_scope(arg_scope(is_training=False, weight_decay=1e-4, batch_norm_decay=0.997)):
     return backbone(tf.compat.v1.placeholder(tf.float32, [1, HEIGHT, WIDTH, 3]),
                     depth_multiplier=1.0, output_stride=output_stride)

@@ -14,6 +14,7 @@ from deeplab import model
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig
 from deeplab.errors import UserError
+from deeplab.nets.registry import BACKBONES
 from deeplab.nets import mobilenet_v3, resnet_v1_beta
 from test_backbones import (_conv_rate, _conv_stride, features_with_the_same_weights,
                             predict_at_a_tiny_size)
@@ -25,7 +26,7 @@ BATCH_NORM_VARIABLES = ('beta', 'gamma', 'moving_mean', 'moving_variance')
 
 def _build_backbone(variant, output_stride):
   """The backbone alone on a [1, 33, 50, 3] placeholder: (features, end points, variable shapes)."""
-  backbone, arg_scope, _ = model._BACKBONES[variant]
+  backbone, arg_scope, _ = BACKBONES[variant].network(variant)
   with slim.arg_scope(arg_scope(is_training=False, weight_decay=1e-4, batch_norm_decay=0.997)):
     features, end_points = backbone(tf.compat.v1.placeholder(tf.float32, [1, HEIGHT, WIDTH, 3]),
                                     depth_multiplier=1.0, output_stride=output_stride)
@@ -46,7 +47,7 @@ def _assert_batch_norm(names, conv, depth):
 def _assert_sizes(features, end_points, variant, output_stride, depth, decoder_depths):
   assert features.shape.as_list() == [1, math.ceil(HEIGHT / output_stride),
                                       math.ceil(WIDTH / output_stride), depth]
-  for stride, end_point in model._BACKBONES[variant][2].items():
+  for stride, end_point in BACKBONES[variant].network(variant)[2].items():
     assert end_points[end_point].shape.as_list() == [
         1, math.ceil(HEIGHT / stride), math.ceil(WIDTH / stride), decoder_depths[stride]]
 
@@ -127,7 +128,7 @@ def test_resnet_inputs_are_what_the_checkpoints_were_trained_on(variant, mean_su
   images = np.stack([np.full([HEIGHT, WIDTH, 3], value, np.float32) for value in (-1.0, 1.0)])
   with tf.Graph().as_default() as graph:
     with slim.arg_scope(resnet_v1_beta.resnet_v1_beta_arg_scope(is_training=False)):
-      model._BACKBONES[variant][0](tf.constant(images), output_stride=32)
+      BACKBONES[variant].network(variant)[0](tf.constant(images), output_stride=32)
     scope = resnet_v1_beta.VARIANTS[variant].scope
     root_input = graph.get_operation_by_name(f'{scope}/Pad').inputs[0]
     with tf.compat.v1.Session() as session:

@@ -11,6 +11,7 @@ from deeplab.config import BuildConfig, EvalConfig, ExportConfig, ModelConfig, T
 from deeplab.datasets import build, layouts, synthetic
 from deeplab.datasets.manifest import Manifest, SplitInfo
 from deeplab.errors import UserError
+from deeplab.nets import registry
 
 
 def run(tensor, feed=None):
@@ -63,13 +64,17 @@ def test_multi_grid_preset_none_and_numbers():
 
 def test_multi_grid_reaches_the_resnet_builder(monkeypatch):
   received = {}
-  backbone, arg_scope, end_point = model._BACKBONES['resnet_v1_50_beta']
+  network = registry.Backbone.network
 
-  def recording(images, **kwargs):
-    received.update(kwargs)
-    return backbone(images, **kwargs)
+  def recording_network(backbone, name):
+    builder, arg_scope, end_points = network(backbone, name)
 
-  monkeypatch.setitem(model._BACKBONES, 'resnet_v1_50_beta', (recording, arg_scope, end_point))
+    def recording(images, **kwargs):
+      received.update(kwargs)
+      return builder(images, **kwargs)
+    return recording, arg_scope, end_points
+
+  monkeypatch.setattr(registry.Backbone, 'network', recording_network)
   with tf.Graph().as_default():
     model.logits(tf.zeros([1, 33, 33, 3]),
                  ModelConfig(model_variant='resnet_v1_50_beta', multi_grid='none'))

@@ -32,8 +32,8 @@ BLOCKS = (
 )
 FIRST_CONV_CHANNELS = 32
 ROOT_STRIDE = 2  # Conv
-# stride -> end point the decoder reads at that stride.
-DECODER_END_POINTS = {4: 'layer_4/depthwise_output', 8: 'layer_7/depthwise_output'}
+# variant -> {stride: end point the decoder reads at that stride}.
+DECODER_END_POINTS = {'mobilenet_v2': {4: 'layer_4/depthwise_output', 8: 'layer_7/depthwise_output'}}
 
 
 def make_divisible(value, divisor, min_value):
