@@ -14,6 +14,21 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label):
   return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def class_iou(confusion):
+  """Per-class IoU of a confusion matrix: float64 [num_classes], NaN for a class absent from both
+  truth and prediction (it has no IoU, rather than 0 or 1)."""
+  confusion = np.asarray(confusion, dtype=np.float64)
+  true_positive = np.diag(confusion)
+  union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
+  return np.where(union > 0, true_positive / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(confusion):
+  """The mean IoU over the classes present (see `class_iou`); None when none is."""
+  iou = class_iou(confusion)
+  return float(np.nanmean(iou)) if not np.isnan(iou).all() else None
+
+
 def summarize(confusion, class_names):
   """mIoU, per-class IoU, pixel accuracy and the matrix itself, as JSON-ready values.
 
@@ -21,15 +36,13 @@ def summarize(confusion, class_names):
   rather than counting as 0 or 1.
   """
   confusion = np.asarray(confusion, dtype=np.float64)
-  true_positive = np.diag(confusion)
-  union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
-  present = union > 0
-  iou = np.where(present, true_positive / np.maximum(union, 1), np.nan)
+  iou = class_iou(confusion)
+  present = ~np.isnan(iou)
   total = confusion.sum()
   per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)}
   return {
-      'miou': float(np.nanmean(iou)) if present.any() else None,
-      'pixel_accuracy': float(true_positive.sum() / total) if total else None,
+      'miou': mean_iou(confusion),
+      'pixel_accuracy': float(np.trace(confusion) / total) if total else None,
       'per_class_iou': per_class,
       'absent_classes': [name for name, p in zip(class_names, present) if not p],
       'num_pixels': int(total),

@@ -70,13 +70,7 @@ def per_image_miou(label, prediction, num_classes: int, ignore_label: int) -> Op
   classes present in the label or the prediction, pixels labelled `ignore_label` not counted.
   None when there is no class to average over (every pixel is ignored).
   """
-  confusion = metrics.confusion_matrix(label, prediction, num_classes, ignore_label)
-  true_positive = np.diag(confusion)
-  union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
-  present = union > 0
-  if not present.any():
-    return None
-  return float(np.mean(true_positive[present] / union[present]))
+  return metrics.mean_iou(metrics.confusion_matrix(label, prediction, num_classes, ignore_label))
 
 
 class ScoredImage(NamedTuple):
