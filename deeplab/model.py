@@ -54,12 +54,12 @@ def _separable_conv(net, depth, rate, scope, weight_decay):
       weights_regularizer=slim.l2_regularizer(weight_decay), scope=scope + '_pointwise')
 
 
-def _head_arg_scope(config: ModelConfig, hyper: TrainConfig, train_batch_norm: bool):
+def _head_arg_scope(config: ModelConfig, train_config: TrainConfig, train_batch_norm: bool):
   with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
-                      weights_regularizer=slim.l2_regularizer(hyper.weight_decay),
+                      weights_regularizer=slim.l2_regularizer(train_config.weight_decay),
                       activation_fn=tf.nn.relu, normalizer_fn=batch_norm, padding='SAME', stride=1):
     with slim.arg_scope([batch_norm], is_training=train_batch_norm,
-                        decay=hyper.batch_norm_decay, epsilon=config.batch_norm_epsilon,
+                        decay=train_config.batch_norm_decay, epsilon=config.batch_norm_epsilon,
                         center=True, scale=True) as scope:
       return scope
 
@@ -182,29 +182,29 @@ def logits(images, config: ModelConfig, training: Optional[TrainConfig] = None):
   """
   # At inference the decay settings shape no op that predictions depend on; the defaults keep the
   # inference graph the same whatever a run trained with.
-  hyper = training or TrainConfig()
+  train_config = training or TrainConfig()
   is_training = training is not None
   train_batch_norm = is_training and training.fine_tune_batch_norm
-  spec = BACKBONES[config.model_variant]
-  backbone, backbone_arg_scope, decoder_end_points = spec.network(config.model_variant)
+  backbone_spec = BACKBONES[config.model_variant]
+  backbone, backbone_arg_scope, decoder_end_points = backbone_spec.network(config.model_variant)
   with slim.arg_scope(backbone_arg_scope(is_training=train_batch_norm,
-                                         weight_decay=hyper.weight_decay,
-                                         batch_norm_decay=hyper.batch_norm_decay)):
+                                         weight_decay=train_config.weight_decay,
+                                         batch_norm_decay=train_config.batch_norm_decay)):
     # Only builders with multi-grid take it; the config allows 1,1,1 alone for the others.
-    multi_grid = {'multi_grid': config.multi_grid} if spec.multi_grid else {}
+    multi_grid = {'multi_grid': config.multi_grid} if backbone_spec.multi_grid else {}
     features, end_points = backbone(images, depth_multiplier=config.depth_multiplier,
                                     output_stride=config.output_stride, **multi_grid)
-  with slim.arg_scope(_head_arg_scope(config, hyper, train_batch_norm)):
-    net = aspp(features, config, is_training, hyper.weight_decay)
+  with slim.arg_scope(_head_arg_scope(config, train_config, train_batch_norm)):
+    net = aspp(features, config, is_training, train_config.weight_decay)
     if config.decoder_output_stride:
       low_level_features = end_points[decoder_end_points[config.decoder_output_stride]]
-      net = decoder(net, low_level_features, config, hyper.weight_decay)
+      net = decoder(net, low_level_features, config, train_config.weight_decay)
   if config.decoder_output_is_logits:
     return net
   with tf.compat.v1.variable_scope(LOGITS_SCOPE):
     return slim.conv2d(net, config.num_classes, 1, activation_fn=None, normalizer_fn=None,
                        weights_initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.01),
-                       weights_regularizer=slim.l2_regularizer(hyper.weight_decay),
+                       weights_regularizer=slim.l2_regularizer(train_config.weight_decay),
                        scope='semantic')
 
 
