@@ -5,7 +5,7 @@
 One model, DeepLabv3 MobileNetV2 (bench/reference_model.py: Google's weights when the shared
 fixture is there), exported as: the frozen graph as built and after `lean_inference_graph` (batch
 norm folded, labels from the logits), that lean graph with the static input size, the lean graph
-as `export.FrozenModel` loads and runs it (atrous convolutions dilated where the runtime can: what
+as `inference.FrozenGraphPredictor` loads and runs it (atrous convolutions dilated where the runtime can: what
 predict, serve and export's comparison run), the SavedModel, and our TFLite float32 and int8 at
 each size; Google's own deeplabv3.tflite runs at 257x257. Every TFLite model runs on the same
 interpreter (ai-edge-litert) with the same thread count. A value is the mean milliseconds of
@@ -73,35 +73,37 @@ def _interpreter(path, threads, images, to_labels=False):
 
 def _session(graph_def):
   """predict(image) of a frozen GraphDef: run to the labels."""
-  from deeplab import export
+  from deeplab import inference
   from deeplab.compat import tf
   graph = tf.Graph()
   with graph.as_default():
     tf.compat.v1.import_graph_def(graph_def, name='')
   session = tf.compat.v1.Session(graph=graph)
-  inputs = graph.get_tensor_by_name(export.INPUT_TENSOR + ':0')
-  labels = graph.get_tensor_by_name(export.PREDICTIONS_TENSOR + ':0')
+  inputs = graph.get_tensor_by_name(inference.INPUT_TENSOR + ':0')
+  labels = graph.get_tensor_by_name(inference.PREDICTIONS_TENSOR + ':0')
   return lambda image: session.run(labels, {inputs: image[np.newaxis]})
 
 
 def _contenders(folder, config, prefix, size, args):
-  from deeplab import export
+  from deeplab import inference
   from deeplab.config import TFLITE_QUANTIZATIONS, ExportConfig
+  from deeplab.export import freeze, frozen_graph, rewrites, tflite
+  from deeplab.export import saved_model as saved_model_writer
   images = reference_model.photos(size, 4)
-  built = export.freeze(config, prefix, ExportConfig(), lean=False)
-  lean = export.lean_inference_graph(built)
+  built = freeze.freeze(config, prefix, ExportConfig(), lean=False)
+  lean = rewrites.lean_inference_graph(built)
   predictors = {'frozen_as_built': _session(built), 'frozen_lean': _session(lean),
-                'frozen_lean_static': _session(export.lean_inference_graph(built, size))}
-  frozen_graph = os.path.join(folder, f'frozen_{size[0]}.pb')
-  export.write_frozen_graph(lean, frozen_graph)
-  predictors['frozen_loaded'] = export.FrozenModel(frozen_graph).predict
-  saved_model = os.path.join(folder, f'saved_model_{size[0]}')
-  export.write_saved_model(lean, saved_model)
-  predictors['saved_model'] = export.SavedModelModel(saved_model).predict
+                'frozen_lean_static': _session(rewrites.lean_inference_graph(built, size))}
+  frozen_graph_path = os.path.join(folder, f'frozen_{size[0]}.pb')
+  frozen_graph.write_frozen_graph(lean, frozen_graph_path)
+  predictors['frozen_loaded'] = inference.FrozenGraphPredictor(frozen_graph_path).predict
+  saved_model_path = os.path.join(folder, f'saved_model_{size[0]}')
+  saved_model_writer.write_saved_model(lean, saved_model_path)
+  predictors['saved_model'] = inference.SavedModelPredictor(saved_model_path).predict
   for quantize in TFLITE_QUANTIZATIONS:
     name = 'float' if quantize == 'none' else quantize
     path = os.path.join(folder, f'{name}_{size[0]}.tflite')
-    export.write_tflite(config, prefix, path, size, quantize, images)
+    tflite.write_tflite(config, prefix, path, size, quantize, images)
     predictors[f'tflite_{name}'] = _interpreter(path, args.threads, images)
   google = reference_model.google_tflite()
   if google and tuple(size) == reference_model.GOOGLE_TFLITE_SIZE:

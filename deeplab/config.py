@@ -29,6 +29,7 @@ import typing
 from typing import Any, Optional, Tuple
 
 from deeplab.errors import UserError
+from deeplab.inference import FORMATS
 from deeplab.nets import registry
 from deeplab.nets.registry import BACKBONES
 
@@ -391,7 +392,8 @@ class EvalConfig(Settings):
 
 # The formats an export can hold, in order of preference when a model holds several: the frozen
 # graph is the reference computation (any size, multi-scale), TFLite the approximation.
-MODEL_FORMATS = ('frozen_graph', 'saved_model', 'tflite')
+# The export formats, in order of preference (deeplab/inference.py FORMATS: the one table of them).
+MODEL_FORMATS = tuple(FORMATS)
 # TFLite weights: float32 as trained, or full-integer quantisation calibrated on sample images.
 TFLITE_QUANTIZATIONS = ('none', 'int8')
 # How predict and serve write an overlay (visualize.write_overlay): the picture to look at; the

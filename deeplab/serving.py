@@ -128,14 +128,14 @@ def create_app(model_dir: str, prefix: Optional[str] = None, **settings):
   from flask import Flask, Response, jsonify, request
   from werkzeug.exceptions import BadRequest, HTTPException, NotAcceptable
 
-  from deeplab import checkpoint, export, visualize
+  from deeplab import checkpoint, inference, visualize
   from deeplab.images import predict_bounded
   card = checkpoint.ModelCard.read(model_dir)
   dataset = card.dataset
   class_names = dataset.class_names or [str(i) for i in range(dataset.num_classes)]
-  found_format, model_path = export.find_model(
+  found_format, model_path = inference.find_model(
       model_dir, None if config.model_format == 'auto' else config.model_format)
-  model = export.load_model(model_path, found_format)
+  model = inference.load_model(model_path, found_format)
   model_lock = threading.Lock()
   description = dict(card.to_json(), served_format=found_format,
                      served_file=os.path.relpath(model_path, model_dir))

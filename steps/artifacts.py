@@ -586,9 +586,9 @@ class Model:
 
   @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Model':
-    from deeplab import checkpoint, export
+    from deeplab import checkpoint, inference
     folder = _open_artifact(stack, path, checkpoint.MODEL_JSON, 'an exported model', 'export')
-    if not any(export.find_models(folder).values()):
+    if not any(inference.find_models(folder).values()):
       found = 'a checkpoint' if any(n.endswith('.index') for n in os.listdir(folder)) else 'no model'
       raise UserError(f'{path} holds {found}, not an exported model; expected the output of the '
                       'export step')
@@ -597,9 +597,9 @@ class Model:
   def load(self, model_format: str = 'auto'):
     """The model of `model_format` ('auto': the first format the folder holds), with
     `predict(image uint8 [H, W, 3]) -> labels int32 [H, W]` and `close()`."""
-    from deeplab import export
-    found, path = export.find_model(self.folder, None if model_format == 'auto' else model_format)
-    return export.load_model(path, found)
+    from deeplab import inference
+    found, path = inference.find_model(self.folder, None if model_format == 'auto' else model_format)
+    return inference.load_model(path, found)
 
   @staticmethod
   def write(out_path: str, card: 'ModelCard', fill: Callable[[str], None]) -> str:

@@ -10,7 +10,6 @@ import logging
 import os
 
 from deeplab.config import ExportConfig
-from deeplab.errors import UserError
 from steps import artifacts
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
@@ -30,46 +29,34 @@ SPEC = StepSpec(
 )
 
 
-def _write_formats(folder, config, checkpoint, graph_def, manifest):
-  """Writes the formats of `config` into `folder`."""
-  from deeplab import export
+def _calibration_images(manifest, card, count):
+  """Reads `count` training images of `manifest` to calibrate int8 quantisation on, or None."""
+  if manifest is None:
+    return None
   from deeplab.images import tfrecord_images
-  if export.FROZEN_GRAPH_FORMAT in config.export_formats:
-    export.write_frozen_graph(graph_def, os.path.join(folder, export.FROZEN_GRAPH))
-  if export.SAVED_MODEL_FORMAT in config.export_formats:
-    export.write_saved_model(graph_def, os.path.join(folder, export.SAVED_MODEL_DIR))
-  if export.TFLITE_FORMAT in config.export_formats:
-    size = config.tflite_input_size or export.default_tflite_size(checkpoint.card)
-    calibration = None
-    if config.tflite_quantize != 'none':
-      if manifest is None:
-        raise UserError(f'--tflite_quantize={config.tflite_quantize} calibrates on training '
-                        'images: pass --tfrecords')
-      split = checkpoint.card.training.train_split if checkpoint.card.training else 'train'
-      calibration = list(tfrecord_images(manifest.verified_shard_paths(split),
-                                         config.calibration_images))
-    export.write_tflite(checkpoint.card.model, checkpoint.prefix,
-                        os.path.join(folder, export.TFLITE_FILE), size, config.tflite_quantize,
-                        calibration)
+  split = card.training.train_split if card.training else 'train'
+  return lambda: list(tfrecord_images(manifest.verified_shard_paths(split), count))
 
 
-def _format_agreement(folder, graph_def, manifest, config):
+def _format_agreement(folder, job, manifest):
   """{format: {pixel_agreement, miou}} of every written format against the frozen graph."""
-  from deeplab import export
+  from deeplab import inference
+  from deeplab.export.agreement import compare_formats
   from deeplab.images import tfrecord_images
   split = 'val' if 'val' in manifest.splits else sorted(manifest.splits)[0]
-  images = list(tfrecord_images(manifest.verified_shard_paths(split), config.format_check_images))
+  images = list(tfrecord_images(manifest.verified_shard_paths(split), job.options.format_check_images))
+  reference_format = inference.FORMATS[inference.FROZEN_GRAPH_FORMAT]
   with contextlib.ExitStack() as stack:
-    reference = os.path.join(folder, export.FROZEN_GRAPH)
+    reference = os.path.join(folder, reference_format.filename)
     if not os.path.exists(reference):  # not asked for, but the reference all the same
-      export.write_frozen_graph(graph_def, reference)
+      reference_format.write(job, reference)
       stack.callback(os.remove, reference)
     models = {}
-    for name in (export.FROZEN_GRAPH_FORMAT,) + tuple(
-        f for f in config.export_formats if f != export.FROZEN_GRAPH_FORMAT):
-      models[name] = export.load_model(export.find_model(folder, name)[1], name)
+    for name in (reference_format.name,) + tuple(
+        f for f in job.options.export_formats if f != reference_format.name):
+      models[name] = inference.load_model(inference.find_model(folder, name)[1], name)
       stack.callback(models[name].close)
-    return export.compare_formats(models, images, manifest.num_classes)
+    return compare_formats(models, images, manifest.num_classes)
 
 
 def main(argv=None):
@@ -79,17 +66,23 @@ def main(argv=None):
   out_path = artifacts.output_location('export', 'output', args.output, artifacts.Model.filename,
                                       {'checkpoint': checkpoint_path, 'tfrecords': tfrecords})
   config = ExportConfig.from_flags(args)
-  from deeplab import export
+  from deeplab import inference
+  from deeplab.export import ExportJob
+  from deeplab.export.freeze import freeze
   with contextlib.ExitStack() as stack:
     checkpoint = artifacts.Checkpoint.open(stack, checkpoint_path)
     manifest = tfrecords and artifacts.TFRecords.open(stack, tfrecords)
-    graph_def = export.freeze(checkpoint.card.model, checkpoint.prefix, config)
+    graph_def = freeze(checkpoint.card.model, checkpoint.prefix, config)
+    job = ExportJob(checkpoint.card, checkpoint.prefix, config, graph_def,
+                    _calibration_images(manifest, checkpoint.card, config.calibration_images))
     agreement = {}
 
     def fill(folder):
-      _write_formats(folder, config, checkpoint, graph_def, manifest)
+      for name in config.export_formats:
+        model_format = inference.FORMATS[name]
+        model_format.write(job, os.path.join(folder, model_format.filename))
       if manifest and config.format_check_images:
-        agreement.update(_format_agreement(folder, graph_def, manifest, config))
+        agreement.update(_format_agreement(folder, job, manifest))
 
     artifacts.Model.write(out_path, dataclasses.replace(checkpoint.card, export=config), fill)
   for name, result in agreement.items():

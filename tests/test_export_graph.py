@@ -1,5 +1,5 @@
-"""The lean inference graph (export.lean_inference_graph), and as FrozenModel loads it
-(export.dilated_for_this_runtime), gives the labels of the graph as built."""
+"""The lean inference graph (rewrites.lean_inference_graph), and as FrozenGraphPredictor loads it
+(rewrites.dilated_for_this_runtime), gives the labels of the graph as built."""
 import collections
 import os
 import subprocess
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab import export
+from deeplab import inference
+from deeplab.export import freeze, frozen_graph, rewrites
 from deeplab.compat import tf
 from deeplab.config import ExportConfig, ModelConfig
 from tests.conftest import REPO, require_fixtures
@@ -47,8 +48,8 @@ def _run(graph_def, image):
     tf.compat.v1.import_graph_def(graph_def, name='')
     with tf.compat.v1.Session(graph=graph) as session:
       labels, probabilities = session.run(
-          [export.PREDICTIONS_TENSOR + ':0', export.PROBABILITIES_TENSOR + ':0'],
-          {export.INPUT_TENSOR + ':0': image[np.newaxis]})
+          [inference.PREDICTIONS_TENSOR + ':0', inference.PROBABILITIES_TENSOR + ':0'],
+          {inference.INPUT_TENSOR + ':0': image[np.newaxis]})
   return labels[0], probabilities[0]
 
 
@@ -57,10 +58,10 @@ def _ops(graph_def):
 
 
 def _as_loaded(graph_def):
-  """The graph as FrozenModel runs it (export.dilated_for_this_runtime): on a TensorFlow whose
+  """The graph as FrozenGraphPredictor runs it (rewrites.dilated_for_this_runtime): on a TensorFlow whose
   depthwise kernel takes dilations (oneDNN, as here), without any space-to-batch."""
-  loaded = export.dilated_for_this_runtime(graph_def)
-  if export._depthwise_takes_dilations():
+  loaded = rewrites.dilated_for_this_runtime(graph_def)
+  if rewrites._depthwise_takes_dilations():
     assert not {'SpaceToBatchND', 'BatchToSpaceND'} & set(_ops(loaded))
   return loaded
 
@@ -77,8 +78,8 @@ def _images(sizes, seed=1):
                          ids=['single_scale', 'multi_scale_flipped'])
 def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, export_config):
   prefix = _tiny_checkpoint(tmp_path, TINY)
-  built = export.freeze(TINY, prefix, export_config, lean=False)
-  lean = export.freeze(TINY, prefix, export_config)
+  built = freeze.freeze(TINY, prefix, export_config, lean=False)
+  lean = freeze.freeze(TINY, prefix, export_config)
   assert _ops(built)['FusedBatchNormV3'] > 20
   assert not any(op.startswith('FusedBatchNorm') for op in _ops(lean))
   assert _ops(lean)['SpaceToBatchND'] > 5  # atrous convolutions: kept portable in the file
@@ -93,12 +94,12 @@ def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, export_
 
 def test_single_scale_labels_skip_the_softmax_and_a_static_size_keeps_them(tmp_path):
   prefix = _tiny_checkpoint(tmp_path, TINY)
-  built = export.freeze(TINY, prefix, ExportConfig(), lean=False)
-  lean = export.lean_inference_graph(built)
+  built = freeze.freeze(TINY, prefix, ExportConfig(), lean=False)
+  lean = rewrites.lean_inference_graph(built)
   nodes = {node.name: node for node in lean.node}
-  argmax = nodes[nodes[export.PREDICTIONS_TENSOR].input[0]]
+  argmax = nodes[nodes[inference.PREDICTIONS_TENSOR].input[0]]
   assert argmax.op == 'ArgMax' and nodes[argmax.input[0]].op == 'ResizeBilinear'
-  static = export.lean_inference_graph(built, (97, 130))
+  static = rewrites.lean_inference_graph(built, (97, 130))
   image = _images([(97, 130)])[0]
   np.testing.assert_array_equal(_run(static, image)[0], _run(built, image)[0])
   with pytest.raises(ValueError):  # the static graph takes only its size
@@ -113,8 +114,8 @@ def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
   prefix = str(tmp_path / 'model.ckpt')
   write_reference_checkpoint(str(reference), prefix)
   config = ModelConfig(**TFLITE_CONFIG)
-  built = export.freeze(config, prefix, ExportConfig(), lean=False)
-  lean = export.freeze(config, prefix, ExportConfig())
+  built = freeze.freeze(config, prefix, ExportConfig(), lean=False)
+  lean = freeze.freeze(config, prefix, ExportConfig())
   assert _ops(built)['FusedBatchNormV3'] == 54
   horse = np.asarray(
       Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
@@ -127,22 +128,22 @@ def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
 
 def test_a_tensorflow_whose_depthwise_kernel_takes_no_dilations_runs_the_file_as_exported(
     tmp_path):
-  """Without oneDNN TensorFlow's CPU kernel refuses dilated depthwise convolutions: FrozenModel
+  """Without oneDNN TensorFlow's CPU kernel refuses dilated depthwise convolutions: FrozenGraphPredictor
   then runs the portable graph of the file, with the same labels."""
   prefix = _tiny_checkpoint(tmp_path, TINY)
-  path = str(tmp_path / export.FROZEN_GRAPH)
-  export.write_frozen_graph(export.freeze(TINY, prefix, ExportConfig()), path)
+  path = str(tmp_path / inference.FROZEN_GRAPH)
+  frozen_graph.write_frozen_graph(freeze.freeze(TINY, prefix, ExportConfig()), path)
   image = _images([(97, 130)])[0]
   np.save(tmp_path / 'image.npy', image)
-  script = ('import sys, numpy as np; from deeplab import export; '
-            'print(export._depthwise_takes_dilations()); '
-            'np.save(sys.argv[3], export.FrozenModel(sys.argv[1]).predict(np.load(sys.argv[2])))')
+  script = ('import sys, numpy as np; from deeplab import inference; from deeplab.export import rewrites; '
+            'print(rewrites._depthwise_takes_dilations()); '
+            'np.save(sys.argv[3], inference.FrozenGraphPredictor(sys.argv[1]).predict(np.load(sys.argv[2])))')
   completed = subprocess.run(
       [sys.executable, '-c', script, path, str(tmp_path / 'image.npy'), str(tmp_path / 'labels.npy')],
       env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2',
                TF_ENABLE_ONEDNN_OPTS='0'),
       capture_output=True, text=True, check=True)
   assert completed.stdout.split()[-1] == 'False'
-  model = export.FrozenModel(path)
+  model = inference.FrozenGraphPredictor(path)
   np.testing.assert_array_equal(np.load(tmp_path / 'labels.npy'), model.predict(image))
   model.close()

@@ -181,9 +181,9 @@ def test_evaluate_and_export_pass_the_crop_size(monkeypatch):
     return labels, tf.zeros(tf.concat([tf.shape(images)[:3], [config.num_classes]], 0))
 
   monkeypatch.setattr(model, 'predict_labels', recording)
-  from deeplab import export
-  monkeypatch.setattr(export.checkpoint, 'restore', lambda *args: None)
-  export.freeze(ModelConfig(num_classes=3), 'unused', ExportConfig(export_crop_size=(9, 11)))
+  from deeplab.export import freeze
+  monkeypatch.setattr(freeze.checkpoint, 'restore', lambda *args: None)
+  freeze.freeze(ModelConfig(num_classes=3), 'unused', ExportConfig(export_crop_size=(9, 11)))
   assert received == [(9, 11)]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab import metrics
-from deeplab.export import FrozenModel
+from deeplab.inference import FrozenGraphPredictor
 from tests.conftest import run_step
 
 
@@ -66,7 +66,7 @@ def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint,
   run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={tmp_path / "model.tar.gz"}')
   with tarfile.open(tmp_path / 'model.tar.gz') as tar:
     tar.extractall(tmp_path / 'model')
-  frozen = FrozenModel(str(tmp_path / 'model' / 'frozen_inference_graph.pb'))
+  frozen = FrozenGraphPredictor(str(tmp_path / 'model' / 'frozen_inference_graph.pb'))
   predictions, probabilities = frozen.session.run(
       ['SemanticPredictions:0', 'SemanticProbabilities:0'], {'ImageTensor:0': image[None]})
   frozen.close()

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab import checkpoint, export, serving
+from deeplab import checkpoint, inference, serving
+from deeplab.export import agreement, freeze, frozen_graph, tflite
+from deeplab.export import saved_model as saved_model_writer
 from deeplab.compat import tf
 from deeplab.config import ServeConfig
 from deeplab.errors import UserError
@@ -47,16 +49,16 @@ def tiny_export(tiny_tfrecords, tiny_checkpoint, tmp_path_factory):
   prefix = checkpoint.resolve_checkpoint_path(str(checkpoint_dir))
   images = [np.asarray(Image.open(path).convert('RGB'))
             for path in sorted((tiny_tfrecords.parent / 'raw' / 'images').glob('*.jpg'))]
-  size = export.default_tflite_size(checkpoint.ModelCard.read(str(model_dir)))
+  size = tflite.default_tflite_size(checkpoint.ModelCard.read(str(model_dir)))
   (root / 'int8').mkdir()
-  int8_path = root / 'int8' / export.TFLITE_FILE
-  export.write_tflite(card.model, prefix, str(int8_path), size, 'int8', images)
+  int8_path = root / 'int8' / inference.TFLITE_FILE
+  tflite.write_tflite(card.model, prefix, str(int8_path), size, 'int8', images)
   return model_dir, int8_path, images
 
 
 @pytest.fixture(scope='module')
 def frozen_model(tiny_export):
-  model = export.FrozenModel(str(tiny_export[0] / export.FROZEN_GRAPH))
+  model = inference.FrozenGraphPredictor(str(tiny_export[0] / inference.FROZEN_GRAPH))
   yield model
   model.close()
 
@@ -78,15 +80,15 @@ def _test_images(images, size, count=6):
 
 
 def _frozen_probabilities(model_dir, image):
-  """The probabilities of the frozen graph file as exported (FrozenModel would run its atrous
+  """The probabilities of the frozen graph file as exported (FrozenGraphPredictor would run its atrous
   convolutions dilated: the same sums, rounded differently in the last bit)."""
   graph_def = tf.compat.v1.GraphDef()
-  graph_def.ParseFromString((model_dir / export.FROZEN_GRAPH).read_bytes())
+  graph_def.ParseFromString((model_dir / inference.FROZEN_GRAPH).read_bytes())
   with tf.Graph().as_default() as graph:
     tf.compat.v1.import_graph_def(graph_def, name='')
     with tf.compat.v1.Session(graph=graph) as session:
-      return session.run(export.PROBABILITIES_TENSOR + ':0',
-                         {export.INPUT_TENSOR + ':0': image[None]})[0]
+      return session.run(inference.PROBABILITIES_TENSOR + ':0',
+                         {inference.INPUT_TENSOR + ':0': image[None]})[0]
 
 
 def _png_bytes(array):
@@ -100,21 +102,21 @@ def _png_bytes(array):
 
 def test_tiny_exports_agree_with_the_frozen_graph(tiny_export):
   model_dir, int8_path, images = tiny_export
-  frozen = export.load_model(str(model_dir))
-  assert frozen.format == export.FROZEN_GRAPH_FORMAT  # preferred when a folder holds all three
-  float_tflite = export.load_model(str(model_dir), export.TFLITE_FORMAT)
+  frozen = inference.load_model(str(model_dir))
+  assert frozen.format == inference.FROZEN_GRAPH_FORMAT  # preferred when a folder holds all three
+  float_tflite = inference.load_model(str(model_dir), inference.TFLITE_FORMAT)
   assert float_tflite.input_size == (65, 65)  # the training crop recorded in model.json
-  models = {'frozen': frozen, 'saved_model': export.load_model(str(model_dir), 'saved_model'),
-            'tflite': float_tflite, 'int8': export.load_model(str(int8_path))}
+  models = {'frozen': frozen, 'saved_model': inference.load_model(str(model_dir), 'saved_model'),
+            'tflite': float_tflite, 'int8': inference.load_model(str(int8_path))}
   test_images = _test_images(images, float_tflite.input_size)
-  agreement = export.compare_formats(models, test_images, num_classes=4, reference='frozen')
-  int8_against_float = export.compare_formats(
+  agreements = agreement.compare_formats(models, test_images, num_classes=4, reference='frozen')
+  int8_against_float = agreement.compare_formats(
       {'tflite': float_tflite, 'int8': models['int8']}, test_images, 4, reference='tflite')
-  print('agreement with the frozen graph:', agreement)
+  print('agreement with the frozen graph:', agreements)
   print('int8 TFLite against float TFLite:', int8_against_float)
-  assert agreement['saved_model']['pixel_agreement'] == 1.0
-  assert agreement['tflite']['pixel_agreement'] >= 0.999
-  assert agreement['tflite']['num_pixels'] == 6 * 65 * 65
+  assert agreements['saved_model']['pixel_agreement'] == 1.0
+  assert agreements['tflite']['pixel_agreement'] >= 0.999
+  assert agreements['tflite']['num_pixels'] == 6 * 65 * 65
   assert int8_against_float['int8']['miou'] >= 0.5
   for model in models.values():
     model.close()
@@ -126,7 +128,7 @@ def test_saved_model_signatures_compute_what_the_frozen_graph_does(tiny_export):
   expected = _frozen_probabilities(model_dir, image)
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
     meta_graph = tf.compat.v1.saved_model.loader.load(
-        session, ['serve'], str(model_dir / export.SAVED_MODEL_DIR))
+        session, ['serve'], str(model_dir / inference.SAVED_MODEL_DIR))
     signatures = meta_graph.signature_def
     assert set(signatures) == {'serving_default', 'encoded_image'}
     serving_default, encoded = signatures['serving_default'], signatures['encoded_image']
@@ -155,7 +157,7 @@ def test_tensorflow_2s_own_loader_runs_both_signatures(tiny_export, frozen_model
       'np.save(sys.argv[4], np.stack([by_array["semantic_predictions"][0], by_bytes["semantic_predictions"][0]]))\n')
   np.save(tmp_path / 'image.npy', images[2])
   (tmp_path / 'image.png').write_bytes(_png_bytes(images[2]))
-  subprocess.run([sys.executable, '-c', code, str(model_dir / export.SAVED_MODEL_DIR),
+  subprocess.run([sys.executable, '-c', code, str(model_dir / inference.SAVED_MODEL_DIR),
                   str(tmp_path / 'image.npy'), str(tmp_path / 'image.png'),
                   str(tmp_path / 'labels.npy')], check=True, timeout=300,
                  capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
@@ -167,7 +169,7 @@ def test_tensorflow_2s_own_loader_runs_both_signatures(tiny_export, frozen_model
 def test_tflite_logits_follow_the_frozen_probabilities(tiny_export):
   from ai_edge_litert.interpreter import Interpreter
   model_dir, _, images = tiny_export
-  interpreter = Interpreter(model_path=str(model_dir / export.TFLITE_FILE))
+  interpreter = Interpreter(model_path=str(model_dir / inference.TFLITE_FILE))
   interpreter.allocate_tensors()
   (image_input,) = interpreter.get_input_details()
   labels_output, logits_output = interpreter.get_output_details()
@@ -197,14 +199,14 @@ def test_int8_tflite_takes_raw_pixels_and_gives_integer_logits(tiny_export):
 
 def test_exports_are_byte_for_byte_reproducible(tiny_export, tiny_checkpoint, tmp_path):
   model_dir, _, _ = tiny_export
-  export.write_saved_model(_read_graph_def(model_dir / export.FROZEN_GRAPH), str(tmp_path / 'sm'))
+  saved_model_writer.write_saved_model(_read_graph_def(model_dir / inference.FROZEN_GRAPH), str(tmp_path / 'sm'))
   assert (tmp_path / 'sm' / 'saved_model.pb').read_bytes() == \
-      (model_dir / export.SAVED_MODEL_DIR / 'saved_model.pb').read_bytes()
+      (model_dir / inference.SAVED_MODEL_DIR / 'saved_model.pb').read_bytes()
   checkpoint_dir = _extract(tiny_checkpoint, tmp_path / 'checkpoint')
-  export.write_tflite(checkpoint.ModelCard.read(str(checkpoint_dir)).model,
+  tflite.write_tflite(checkpoint.ModelCard.read(str(checkpoint_dir)).model,
                       checkpoint.resolve_checkpoint_path(str(checkpoint_dir)),
                       str(tmp_path / 'again.tflite'), (65, 65))
-  assert (tmp_path / 'again.tflite').read_bytes() == (model_dir / export.TFLITE_FILE).read_bytes()
+  assert (tmp_path / 'again.tflite').read_bytes() == (model_dir / inference.TFLITE_FILE).read_bytes()
 
 
 def test_int8_needs_representative_images_and_a_known_quantisation(tiny_export, tiny_checkpoint,
@@ -213,35 +215,35 @@ def test_int8_needs_representative_images_and_a_known_quantisation(tiny_export, 
   config = checkpoint.ModelCard.read(str(checkpoint_dir)).model
   prefix = checkpoint.resolve_checkpoint_path(str(checkpoint_dir))
   with pytest.raises(UserError, match='needs representative images'):
-    export.write_tflite(config, prefix, str(tmp_path / 'm.tflite'), (33, 33), 'int8', [])
+    tflite.write_tflite(config, prefix, str(tmp_path / 'm.tflite'), (33, 33), 'int8', [])
   with pytest.raises(UserError, match="quantize='float16'"):
-    export.write_tflite(config, prefix, str(tmp_path / 'm.tflite'), (33, 33), 'float16')
+    tflite.write_tflite(config, prefix, str(tmp_path / 'm.tflite'), (33, 33), 'float16')
 
 
 def test_the_loader_recognises_formats_by_content(tiny_export, tmp_path):
   model_dir, int8_path, _ = tiny_export
   renamed = tmp_path / 'renamed'
   renamed.mkdir()
-  shutil.copy(model_dir / export.TFLITE_FILE, renamed / 'weights.bin')
-  shutil.copy(model_dir / export.FROZEN_GRAPH, renamed / 'graph.pb')
+  shutil.copy(model_dir / inference.TFLITE_FILE, renamed / 'weights.bin')
+  shutil.copy(model_dir / inference.FROZEN_GRAPH, renamed / 'graph.pb')
   (renamed / 'notes.pb').write_text('# not a graph\n')
-  found = export.find_models(str(renamed))
+  found = inference.find_models(str(renamed))
   assert found == {'frozen_graph': [str(renamed / 'graph.pb')], 'saved_model': [],
                    'tflite': [str(renamed / 'weights.bin')]}
-  assert export.find_model(str(renamed), 'tflite') == ('tflite', str(renamed / 'weights.bin'))
-  assert export.find_model(str(model_dir / 'saved_model')) == \
-      ('saved_model', str(model_dir / export.SAVED_MODEL_DIR))
+  assert inference.find_model(str(renamed), 'tflite') == ('tflite', str(renamed / 'weights.bin'))
+  assert inference.find_model(str(model_dir / 'saved_model')) == \
+      ('saved_model', str(model_dir / inference.SAVED_MODEL_DIR))
   shutil.copy(int8_path, renamed / 'int8.tflite')
   with pytest.raises(UserError, match='2 tflite models'):
-    export.find_model(str(renamed), 'tflite')
+    inference.find_model(str(renamed), 'tflite')
   with pytest.raises(UserError, match='no frozen graph, SavedModel or TFLite model'):
-    export.find_model(str(tmp_path / 'renamed' / 'notes.pb'))
+    inference.find_model(str(tmp_path / 'renamed' / 'notes.pb'))
   with pytest.raises(UserError, match="model format 'onnx'"):
-    export.find_model(str(model_dir), 'onnx')
+    inference.find_model(str(model_dir), 'onnx')
   (tmp_path / 'broken').mkdir()
   (tmp_path / 'broken' / 'graph.pb').write_bytes(b'\x0a\x05abc')  # a node field cut short
   with pytest.raises(UserError, match='not a GraphDef'):
-    export.load_model(str(tmp_path / 'broken'))
+    inference.load_model(str(tmp_path / 'broken'))
 
 
 def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
@@ -256,26 +258,26 @@ def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   prefix = str(tmp_path / 'model.ckpt')
   write_reference_checkpoint(str(reference), prefix)
   config = ModelConfig(**TFLITE_CONFIG)
-  graph_def = export.freeze(config, prefix, ExportConfig())
-  export.write_frozen_graph(graph_def, str(tmp_path / export.FROZEN_GRAPH))
-  export.write_saved_model(graph_def, str(tmp_path / export.SAVED_MODEL_DIR))
-  export.write_tflite(config, prefix, str(tmp_path / 'float.tflite'), (257, 257))
-  export.write_tflite(config, prefix, str(tmp_path / 'int8.tflite'), (257, 257), 'int8', photos)
-  models = {'frozen': export.load_model(str(tmp_path), 'frozen_graph'),
-            'saved_model': export.load_model(str(tmp_path), 'saved_model'),
-            'tflite': export.load_model(str(tmp_path / 'float.tflite')),
-            'int8': export.load_model(str(tmp_path / 'int8.tflite'))}
+  graph_def = freeze.freeze(config, prefix, ExportConfig())
+  frozen_graph.write_frozen_graph(graph_def, str(tmp_path / inference.FROZEN_GRAPH))
+  saved_model_writer.write_saved_model(graph_def, str(tmp_path / inference.SAVED_MODEL_DIR))
+  tflite.write_tflite(config, prefix, str(tmp_path / 'float.tflite'), (257, 257))
+  tflite.write_tflite(config, prefix, str(tmp_path / 'int8.tflite'), (257, 257), 'int8', photos)
+  models = {'frozen': inference.load_model(str(tmp_path), 'frozen_graph'),
+            'saved_model': inference.load_model(str(tmp_path), 'saved_model'),
+            'tflite': inference.load_model(str(tmp_path / 'float.tflite')),
+            'int8': inference.load_model(str(tmp_path / 'int8.tflite'))}
   horse = np.asarray(Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
   golden = np.asarray(Image.open(reference.parent / 'segmentation_golden_rotation0.png')) // 10
   for name in ('saved_model', 'tflite'):
     assert (models[name].predict(horse) == golden).mean() == 1.0, name
-  agreement = export.compare_formats(models, [horse] + photos, num_classes=21, reference='frozen')
-  int8_against_float = export.compare_formats(
+  agreements = agreement.compare_formats(models, [horse] + photos, num_classes=21, reference='frozen')
+  int8_against_float = agreement.compare_formats(
       {'tflite': models['tflite'], 'int8': models['int8']}, [horse] + photos, 21, 'tflite')['int8']
-  print('Google DeepLabv3, agreement with the frozen graph:', agreement)
+  print('Google DeepLabv3, agreement with the frozen graph:', agreements)
   print('Google DeepLabv3, int8 TFLite against float:', int8_against_float)
-  assert agreement['saved_model']['pixel_agreement'] == 1.0
-  assert agreement['tflite']['pixel_agreement'] >= 0.999
+  assert agreements['saved_model']['pixel_agreement'] == 1.0
+  assert agreements['tflite']['pixel_agreement'] >= 0.999
   assert int8_against_float['miou'] >= 0.8
   for model in models.values():
     model.close()
@@ -514,7 +516,7 @@ def test_create_app_serves_the_format_asked_for(tiny_export, frozen_model):
   model_dir, _, images = tiny_export
   app = serving.create_app(str(model_dir), prefix='', model_format='saved_model')
   client = app.test_client()
-  assert client.get('/model').get_json()['served_file'] == export.SAVED_MODEL_DIR
+  assert client.get('/model').get_json()['served_file'] == inference.SAVED_MODEL_DIR
   response = client.post('/predict?format=labels', data=_png_bytes(images[2]))
   np.testing.assert_array_equal(_png_array(response.data), frozen_model.predict(images[2]))
 
