@@ -3,8 +3,8 @@
 # every Valohai execution run in it. Build and test: `make image`, `make image-test` (docs/image.md).
 #
 #   --build-arg TENSORFLOW=cuda   (default) tensorflow[and-cuda]: the CUDA, cuDNN and NCCL libraries that
-#                                 TensorFlow release was built against come as pip packages (~7.5 GB image)
-#   --build-arg TENSORFLOW=cpu    tensorflow-cpu, for machines without an NVIDIA GPU (~1.6 GB image)
+#                                 TensorFlow release was built against come as pip packages (+6.9 GB)
+#   --build-arg TENSORFLOW=cpu    tensorflow-cpu, for machines without an NVIDIA GPU (+1.8 GB)
 #   --build-arg BASE_IMAGE=...    any Debian-based image with CPython 3.11.4 or newer as `python`
 #
 # Not the official tensorflow/tensorflow:<version>-gpu image: its system CUDA/cuDNN have lagged the ones
