@@ -160,7 +160,8 @@ def test_a_python_older_than_the_floor_is_one_error_line(version, message):
   with pytest.raises(SystemExit) as stopped:
     steps.require_python(version)
   assert str(stopped.value).startswith(message)
-  assert str(stopped.value).endswith('is too old: the steps need Python 3.11.4 or newer (tarfile extraction filters)')
+  assert str(stopped.value).endswith(
+      'is too old: the steps need Python 3.11.4 or newer (tarfile extraction filters)')
 
 
 @pytest.mark.parametrize('version', [(3, 11, 4, 'final', 0), (3, 12, 0, 'final', 0), tuple(sys.version_info)])
