@@ -1,5 +1,6 @@
 # Two entry points (see README): `make demo` runs the whole pipeline on the embedded synthetic
-# dataset; `make test` runs the test suite. Both create the virtualenv first.
+# dataset; `make test` runs the test suite. Both create the virtualenv first. `make image` and
+# `make image-test` build and test the container image (docs/image.md); they need no virtualenv.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # DVC stages call `python`: the virtualenv's, without activating it.
@@ -7,12 +8,18 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-all bench clean
+# The image: TENSORFLOW=cuda (default) or cpu; each flavour has its own default tag.
+TENSORFLOW ?= cuda
+BASE_IMAGE ?= python:3.11-slim
+IMAGE ?= deeplab-pipelines:$(if $(filter cpu,$(TENSORFLOW)),cpu,latest)
+
+.PHONY: setup demo test test-all bench clean image image-test image-ready
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(wildcard requirements/*.txt)
 	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import steps'  # the Python floor (steps/__init__.py), before a gigabyte of installs
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
 	touch $@
@@ -36,6 +43,19 @@ test: setup
 # The slow end-to-end orchestrator runs (local Valohai runner, kfp.local, a DVC sweep) too.
 test-all: setup
 	$(PYTHON) -m pytest -q -m ""
+
+# Builds the image with whichever container engine works here (docker, podman or buildah).
+image:
+	sh pipelines/image.sh build "$(IMAGE)" "$(TENSORFLOW)" "$(BASE_IMAGE)"
+
+# Inside the image, as its non-root user: the tiny pipeline end to end and the server answering
+# /predict on 127.0.0.1 (tests/run_in_image.py). Minutes, and needs an engine: not part of `make test`.
+image-test: image
+	sh pipelines/image.sh test "$(IMAGE)" "$(TENSORFLOW)"
+
+# Whether image-test can run here: a working engine and the base image (.ci/run skips it otherwise).
+image-ready:
+	@sh pipelines/image.sh ready "$(BASE_IMAGE)"
 
 bench: setup
 	$(PYTHON) -m bench

@@ -13,11 +13,11 @@ from steps import build_data, evaluate, export, predict, train
 # The steps in pipeline order, by module name (`python -m steps.<name>`).
 SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, predict.SPEC)}
 
-# Valohai runs the steps in it, and the project image (Dockerfile) is built on it; both install the CUDA
-# build of the pinned TensorFlow with pipelines/install_requirements.sh (the Dockerfile says why not
-# the official TensorFlow GPU image).
+# The project image (Dockerfile) is built on it, and Valohai runs the steps in it when valohai.yaml names
+# no prebuilt image; both install the pinned requirements with pipelines/install_requirements.sh (the
+# Dockerfile says why not the official TensorFlow GPU image).
 BASE_IMAGE = 'python:3.11-slim'
-# Built by `docker build -t deeplab-pipelines:latest .`; the Kubeflow components run in it. Push it to
+# Built by `make image` (docs/image.md); the Kubeflow components run in it. Push it to
 # your registry and pass that name as the pipeline's `image` argument (or set DEEPLAB_IMAGE when
 # compiling) to run on a cluster.
 PROJECT_IMAGE = os.environ.get('DEEPLAB_IMAGE', 'deeplab-pipelines:latest')

@@ -1,12 +1,15 @@
-"""The local Valohai runner: rendering, /valohai folders, edges, metadata and failures, on a stand-in
-config whose steps are a tiny script (the real pipeline runs in test_orchestrators_e2e.py)."""
+"""The local Valohai runner: rendering, /valohai folders, edges, metadata, failures and the skipped setup
+command, on a stand-in config whose steps are a tiny script (the real pipeline runs in
+test_orchestrators_e2e.py)."""
 import json
 import sys
 import textwrap
 
 import pytest
 
+from pipelines.valohai import config as generator
 from pipelines.valohai import local as valohai_local
+from steps.flags import Path
 
 STAND_IN_STEP = '''
 import argparse, glob, json, os, sys
@@ -15,11 +18,13 @@ parser.add_argument('--word')
 parser.add_argument('--times', type=int)
 parser.add_argument('--shout', default='false')
 parser.add_argument('--fail', default='false')
+parser.add_argument('--text')
+parser.add_argument('--output')
 args = parser.parse_args()
-received = [open(p).read() for p in sorted(glob.glob(os.path.join(os.environ['VH_INPUTS_DIR'], 'text', '*')))]
+received = [open(p).read() for p in sorted(glob.glob(os.path.join(args.text, '*')))] if args.text else []
 text = ' '.join(received + [args.word] * args.times)
 text = text.upper() if args.shout == 'true' else text
-with open(os.path.join(os.environ['VH_OUTPUTS_DIR'], 'text.txt'), 'w') as f:
+with open(args.output, 'w') as f:
   f.write(text)
 print('a log line, not metadata')
 print(json.dumps({'words': len(text.split()), 'argv': sys.argv[1:]}), flush=True)
@@ -31,11 +36,14 @@ sys.exit(3 if args.fail == 'true' else 0)
 def config_path(tmp_path):
   script = tmp_path / 'stand_in_step.py'
   script.write_text(STAND_IN_STEP)
+  # Paths in Valohai's folders as the generated valohai.yaml passes them; `text` is optional.
+  text_input = generator.input_flag(Path('text', 'an optional input', optional=True))
   step = textwrap.dedent(f'''\
     - step:
         name: {{name}}
         image: python:3.11
-        command: {sys.executable} {script} {{{{parameters}}}}
+        command:
+          - {sys.executable} {script} --output=/valohai/outputs/text.txt {{{{parameters}}}} {text_input}
         parameters:
           - name: word
             type: string
@@ -86,7 +94,8 @@ def test_step_renders_flag_defaults_and_given_values(config_path, tmp_path, caps
   code, run_dir, summary = run(config_path, tmp_path, 'step', 'first', '-p', 'word=hi', '-p', 'shout=true')
   assert code == 0
   (result,) = summary.values()
-  assert result['metadata'] == [{'words': 1, 'argv': ['--word=hi', '--times=1', '--shout=true']}]
+  assert result['metadata'] == [{'words': 1, 'argv': [f'--output={run_dir}/first/outputs/text.txt', '--word=hi',
+                                                      '--times=1', '--shout=true']}]
   assert result['outputs'] == ['text.txt']
   assert (run_dir / 'first' / 'outputs' / 'text.txt').read_text() == 'HI'
   parameters = json.loads((run_dir / 'first' / 'config' / 'parameters.json').read_text())
@@ -132,11 +141,44 @@ def test_bad_requests_are_one_error_line(config_path, tmp_path, capsys, args, me
   assert code == 1 and err[-1].startswith('error: ') and message in err[-1]
 
 
-def test_real_config_renders_every_step(tmp_path):
-  """Each step of valohai.yaml renders to one fail-fast command running its module."""
+def test_setup_command_is_skipped_and_said(tmp_path, monkeypatch, capsys):
+  """The runner runs nothing of a setup entry (the real one pip-installs and writes /etc)."""
+  marker = tmp_path / 'setup-ran'
+  monkeypatch.setattr(valohai_local, 'SETUP_COMMAND', f'touch {marker}')
+  path = tmp_path / 'valohai.yaml'
+  path.write_text(textwrap.dedent(f'''\
+    - step:
+        name: only
+        image: python:3.11
+        command:
+          - touch {marker}
+          - {sys.executable} -c "print('the step ran')"
+    '''))
+  code, _, summary = run(str(path), tmp_path, 'step', 'only')
+  captured = capsys.readouterr()
+  assert code == 0 and summary['only']['exit_code'] == 0 and 'the step ran' in captured.out
+  assert not marker.exists()
+  assert f'[only] skipped the setup command `touch {marker}`: the local runner installs nothing' in captured.err
+
+
+def test_a_run_directory_a_shell_would_split_is_refused(config_path, tmp_path, capsys):
+  run_dir = tmp_path / 'my runs'
+  code = valohai_local.main(['step', 'first', '--config', config_path, '--run-dir', str(run_dir)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and err[-1].startswith(f'error: run directory {run_dir}/first has characters a shell')
+  assert not run_dir.exists()
+
+
+def test_real_config_runs_each_step_alone_after_a_setup_entry_the_runner_skips(tmp_path):
+  """Each step of valohai.yaml is the setup entry, then one command running its module with its inputs
+  and output in the execution's folders; the runner keeps only the latter."""
   import valohai_yaml
   with open(valohai_local.CONFIG_PATH) as f:
     config = valohai_yaml.parse(f)
   for step in config.steps.values():
-    (command,) = step.build_command(step.get_parameter_defaults(include_flags=True))
-    assert ' && python -m steps.' in command and '{parameters}' not in command
+    setup, step_command = step.command
+    assert setup == generator.SETUP_COMMAND
+    (command,) = step.build_command(step.get_parameter_defaults(include_flags=True),
+                                    command=valohai_local.local_commands(step, str(tmp_path)))
+    assert command.startswith('python -m steps.') and '{parameters}' not in command
+    assert '/valohai/' not in command and f'--output={tmp_path}/outputs/' in command

@@ -6,7 +6,6 @@ a file the step writes: those are checked here, against the SPECs rather than th
 import fnmatch
 import os
 import re
-import shlex
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 import valohai_yaml
 from valohai_yaml.lint import lint_file
 
-from pipelines.shared import SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
+from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
 from pipelines.valohai import config as generator
 from pipelines.valohai.config import dashed
 from steps import serve
@@ -38,11 +37,15 @@ def spec_of(step):
 
 
 def rendered_argv(step, values=None):
-  """The step's flags as Valohai would pass them (defaults, flags included, then `values`)."""
+  """The step's arguments as Valohai would pass them (defaults, flags included, then `values`), as the
+  shell hands them over (an optional input's flag only when its /valohai/inputs/ folder has files)."""
   parameters = dict(step.get_parameter_defaults(include_flags=True), **(values or {}))
-  (command,) = step.build_command(parameters)
-  words = shlex.split(command)
-  return words[words.index(f'steps.{spec_of(step).name}') + 1:]
+  command = step.build_command(parameters)[-1]
+  module = f'python -m steps.{spec_of(step).name} '
+  assert command.startswith(module), command
+  shell = subprocess.run(['sh', '-c', "printf '%s\\0' " + command[len(module):]], capture_output=True, text=True,
+                         check=True)
+  return shell.stdout.split('\0')[:-1]
 
 
 def test_lint_is_clean_with_strict_warnings():
@@ -56,6 +59,42 @@ def test_lint_is_clean_with_strict_warnings():
 def test_generated_file_is_up_to_date():
   with open(CONFIG_PATH) as f:
     assert f.read() == generator.render(), f'run: {generator.REGENERATE}'
+
+
+def test_commands_name_their_inputs_and_output_in_the_valohai_folders(config):
+  """No step looks for Valohai's folders itself: each command passes them as flags."""
+  for step in config.steps.values():
+    spec = spec_of(step)
+    argv = rendered_argv(step)
+    for path in spec.inputs:
+      if not path.optional:
+        assert f'--{path.name}=/valohai/inputs/{path.name}/' in argv, (step.name, path.name)
+    (output,) = spec.outputs
+    assert f'--{output.name}=/valohai/outputs/{output.filename}' in argv, step.name
+
+
+def test_the_base_image_installs_the_requirements_first_in_a_command_of_its_own(config):
+  for step in config.steps.values():
+    assert step.image == BASE_IMAGE
+    setup, command = step.command
+    assert setup == generator.SETUP_COMMAND == 'sh pipelines/install_requirements.sh cuda'
+  (endpoint,) = config.endpoints.values()
+  assert endpoint.server_command.startswith(f'{generator.SETUP_COMMAND} && python -m steps.serve ')
+
+
+def test_a_prebuilt_image_installs_nothing_and_lints_clean(tmp_path):
+  image = 'registry.example.com/team/deeplab-pipelines:0.1.0'
+  path = tmp_path / 'valohai.yaml'
+  assert generator.main([f'--image={image}', f'--output={path}']) == 0
+  assert 'install_requirements' not in path.read_text()
+  assert not list(lint_file(str(path)).messages)
+  with open(path) as f:
+    prebuilt = valohai_yaml.parse(f)
+  for step in prebuilt.steps.values():
+    assert step.image == image and isinstance(step.command, str), step.name
+    assert step.command.startswith(f'python -m steps.{spec_of(step).name} '), step.name
+  (endpoint,) = prebuilt.endpoints.values()
+  assert endpoint.image == image and endpoint.server_command.startswith('python -m steps.serve ')
 
 
 def test_every_step_module_has_a_step_of_its_name(config):

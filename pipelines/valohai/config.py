@@ -2,12 +2,15 @@
 
     python -m pipelines.valohai.config            # rewrite valohai.yaml
     python -m pipelines.valohai.config --check    # exit 1 if valohai.yaml is not what this generates
+    python -m pipelines.valohai.config --image=registry.example.com/team/deeplab-pipelines:0.1.0
 
-The image: Valohai pulls it for every execution, so it must be public. It is plain Python; each
-execution first installs the pinned requirements with the CUDA build of the pinned TensorFlow into it
-(pipelines/install_requirements.sh, the same script the Dockerfile runs) and then runs the step from
-the repository checkout. To run the prebuilt project image instead (faster
-start, no install), push it and regenerate with `--image=<registry>/deeplab-pipelines:<tag>`.
+The image: Valohai pulls it for every execution, so it must be one Valohai can pull. By default it is
+plain Python (python:3.11-slim), and each execution first installs the pinned requirements with the
+CUDA build of the pinned TensorFlow (SETUP_COMMAND, its own command entry, which the local runner
+skips) and then runs the step from the repository checkout. With `--image` naming the prebuilt
+project image (`make image`, pushed to a registry; docs/image.md) the commands install nothing and
+start the step at once. Every command names its inputs and its output explicitly, in the folders
+Valohai mounts (/valohai/inputs/<name>/, /valohai/outputs/).
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ import yaml
 from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS, write_or_check
 from steps import serve
 
-SETUP_COMMAND = 'sh pipelines/install_requirements.sh'
+# Installs the requirements into the plain base image; the project image has them already.
+SETUP_COMMAND = 'sh pipelines/install_requirements.sh cuda'
+# Where Valohai puts an execution's inputs (/valohai/inputs/<name>/) and collects its outputs.
+VALOHAI_ROOT = '/valohai'
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_PATH = os.path.join(ROOT, 'valohai.yaml')
 REGENERATE = 'python -m pipelines.valohai.config'
@@ -60,9 +66,32 @@ def output_filename(step: str) -> str:
   return output.filename
 
 
-def step_command(step: str) -> str:
-  # One command joined by &&: Valohai fails an execution only on its last command's exit code.
-  return f'{SETUP_COMMAND} && python -m steps.{step} {{parameters}}'
+def needs_setup(image: str) -> bool:
+  """Whether commands in `image` install the requirements first: only in the plain base image."""
+  return image == BASE_IMAGE
+
+
+def input_flag(path) -> str:
+  """`--<name>=/valohai/inputs/<name>/` for a step input (a steps.flags.Path); an optional input's
+  flag is given only when Valohai put files in its folder."""
+  folder = f'{VALOHAI_ROOT}/inputs/{path.name}/'
+  flag = f'--{path.name}={folder}'
+  return f'$(ls -A {folder} 2>/dev/null | grep -q . && echo {flag})' if path.optional else flag
+
+
+def step_command(step: str, image: str = BASE_IMAGE):
+  """The step with its inputs and output in Valohai's folders, after SETUP_COMMAND when `needs_setup`.
+
+  Setup is a command entry of its own so that the local runner can skip it; Valohai marks an
+  execution failed by its last command, which fails too when setup did (the step cannot import what
+  was not installed).
+  """
+  spec = SPECS[step]
+  required = [input_flag(path) for path in spec.inputs if not path.optional]
+  outputs = [f'--{output.name}={VALOHAI_ROOT}/outputs/{output.filename}' for output in spec.outputs]
+  optional = [input_flag(path) for path in spec.inputs if path.optional]
+  command = ' '.join([f'python -m steps.{step}', *required, *outputs, '{parameters}', *optional])
+  return [SETUP_COMMAND, command] if needs_setup(image) else command
 
 
 def parameter_entry(param, default=None) -> dict:
@@ -108,7 +137,7 @@ def step_entry(step: str, image: str, name: str = '', default_overrides: dict = 
       'name': name or dashed(step),
       'image': image,
       'description': f'{spec.description} Writes {output.filename} to the outputs.',
-      'command': step_command(step),
+      'command': step_command(step, image),
       'parameters': [parameter_entry(p, default_overrides.get(p.name)) for p in spec.parameters],
       'inputs': inputs,
   }}
@@ -187,8 +216,8 @@ def endpoint(image: str) -> dict:
       'description': SERVE_SPEC.description,
       'image': image,
       'port': serve('port').default,
-      'server-command': (f'{SETUP_COMMAND} && python -m steps.serve --model={ENDPOINT_MODEL_PATH} '
-                         f'--host=0.0.0.0 --port={serve("port").default}'),
+      'server-command': (f'{SETUP_COMMAND} && ' if needs_setup(image) else '') + (
+          f'python -m steps.serve --model={ENDPOINT_MODEL_PATH} --host=0.0.0.0 --port={serve("port").default}'),
       'files': [{'name': 'model', 'description': 'model.tar.gz from the export step',
                  'path': ENDPOINT_MODEL_PATH}],
   }}
@@ -255,7 +284,10 @@ def render(image: str = BASE_IMAGE) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog=REGENERATE, description=__doc__.split('\n')[0])
   parser.add_argument('--check', action='store_true', help='only check that valohai.yaml is up to date')
-  parser.add_argument('--image', default=BASE_IMAGE, help='the Docker image of every step')
+  parser.add_argument('--image', default=BASE_IMAGE,
+                      help='the prebuilt project image (make image; docs/image.md) to run every step in, '
+                      'installing nothing; default: %(default)s, each execution installing the pinned '
+                      'requirements first')
   parser.add_argument('--output', default=CONFIG_PATH, help='where to write the config')
   args = parser.parse_args(argv)
   return write_or_check(args.output, render(args.image), args.check, REGENERATE)

@@ -5,11 +5,13 @@
         -i build-data.raw_data=data/raw -p build-data.dataset=folder -p train.training_number_of_steps=10
 
 Commands are rendered by valohai-yaml from the parameter defaults (flags included, as the Valohai CLI
-sends them) plus the given values, and run from the repository root with the /valohai folders of each
-execution laid out under the run directory (default `.valohai/runs/<timestamp>/<node>/`):
-`inputs/<name>/` (files from an upstream node's outputs by edge, or a local path), `outputs/`, and
-`config/parameters.json`; valohai-utils finds them through VH_INPUTS_DIR, VH_OUTPUTS_DIR and
-VH_CONFIG_DIR. Every stdout line that is a JSON object is collected as the execution's metadata (as
+sends them) plus the given values, and run from the repository root in this environment, with the
+/valohai folders of each execution laid out under the run directory (default
+`.valohai/runs/<timestamp>/<node>/`): `inputs/<name>/` (files from an upstream node's outputs by edge,
+or a local path), `outputs/`, and `config/parameters.json`. The commands' /valohai/ paths point there,
+and so do VH_INPUTS_DIR, VH_OUTPUTS_DIR and VH_CONFIG_DIR (valohai-utils). The runner installs nothing
+and touches no system file: it skips the setup command entry (the requirements install of
+pipelines/valohai/config.py SETUP_COMMAND) and says so; the packages are this environment's. Every stdout line that is a JSON object is collected as the execution's metadata (as
 on Valohai); `summary.json` in the run directory holds it with each node's outputs. Pipeline values
 are `node.name=...`; a name without a node is a pipeline parameter. Task (sweep) nodes are not run
 locally. Exit status: 0, or 1 with an `error:` line naming the node whose command failed.
@@ -21,13 +23,14 @@ import datetime
 import fnmatch
 import json
 import os
+import shlex
 import sys
 import urllib.request
 import valohai_yaml
 from valohai_yaml.excs import ValidationErrors
 
 from pipelines.shared import run_passing_through
-from pipelines.valohai.config import CONFIG_PATH, ROOT
+from pipelines.valohai.config import CONFIG_PATH, ROOT, SETUP_COMMAND, VALOHAI_ROOT
 
 
 class RunError(Exception):
@@ -83,6 +86,23 @@ def _place(source: str, folder: str) -> None:
     os.symlink(entry, os.path.join(folder, os.path.basename(entry)))
 
 
+def local_commands(step, exec_dir: str) -> list:
+  """The step's command entries as they run here: without the setup entry, and with the /valohai/
+  folders of the command templates (not of parameter values) moved to `exec_dir`."""
+  if shlex.quote(exec_dir) != exec_dir:
+    raise RunError(f'run directory {exec_dir} has characters a shell would split or expand: '
+                   'pass another --run-dir')
+  commands = [step.command] if isinstance(step.command, str) else list(step.command)
+  if SETUP_COMMAND in commands:
+    print(f'[{step.name}] skipped the setup command `{SETUP_COMMAND}`: the local runner installs '
+          'nothing (it uses the packages of this environment)', file=sys.stderr, flush=True)
+  commands = [command.replace(f'{VALOHAI_ROOT}/', f'{exec_dir}/')
+              for command in commands if command != SETUP_COMMAND]
+  if not commands:
+    raise RunError(f'step {step.name} has no command besides setup')
+  return commands
+
+
 def run_execution(step, exec_dir: str, parameters: dict, inputs: dict) -> dict:
   """Runs one execution of `step` in `exec_dir`; `inputs` maps names to lists of paths or URLs.
 
@@ -94,6 +114,7 @@ def run_execution(step, exec_dir: str, parameters: dict, inputs: dict) -> dict:
   unknown = set(inputs) - set(step.inputs)
   if unknown:
     raise RunError(f'step {step.name} has no input {sorted(unknown)[0]!r}')
+  commands = local_commands(step, exec_dir)
   folders = {kind: os.path.join(exec_dir, kind) for kind in ('inputs', 'outputs', 'config')}
   for folder in folders.values():
     os.makedirs(folder, exist_ok=True)
@@ -107,7 +128,7 @@ def run_execution(step, exec_dir: str, parameters: dict, inputs: dict) -> dict:
       _place(source, os.path.join(folders['inputs'], name))
   with open(os.path.join(folders['config'], 'parameters.json'), 'w') as f:
     json.dump(values, f, indent=2, sort_keys=True)
-  command = ' && '.join(step.build_command(values))
+  command = ' && '.join(step.build_command(values, command=commands))
   env = dict(os.environ, VH_INPUTS_DIR=folders['inputs'], VH_OUTPUTS_DIR=folders['outputs'],
              VH_CONFIG_DIR=folders['config'], VH_REPOSITORY_DIR=ROOT)
   print(f'[{step.name}] {command}', file=sys.stderr, flush=True)
