@@ -168,4 +168,10 @@ def predict_bounded(model, image: np.ndarray, max_pixels: int) -> np.ndarray:
   scale = (max_pixels / (height * width)) ** 0.5
   size = (max(1, int(width * scale)), max(1, int(height * scale)))
   labels = model.predict(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))
-  return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+  # Nearest, by indexing: the full-size labels are allocated once (through PIL they were twice),
+  # sampled where PIL's NEAREST samples, at the centre of each target pixel.
+  rows = np.minimum(((np.arange(height) + 0.5) * (labels.shape[0] / height)).astype(np.intp),
+                    labels.shape[0] - 1)
+  columns = np.minimum(((np.arange(width) + 0.5) * (labels.shape[1] / width)).astype(np.intp),
+                       labels.shape[1] - 1)
+  return labels[rows[:, np.newaxis], columns]

@@ -96,10 +96,12 @@ def decode_image(data: bytes, max_pixels: int = ServeConfig.max_image_pixels, bu
     yield array
 
 
-def _png(array) -> bytes:
+def _label_png(labels, class_names) -> bytes:
+  """The label map as PNG bytes: 8-bit up to 256 classes, else 16-bit."""
   from PIL import Image
   buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format='PNG')
+  Image.fromarray(labels.astype(np.uint8 if len(class_names) <= 256 else np.uint16)).save(
+      buffer, format='PNG')
   return buffer.getvalue()
 
 
@@ -223,13 +225,12 @@ def create_app(model_dir: str, **settings):
           visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha), buffer,
           overlay_format)
       return Response(buffer.getvalue(), mimetype=visualize.OVERLAY_MEDIA_TYPES[overlay_format])
-    label_map = labels.astype(np.uint8 if len(class_names) <= 256 else np.uint16)
     if picture == 'labels':
-      return Response(_png(label_map), mimetype='image/png')
+      return Response(_label_png(labels, class_names), mimetype='image/png')
     result = {'width': int(image.shape[1]), 'height': int(image.shape[0]),
               'classes': _class_shares(labels, class_names)}
     if include == 'labels':
-      result['labels_png'] = base64.b64encode(_png(label_map)).decode('ascii')
+      result['labels_png'] = base64.b64encode(_label_png(labels, class_names)).decode('ascii')
     return jsonify(result)
 
   @app.post('/predict')

@@ -377,3 +377,15 @@ def test_sigterm_lets_a_request_in_progress_finish(model_dir, tmp_path):
   assert status == 200 and json.loads(body)['width'] == 80
   assert running.process.wait(timeout=120) == 0, running.log_path.read_text()[-3000:]
   running._log.close()
+
+
+def test_a_tall_overlay_is_blended_band_by_band_as_one_image_would_be():
+  from deeplab import visualize
+  from deeplab.colormaps import colorize
+  rng = np.random.default_rng(2)
+  image = rng.integers(0, 256, (visualize._OVERLAY_BAND_ROWS * 2 + 3, 41, 3), dtype=np.uint8)
+  labels = rng.integers(-1, 300, image.shape[:2]).astype(np.int32)
+  colormap = rng.integers(0, 256, (21, 3)).tolist()
+  pixelwise = 0.7 * image.astype(np.float32) + 0.3 * colorize(labels, colormap)
+  np.testing.assert_array_equal(visualize.overlay(image, labels, colormap, 0.3),
+                                np.clip(np.round(pixelwise), 0, 255).astype(np.uint8))
