@@ -94,16 +94,22 @@ runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
 """
 
 
-def peak_rss_mib(module: str, args: Sequence[str], env: Dict[str, str]):
-  """(peak resident memory in MiB, seconds) of `python -m module args` in a child process."""
+def peak_rss_mib(module: str, args: Sequence[str], env: Dict[str, str], expect_error: str = ''):
+  """(peak resident memory in MiB, seconds) of `python -m module args` in a child process. With
+  `expect_error`, the run must instead fail with an `error:` line that contains it (a refusal is
+  measured too: what it cost to refuse)."""
   with tempfile.NamedTemporaryFile('r') as peak:
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, '-c', _PEAK_RSS_WRAPPER, module, *args],
                                env=dict(env, BENCH_PEAK_RSS_FILE=peak.name),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - started
-    if completed.returncode != 0:
-      raise SystemExit(f'{module} {" ".join(args)} failed: {completed.stderr.decode()[-2000:]}')
+    stderr = completed.stderr.decode()
+    refused = completed.returncode == 1 and any(
+        line.startswith('error:') and expect_error in line for line in stderr.splitlines())
+    if (completed.returncode != 0 and not expect_error) or (expect_error and not refused):
+      raise SystemExit(f'{module} {" ".join(args)} exited {completed.returncode}, expected '
+                       f'{"error: ..." + expect_error if expect_error else 0}: {stderr[-2000:]}')
     return int(peak.read()) / 1024, seconds
 
 

@@ -446,6 +446,12 @@ class PredictConfig(Settings):
   model_format: str = setting('auto', 'the format to run when the model holds several (auto: '
                               'frozen_graph, else saved_model, else tflite)',
                               choices=('auto',) + MODEL_FORMATS)
+  max_image_pixels: int = setting(
+      50000000, 'larger images are refused from their header, before they are decoded (serve: '
+      '413; predict: an error naming the file), except JPEGs, decoded at 1/2, 1/4 or 1/8 of each '
+      'side when that fits (their outputs have that size); the images being decoded, inferred and '
+      'encoded at once hold at most this many pixels together, which bounds memory; 0 = no bound',
+      min=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,10 +460,19 @@ class ServeConfig(PredictConfig):
   host: str = setting('127.0.0.1', 'address to listen on (0.0.0.0 to accept other machines, as in '
                       'a container)')
   port: int = setting(8000, 'port to listen on (0 = a free one, logged)', min=0, max=65535)
-  threads: int = setting(8, 'request threads; inference runs one image at a time', min=1)
+  threads: int = setting(8, 'request threads for POSTs (other requests have their own); '
+                         'inference runs one image at a time', min=1)
   max_body_bytes: int = setting(20971520, 'larger request bodies are refused (413)', min=1)
-  max_image_pixels: int = setting(50000000, 'larger images are refused (413) before they are '
-                                  'decoded; 0 = no bound', min=0)
+  max_body_seconds: float = setting(60.0, 'a request body must arrive whole within this many '
+                                    'seconds (408); until then it holds a socket, not a thread',
+                                    min=1)
+  max_queue_seconds: float = setting(30.0, 'a request waits at most this long for its image to '
+                                     'fit in --max_image_pixels beside the images in progress, '
+                                     'then gets 503 with Retry-After', min=0)
+  url_prefix: str = setting('', 'a URL path the app is also served under (a proxy mounts it '
+                            'there), stripped before routing; empty = none')
+  url_prefix_header: str = setting('', 'a request header whose value is a further URL path to '
+                                   'strip, per request (e.g. X-Forwarded-Prefix); empty = none')
 
 
 # ----------------------------------------------------------------------------- dataset build

@@ -16,13 +16,21 @@ def overlay(image, labels, colormap, alpha=0.5):
   blends one per image, beside the model; one table for all three channels took twice as long).
   """
   tables = _blend_tables(tuple(map(tuple, np.asarray(colormap, np.uint8).tolist())), float(alpha))
-  rows = np.asarray(labels).clip(0, 255).astype(np.intp) << 8  # a label's row of 256 values
+  labels = np.asarray(labels)
   image = np.asarray(image, np.uint8)
   blended = np.empty(image.shape, np.uint8)
-  for channel, table in enumerate(tables):
-    # mode='clip' (every index is in range) spares numpy a buffered copy of `out`.
-    np.take(table, rows + image[..., channel], out=blended[..., channel], mode='clip')
+  # In bands of rows: the table indices take 8 bytes a pixel, twice, which for a large photo would
+  # be several times the image's own memory.
+  for top in range(0, image.shape[0], _OVERLAY_BAND_ROWS):
+    band = slice(top, top + _OVERLAY_BAND_ROWS)
+    rows = labels[band].clip(0, 255).astype(np.intp) << 8  # a label's row of 256 values
+    for channel, table in enumerate(tables):
+      # mode='clip' (every index is in range) spares numpy a buffered copy of `out`.
+      np.take(table, rows + image[band, :, channel], out=blended[band, :, channel], mode='clip')
   return blended
+
+
+_OVERLAY_BAND_ROWS = 256
 
 
 @functools.lru_cache(maxsize=8)

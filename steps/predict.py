@@ -5,6 +5,12 @@ next images and blends and encodes the previous ones (PIL, zlib and numpy releas
 step runs at about the model's speed with JPEG overlays (PNG ones cost several times their CPU).
 Each image's outputs depend on that image alone, and the archive is written sorted, so the bytes
 do not depend on the threads' timing.
+
+Memory: every image's size is read from its header before any is decoded, and one larger than
+--max_image_pixels (after the reduced decoding a JPEG allows) stops the step with an error naming
+it, before the model is loaded: a batch is all or nothing. The images decoded ahead, being inferred
+and being encoded hold at most --max_image_pixels pixels together (a pixel budget), so a large
+photo goes through alone and small ones several at a time.
 """
 import collections
 import concurrent.futures
@@ -62,10 +68,20 @@ def find_images(folder):
   return found
 
 
-def _read_ahead(workers, read, paths):
-  """read(path) of each path, in order, with up to DECODED_AHEAD reads running ahead."""
+def _read_ahead(workers, read, items, budget):
+  """read(path) of each (path, pixels) item, in order, with up to DECODED_AHEAD reads running
+  ahead. Each read first takes its pixels from `budget` (an images.PixelBudget; the caller gives
+  them back when done with the image): when they do not fit, the images already read are handed
+  over first, and with none left the wait is for images being encoded, which finish on their own."""
+  from deeplab.images import BudgetTimeout
   pending = collections.deque()
-  for path in paths:
+  for path, pixels in items:
+    while True:
+      try:
+        budget.acquire(pixels, timeout=0 if pending else None)
+        break
+      except BudgetTimeout:
+        yield pending.popleft().result()
     pending.append(workers.submit(read, path))
     if len(pending) > DECODED_AHEAD:
       yield pending.popleft().result()
@@ -83,13 +99,16 @@ def main(argv=None):
   config = PredictConfig.from_flags(args)
   import numpy as np
   from deeplab import visualize
-  from deeplab.images import predict_bounded, read_image
+  from deeplab.images import PixelBudget, image_pixels, predict_bounded, read_image
   with contextlib.ExitStack() as stack:
     model = artifacts.Model.open(stack, model_path)
     dataset = model.card.dataset
     images = find_images(stack.enter_context(artifacts.open_input(images_path)))
     if not images:
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
+    # From the headers, before the model loads: an image too large fails the step here.
+    pixel_counts = [image_pixels(path, config.max_image_pixels) for _, path in images]
+    budget = PixelBudget(config.max_image_pixels)
     runner = model.load(config.model_format)
     stack.callback(runner.close)
     predictions = artifacts.Predictions(stack, config.overlay_format)
@@ -97,28 +116,36 @@ def main(argv=None):
     workers = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, 'predict-io')
     stack.callback(workers.shutdown, wait=True, cancel_futures=True)
 
-    def write(name, image, labels):
-      """Writes the image's outputs; returns its pixel count per class."""
-      predictions.add(name, labels,
-                      visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
-      return np.bincount(labels.ravel(), minlength=dataset.num_classes)
+    def read(path):
+      return read_image(path, config.max_image_pixels)
 
-    pixel_counts = np.zeros(dataset.num_classes, np.int64)
+    def write(name, image, labels, pixels):
+      """Writes the image's outputs and gives its pixels back; returns its pixel count per class."""
+      try:
+        predictions.add(name, labels,
+                        visualize.overlay(image, labels, dataset.colormap, config.overlay_alpha))
+        return np.bincount(labels.ravel(), minlength=dataset.num_classes)
+      finally:
+        budget.release(pixels)
+
+    class_pixels = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
     encoding = collections.deque()
     with artifacts.progress_bar(len(images), 'image', 'predict') as bar:
-      for (name, _), image in zip(images, _read_ahead(workers, read_image,
-                                                      [path for _, path in images])):
+      for (name, _), pixels, image in zip(images, pixel_counts, _read_ahead(
+          workers, read, [(path, pixels) for (_, path), pixels in zip(images, pixel_counts)],
+          budget)):
         labels = predict_bounded(runner, image, config.max_inference_pixels)
-        encoding.append(workers.submit(write, name, image, labels))
+        encoding.append(workers.submit(write, name, image, labels, pixels))
+        del image, labels  # the writer owns them now: held here, they would outlive its budget
         while len(encoding) > ENCODING_BEHIND:
-          pixel_counts += encoding.popleft().result()  # raises the worker's error, if any
+          class_pixels += encoding.popleft().result()  # raises the worker's error, if any
         bar.update()
       for written in encoding:
-        pixel_counts += written.result()
+        class_pixels += written.result()
     elapsed = time.perf_counter() - started
-    shares = {name: float(count / pixel_counts.sum())
-              for name, count in zip(dataset.class_names, pixel_counts)}
+    shares = {name: float(count / class_pixels.sum())
+              for name, count in zip(dataset.class_names, class_pixels)}
     predictions.write(out_path)
   artifacts.emit_metrics(images=len(images), images_per_sec=len(images) / max(elapsed, 1e-9),
                          **{f'share_{name}': share for name, share in shares.items()})

@@ -1,7 +1,7 @@
 """serve: model.tar.gz -> an HTTP endpoint (POST /predict, GET /healthz, GET /model) until stopped.
 
-The app is deeplab/serving.py (Flask, run by gunicorn); Valohai runs this step as an endpoint's
-server command (valohai.yaml), Kubeflow serves the SavedModel through KServe instead.
+The app is deeplab/serving.py (Flask behind a body-buffering front, run by gunicorn's asyncio
+worker). SIGTERM lets the requests in progress finish, then stops the server.
 """
 import contextlib
 import logging

@@ -1,5 +1,7 @@
 """Shipping a model: SavedModel and TFLite exports against the frozen graph, the format-detecting
-loader, the HTTP endpoint (a real server on 127.0.0.1 in a subprocess) and the KServe manifest."""
+loader, the HTTP endpoint (a real server on 127.0.0.1 in a subprocess) and the KServe manifest
+(pipelines/kubeflow/inference_service.py). Bounds on images, bodies and slow clients:
+tests/test_serving_limits.py."""
 import base64
 import concurrent.futures
 import http.client
@@ -373,9 +375,9 @@ def _png_array(data):
 def server(tiny_export, tmp_path_factory):
   model_dir, _, _ = tiny_export
   log_path = tmp_path_factory.mktemp('server') / 'server.log'
-  running = Server.of_serve(model_dir, log_path,
-                            env={'VH_DEFAULT_PREFIX': 'org/project/deployment/v1/seg'},
-                            max_body_bytes=300_000, max_image_pixels=120 * 120)
+  running = Server.of_serve(model_dir, log_path, url_prefix='org/project/deployment/v1/seg',
+                            url_prefix_header='X-VH-Prefix', max_body_bytes=300_000,
+                            max_image_pixels=120 * 120)
   try:
     yield running
   finally:
@@ -435,7 +437,7 @@ def test_a_png_as_a_multipart_file_gives_a_label_map_or_an_overlay(server, tiny_
   np.testing.assert_array_equal(_png_array(labels), expected)
 
 
-def test_health_model_and_the_valohai_prefix(server):
+def test_health_model_and_the_url_prefixes(server):
   status, _, body = server.request('GET', '/healthz')
   assert status == 200 and json.loads(body) == {'status': 'ok'}
   status, _, body = server.request('GET', '/model')
@@ -444,7 +446,7 @@ def test_health_model_and_the_valohai_prefix(server):
   assert description['dataset']['class_names'][1] == 'red_striped'
   assert description['dataset']['colormap'][1] == [128, 0, 0]
   assert description['model']['model_variant'] == 'mobilenet_v2'
-  # VH_DEFAULT_PREFIX of the server's environment, and an alias's prefix from the header.
+  # --url_prefix, and a prefix from the --url_prefix_header (as Valohai sends an alias's).
   assert server.request('GET', '/org/project/deployment/v1/seg/healthz')[0] == 200
   assert server.request('GET', '/org/project/deployment/production/seg/model',
                         headers={'X-VH-Prefix': 'org/project/deployment/production/seg'})[0] == 200
@@ -514,7 +516,7 @@ def test_gunicorn_serves_the_module_level_application_of_the_environment(tiny_ex
 
 def test_create_app_serves_the_format_asked_for(tiny_export, frozen_model):
   model_dir, _, images = tiny_export
-  app = serving.create_app(str(model_dir), prefix='', model_format='saved_model')
+  app = serving.create_app(str(model_dir), model_format='saved_model')
   client = app.test_client()
   assert client.get('/model').get_json()['served_file'] == inference.SAVED_MODEL_DIR
   response = client.post('/predict?format=labels', data=_png_bytes(images[2]))
@@ -539,7 +541,8 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped():
   samples = np.array([[0, 257, 65535]], np.uint16)
   buffer = io.BytesIO()
   Image.fromarray(samples).save(buffer, format='PNG')
-  np.testing.assert_array_equal(serving.decode_image(buffer.getvalue())[..., 0], [[0, 1, 255]])
+  with serving.decode_image(buffer.getvalue()) as image:
+    np.testing.assert_array_equal(image[..., 0], [[0, 1, 255]])
 
 
 # ------------------------------------------------------------------------------------ KServe
@@ -568,7 +571,8 @@ def _unknown_fields(value, path=()):
 
 def test_the_kserve_manifest_uses_only_inference_service_fields():
   import yaml
-  manifest = serving.kserve_inference_service(
+  from pipelines.kubeflow.inference_service import inference_service
+  manifest = inference_service(
       'deeplab-voc', 'gs://bucket/runs/7/model/saved_model', namespace='models',
       runtime_version='2.21.0', min_replicas=0,
       resources={'requests': {'cpu': '1', 'memory': '2Gi'}, 'limits': {'memory': '4Gi'}})
@@ -579,12 +583,12 @@ def test_the_kserve_manifest_uses_only_inference_service_fields():
   assert model['modelFormat'] == {'name': 'tensorflow'}
   assert model['storageUri'] == 'gs://bucket/runs/7/model/saved_model'
   assert yaml.safe_load(yaml.safe_dump(manifest)) == manifest
-  minimal = serving.kserve_inference_service('m', 's3://b/saved_model')
+  minimal = inference_service('m', 's3://b/saved_model')
   assert minimal['spec'] == {'predictor': {'model': {'modelFormat': {'name': 'tensorflow'},
                                                      'storageUri': 's3://b/saved_model'}}}
   for name in ('DeepLab', '1model', 'model-', 'a' * 64, 'my_model'):
     with pytest.raises(UserError, match='InferenceService name'):
-      serving.kserve_inference_service(name, 'gs://b/m')
+      inference_service(name, 'gs://b/m')
 
 
 @pytest.mark.parametrize('accept, configured, chosen', [

@@ -156,6 +156,7 @@ def predict(
     overlay_format: str = 'jpeg',
     max_inference_pixels: int = 4194304,
     model_format: str = 'auto',
+    max_image_pixels: int = 50000000,
 ):
   """Segment images with an exported model: raw label PNGs and colour overlays."""
   arguments = dict(locals())  # before the import below adds a local

@@ -216,8 +216,11 @@ def endpoint(image: str) -> dict:
       'description': SERVE_SPEC.description,
       'image': image,
       'port': serve('port').default,
+      # Valohai serves an endpoint under a path it names in $VH_DEFAULT_PREFIX, and an alias's
+      # path in the X-VH-Prefix header.
       'server-command': (f'{SETUP_COMMAND} && ' if needs_setup(image) else '') + (
-          f'python -m steps.serve --model={ENDPOINT_MODEL_PATH} --host=0.0.0.0 --port={serve("port").default}'),
+          f'python -m steps.serve --model={ENDPOINT_MODEL_PATH} --host=0.0.0.0 --port={serve("port").default} '
+          '--url_prefix="$VH_DEFAULT_PREFIX" --url_prefix_header=X-VH-Prefix'),
       'files': [{'name': 'model', 'description': 'model.tar.gz from the export step',
                  'path': ENDPOINT_MODEL_PATH}],
   }}
