@@ -10,10 +10,10 @@ import argparse
 import time
 
 from bench import (build_data, distributed, harness, inference, predict, predict_memory,
-                   train_input, train_memory, train_resnet)
+                   shard_check, train_input, train_memory, train_resnet)
 
-BENCHMARKS = (train_input, build_data, predict_memory, inference, predict, train_resnet,
-              train_memory, distributed)
+BENCHMARKS = (train_input, build_data, shard_check, predict_memory, inference, predict,
+              train_resnet, train_memory, distributed)
 
 
 def main():
