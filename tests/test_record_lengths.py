@@ -15,7 +15,7 @@ from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
 from deeplab.errors import UserError
 from tests.conftest import TINY_TRAIN_FLAGS, run_step
-from tests.in_process import run_step_in_process
+from tests.step_checks import assert_one_error_line, run_step_in_process
 
 HUGE = 2 ** 60
 
@@ -81,15 +81,6 @@ def _drop_hashes(folder):
     for shard in split['shards']:
       del shard['sha256']
   path.write_text(json.dumps(data))
-
-
-def _assert_one_error_line(result, *fragments):
-  assert result.returncode == 1, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in errors[0], errors[0]
-  return errors[0]
 
 
 # ----------------------------------------------------------------------------- the readers
@@ -200,8 +191,8 @@ def test_train_on_a_lying_shard_with_a_matching_sha256_is_one_line_not_a_signal(
   result = run_step('train', f'--tfrecords={folder}', f'--output={out}',
                     '--training_number_of_steps=1', f'--train_logdir={tmp_path / "work"}',
                     *TINY_TRAIN_FLAGS, cwd=tmp_path, check=False)
-  _assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims 1152921504606846976 '
-                         'bytes of data but only', "split 'train' is corrupt")
+  assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims 1152921504606846976 '
+                        'bytes of data but only', "split 'train' is corrupt")
   assert not out.parent.exists() or os.listdir(out.parent) == []
 
 
@@ -215,7 +206,7 @@ def test_evaluate_on_a_lying_shard_is_one_line(tmp_path, lying_tfrecords, tiny_c
   out = tmp_path / 'out' / 'metrics.json'
   result = run_step_in_process('evaluate', f'--tfrecords={folder}',
                                f'--checkpoint={tiny_checkpoint}', f'--output={out}')
-  _assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims', "split 'val'")
+  assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims', "split 'val'")
   assert not out.parent.exists() or os.listdir(out.parent) == []
 
 
@@ -228,7 +219,7 @@ def test_train_on_a_crafted_data_crc_is_one_line_not_an_unexpected_error(tmp_pat
   result = run_step_in_process('train', f'--tfrecords={folder}', f'--output={tmp_path / "c.tar.gz"}',
                                '--training_number_of_steps=1', f'--train_logdir={tmp_path / "work"}',
                                *TINY_TRAIN_FLAGS)
-  _assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: corrupt data (CRC mismatch)')
+  assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: corrupt data (CRC mismatch)')
   assert not (tmp_path / 'c.tar.gz').exists()
 
 
@@ -240,5 +231,5 @@ def test_export_checks_the_shards_it_reads_for_calibration(tmp_path, lying_tfrec
   result = run_step_in_process('export', f'--checkpoint={tiny_checkpoint}', f'--tfrecords={folder}',
                                '--export_formats=tflite', '--tflite_quantize=int8',
                                f'--output={out}')
-  _assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims')
+  assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims')
   assert not out.exists()

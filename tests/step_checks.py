@@ -1,6 +1,6 @@
 """Running a step inside the test process, as `python -m steps.<name> ...` runs it (through
 `artifacts.run_step`), for tests that patch what the step calls (a write that fails for lack of
-space) or that would pay a process start for nothing."""
+space) or that would pay a process start for nothing; and checking how a step failed."""
 import contextlib
 import importlib
 import io
@@ -34,3 +34,14 @@ def run_step_in_process(name, *args) -> StepResult:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)
   return StepResult(subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue()))
+
+
+def assert_one_error_line(result: StepResult, *fragments: str) -> str:
+  """`result` failed as bad input must: exit 1, no traceback, exactly one `error:` line, which
+  holds every fragment. Returns that line."""
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+  return errors[0]
