@@ -119,10 +119,9 @@ def main():
                                       {'tfrecords': tfrecords, 'checkpoint': checkpoint_path})
   config = EvalConfig.from_flags(args)
   folder = os.path.dirname(os.path.abspath(out_path))
-  # Every output is written aside and moved in as `outputs` closes, in the reverse order of
-  # entering: metrics.json last, so whoever finds it finds the rest of the same run.
-  with contextlib.ExitStack() as outputs:
-    metrics_file = outputs.enter_context(artifacts.atomic_output(out_path, 'w'))
+  # Every output is written aside and moved in once all are whole: the others as `outputs`
+  # closes, metrics.json after them (`last`), so whoever finds it finds the rest of the same run.
+  with contextlib.ExitStack() as last, contextlib.ExitStack() as outputs:
     board = outputs.enter_context(artifacts.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
     with contextlib.ExitStack() as stack:
       manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
@@ -150,6 +149,7 @@ def main():
     if len(evaluations) > 1:
       best = dict(best, checkpoints=summaries)
     write_report_files(outputs, folder, chosen, manifest)
+    metrics_file = last.enter_context(artifacts.atomic_output(out_path, 'w'))
     artifacts.dump_json(best, metrics_file)
     metrics_file.flush()  # a full disk fails here, before anything is moved in
   artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
