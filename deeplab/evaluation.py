@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import socket
 import time
 from typing import Callable, Optional
 
@@ -20,6 +22,7 @@ from deeplab import checkpoint, metrics, model
 from deeplab.colormaps import colorize
 from deeplab.compat import tf
 from deeplab.config import EvalConfig, ModelConfig
+from deeplab.datasets import tfrecord
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
 
@@ -109,7 +112,11 @@ def _png(image) -> bytes:
 def write_summaries(result: dict, samples, summary_dir: str, global_step: int) -> None:
   """A TensorBoard event file in `summary_dir`: scalars eval/miou, eval/pixel_accuracy and
   eval/iou/<class> (classes with an IoU), and images eval/example_<i> from `samples`
-  (uint8 [H, 3W, 3]: image | label | prediction, colour-mapped)."""
+  (uint8 [H, 3W, 3]: image | label | prediction, colour-mapped).
+
+  Written here (TFRecord-framed Event protos) rather than by tf.summary.FileWriter, whose
+  background thread drops a failed write silently: a full disk must fail the step, not leave a
+  truncated event file."""
   summary = tf.compat.v1.Summary
   scalars = {'eval/miou': result['miou'], 'eval/pixel_accuracy': result['pixel_accuracy']}
   scalars.update({f'eval/iou/{name}': iou for name, iou in result['per_class_iou'].items()})
@@ -118,6 +125,14 @@ def write_summaries(result: dict, samples, summary_dir: str, global_step: int) -
   values += [summary.Value(tag=f'eval/example_{i}', image=summary.Image(
       height=sample.shape[0], width=sample.shape[1], colorspace=3, encoded_image_string=_png(sample)))
              for i, sample in enumerate(samples)]
-  writer = tf.compat.v1.summary.FileWriter(summary_dir)
-  writer.add_summary(summary(value=values), global_step)
-  writer.close()
+  now = time.time()
+  # The file version first, as TensorBoard expects.
+  events = [tf.compat.v1.Event(wall_time=now, file_version='brain.Event:2'),
+            tf.compat.v1.Event(wall_time=now, step=global_step, summary=summary(value=values))]
+  os.makedirs(summary_dir, exist_ok=True)
+  # TensorBoard reads files named events.out.tfevents.*; the time and host keep runs apart.
+  path = os.path.join(summary_dir, f'events.out.tfevents.{int(now)}.{socket.gethostname()}')
+  with open(path, 'wb') as f:
+    writer = tfrecord.RecordWriter(f)
+    for event in events:
+      writer.write(event.SerializeToString())

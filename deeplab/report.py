@@ -25,6 +25,7 @@ import glob
 import heapq
 import html
 import io
+import logging
 import math
 import os
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -38,6 +39,9 @@ from matplotlib.patches import Patch
 
 from deeplab import metrics
 from deeplab.colormaps import colorize
+from deeplab.datasets import tfrecord
+
+log = logging.getLogger(__name__)
 
 DPI = 100
 # Ignored ground-truth pixels: white, the colour `colorize` gives ids without a colour (such as
@@ -142,20 +146,30 @@ def read_event_scalars(folder: str) -> Dict[str, List[Tuple[int, float]]]:
   Reads `events.out.tfevents.*` directly in `folder` (not its subfolders), sorted by step. A run that
   was resumed writes a new file and may log a step again: files are read in name order (their names
   start with the creation time), so the later value of a step wins. {} when there is no event file.
+
+  The files come with a checkpoint, i.e. from outside: they are read by `tfrecord.read_records`
+  (each record's length checked before it is read; TensorFlow's reader would allocate whatever a
+  header claims). A file that ends in a damaged or cut record (a run killed while writing) gives
+  the curves up to there, with a warning.
   """
   paths = sorted(glob.glob(os.path.join(glob.escape(folder), 'events.out.tfevents.*')))
   if not paths:
     return {}
+  from google.protobuf.message import DecodeError
   from deeplab.compat import tf  # only here: the rest of the module needs no TensorFlow
 
   values_by_tag: Dict[str, Dict[int, float]] = {}
   for path in paths:
-    for event in tf.compat.v1.train.summary_iterator(path):
-      if not event.HasField('summary'):
-        continue
-      for value in event.summary.value:
-        if value.HasField('simple_value'):
-          values_by_tag.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+    try:
+      for record in tfrecord.read_records(path):
+        event = tf.compat.v1.Event.FromString(record)
+        if not event.HasField('summary'):
+          continue
+        for value in event.summary.value:
+          if value.HasField('simple_value'):
+            values_by_tag.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+    except (ValueError, DecodeError) as e:
+      log.warning('%s; the training curves end there', e)
   return {tag: sorted(by_step.items()) for tag, by_step in sorted(values_by_tag.items())}
 
 

@@ -8,11 +8,15 @@
   DVC sees unchanged stages as unchanged, written atomically (temp file + rename) so that a failed
   step never leaves a partial artifact.
 - Metrics are one JSON object per stdout line, flushed; logs go to stderr.
+- A write that fails for lack of space (or quota, or on a read-only file system) ends the step with
+  one line naming what was being written (`writing`), never a traceback, and removes the partial
+  output like any other failure.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import json
 import logging
@@ -30,7 +34,7 @@ import tempfile
 import traceback
 import zipfile
 import zlib
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Optional, Tuple
 
 from deeplab.errors import UserError
 
@@ -81,7 +85,14 @@ def run_step(main: Callable[[], None]) -> None:
   except Interrupted as e:
     print(f'error: interrupted ({e}); partial outputs removed', file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
-  except Exception as e:  # a bug: keep the traceback, but end with one line that names it
+  except Exception as e:
+    failure = _write_failure(e)
+    if failure:  # a full disk, outside the places `writing` names: the system's path, if any
+      reason, path = failure
+      print(f'error: {reason} writing {path or "a file the system did not name"}',
+            file=sys.stderr, flush=True)
+      sys.exit(1)
+    # A bug: keep the traceback, but end with one line that names it.
     traceback.print_exc()
     print(f'error: unexpected {type(e).__name__}: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
@@ -262,10 +273,11 @@ def safe_extract(archive: str, dest: str) -> None:
   """
   limit = extraction_limit(dest)
   try:
-    if zipfile.is_zipfile(archive):
-      _extract_zip(archive, dest, limit)
-    else:
-      _extract_tar(archive, dest, limit)
+    with writing(_temp_folder(f'extracting {archive}')):
+      if zipfile.is_zipfile(archive):
+        _extract_zip(archive, dest, limit)
+      else:
+        _extract_tar(archive, dest, limit)
   except UserError:
     raise
   except _ARCHIVE_ERRORS as e:
@@ -316,6 +328,60 @@ def find_root(folder: str, marker: str) -> str:
 
 
 # ----------------------------------------------------------------------------- writing outputs
+
+# Write failures the user fixes outside the step (free space, raise a quota, mount read-write), by
+# errno; each ends the step with `error: <reason> writing <path>`. Not EACCES: a folder the step
+# cannot write in is refused before any work (check_output), and mid-run it more likely comes from
+# reading an input.
+_WRITE_FAILURES = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+                   errno.EROFS: 'read-only file system'}
+# TensorFlow names a file it failed to save as '<path>.tempstate<digits>' before renaming it.
+_TF_TEMP_SUFFIX = re.compile(r'\.tempstate\d+$')
+
+
+def _write_failure(error: BaseException) -> Optional[Tuple[str, Optional[str]]]:
+  """(reason, path the system names or None) when `error` is one of _WRITE_FAILURES, else None.
+  TensorFlow's file errors carry no errno but the C library's message after the path:
+  '<path>; No space left on device'."""
+  if isinstance(error, OSError):
+    reason = _WRITE_FAILURES.get(error.errno)
+    return (reason, error.filename) if reason else None
+  tf_errors = sys.modules.get('tensorflow.python.framework.errors_impl')  # loaded if TF is
+  if tf_errors is None or not isinstance(error, tf_errors.OpError):
+    return None
+  for code, reason in _WRITE_FAILURES.items():
+    for line in error.message.splitlines():
+      path, found, _ = line.rpartition(f'; {os.strerror(code)}')
+      if found:
+        return reason, _TF_TEMP_SUFFIX.sub('', path.strip()) or None
+  return None
+
+
+@contextlib.contextmanager
+def writing(target: str, staging: Optional[str] = None) -> Iterator[None]:
+  """Turns a write failure in the block (no space, quota, read-only file system; an OSError or
+  TensorFlow's error for it) into one UserError line: `<reason> writing <target>`.
+
+  With `staging` (the folder that becomes `target`), a failing file the system names under
+  `staging` is named at its place under `target` instead: never a temp name the user cannot find.
+  """
+  try:
+    yield
+  except Exception as e:
+    failure = _write_failure(e)
+    if failure is None:
+      raise
+    reason, path = failure
+    if staging and path and _inside(os.path.abspath(path), os.path.abspath(staging)):
+      target = os.path.join(target, os.path.relpath(path, staging))
+    raise UserError(f'{reason} writing {target}') from None
+
+
+def _temp_folder(what: str) -> str:
+  """How a write failure in a scratch folder is named: the temp folder, which the user can move."""
+  return (f'{tempfile.gettempdir()} (the temp folder, {what}; free space there or set TMPDIR to '
+          'a larger folder)')
+
 
 def _tarinfo(arcname: str, size: int, is_dir: bool) -> tarfile.TarInfo:
   info = tarfile.TarInfo(arcname)
@@ -374,30 +440,37 @@ def _remove_stale(folder: str, pattern: 're.Pattern') -> None:
             os.remove(path)
 
 
+def _partial_pattern(base: str) -> 're.Pattern':
+  """The names of the partial files or folders of output `base` (see _OWNER)."""
+  return re.compile(r'\.' + re.escape(base) + r'\.(?P<owner>[^.]+\.\d+)\.[^.]+\.partial')
+
+
 @contextlib.contextmanager
 def atomic_output(out_path: str, mode: str = 'wb'):
   """A file object whose content appears at `out_path` only once the block completes.
 
   Written to a temp file beside `out_path` and renamed into place; on any failure the temp file
-  is removed, so a failed step never leaves a partial artifact.
+  is removed, so a failed step never leaves a partial artifact. A failed write (a full disk) in
+  the block is named as writing `out_path` (see `writing`).
   """
-  out_dir = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(out_dir, exist_ok=True)
-  base = os.path.basename(out_path)
-  _remove_stale(out_dir, re.compile(r'\.' + re.escape(base) + r'\.(?P<owner>[^.]+\.\d+)\.[^.]+\.partial'))
-  fd, tmp_path = tempfile.mkstemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
-  try:
-    with os.fdopen(fd, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp files are 0600; artifacts are read by other users (non-root images, shared volumes).
-    os.chmod(tmp_path, 0o644)
-    os.replace(tmp_path, out_path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp_path)
-    raise
+  with writing(out_path):
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.basename(out_path)
+    _remove_stale(out_dir, _partial_pattern(base))
+    fd, tmp_path = tempfile.mkstemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
+    try:
+      with os.fdopen(fd, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+      # mkstemp files are 0600; artifacts are read by other users (non-root images, shared volumes).
+      os.chmod(tmp_path, 0o644)
+      os.replace(tmp_path, out_path)
+    except BaseException:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp_path)
+      raise
 
 
 @contextlib.contextmanager
@@ -406,14 +479,17 @@ def atomic_folder(out_path: str) -> Iterator[str]:
 
   Filled beside `out_path` (same file system) and renamed into place; on any failure it is removed
   and whatever `out_path` held before stays, so a failed step never leaves a half-written folder.
+  A failed write (a full disk) in the block is named at its place under `out_path` (see `writing`).
   """
-  out_dir = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(out_dir, exist_ok=True)
-  base = os.path.basename(os.path.normpath(out_path))
-  _remove_stale(out_dir, re.compile(r'\.' + re.escape(base) + r'\.(?P<owner>[^.]+\.\d+)\.[^.]+\.partial'))
-  staging = tempfile.mkdtemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
+  with writing(out_path):
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.basename(os.path.normpath(out_path))
+    _remove_stale(out_dir, _partial_pattern(base))
+    staging = tempfile.mkdtemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
   try:
-    yield staging
+    with writing(out_path, staging):
+      yield staging
     os.chmod(staging, 0o755)  # mkdtemp folders are 0700; artifacts are read by other users
     if os.path.isdir(out_path):
       # A folder cannot be renamed over a non-empty one: the old one goes aside first.
@@ -443,11 +519,16 @@ def write_tarball(src_dir: str, out_path: str) -> str:
   return out_path
 
 
+def dump_json(obj, f) -> None:
+  """Writes `obj` to text file `f` as sorted, indented JSON (every JSON file the steps write)."""
+  json.dump(obj, f, indent=2, sort_keys=True)
+  f.write('\n')
+
+
 def write_json_atomic(obj, out_path: str) -> str:
   """Writes `obj` as sorted, indented JSON to `out_path` atomically."""
   with atomic_output(out_path, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write('\n')
+    dump_json(obj, f)
   return out_path
 
 
@@ -455,13 +536,21 @@ _SCRATCH_RE = re.compile(r'deeplab-[a-z]+-(?P<owner>[^.]+\.\d+)-[^.]+')
 
 
 @contextlib.contextmanager
-def scratch_dir(kind: str) -> Iterator[str]:
+def scratch_dir(kind: str, assembling: str = '') -> Iterator[str]:
   """A folder in the temp folder for an artifact's contents or an extracted input, removed
-  afterwards whatever happens (and by a later run, should this one be killed)."""
+  afterwards whatever happens (and by a later run, should this one be killed).
+
+  With `assembling` (what the block writes there, e.g. 'the TFRecords'), a write failure in the
+  block that no inner `writing` named is named as the temp folder's: give it only to a block whose
+  other writes go through `atomic_output` (the artifact itself) or `writing`.
+  """
   _remove_stale(tempfile.gettempdir(), _SCRATCH_RE)
-  path = tempfile.mkdtemp(prefix=f'deeplab-{kind}-{_OWNER}-')
+  where = _temp_folder(f'assembling {assembling}' if assembling else f'a folder for the {kind}')
+  with writing(where):
+    path = tempfile.mkdtemp(prefix=f'deeplab-{kind}-{_OWNER}-')
   try:
-    yield path
+    with writing(where) if assembling else contextlib.nullcontext():
+      yield path
   finally:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -563,7 +652,7 @@ class Checkpoint:
   def write(out_path: str, prefix: str, events_dir: str, card: 'ModelCard') -> str:
     """Packs checkpoint `prefix` (a path), the events in `events_dir` and `card`."""
     from deeplab import checkpoint
-    with scratch_dir('checkpoint') as staging:
+    with scratch_dir('checkpoint', 'the checkpoint') as staging:
       name = os.path.basename(prefix)
       for filename in os.listdir(os.path.dirname(prefix)):
         if filename.startswith(name + '.'):
@@ -604,7 +693,7 @@ class Model:
   @staticmethod
   def write(out_path: str, card: 'ModelCard', fill: Callable[[str], None]) -> str:
     """Packs `card` and what `fill(folder)` writes into the folder (the model files)."""
-    with scratch_dir('model') as staging:
+    with scratch_dir('model', 'the model') as staging:
       fill(staging)
       card.write(staging)
       return write_tarball(staging, out_path)
@@ -617,7 +706,7 @@ class Predictions:
   filename = 'predictions.tar.gz'
 
   def __init__(self, stack: contextlib.ExitStack, overlay_format: str):
-    self.staging = stack.enter_context(scratch_dir('predictions'))
+    self.staging = stack.enter_context(scratch_dir('predictions', 'the predictions'))
     self.overlay_format = overlay_format
 
   def add(self, name: str, labels, overlay) -> None:

@@ -27,7 +27,8 @@ def main(argv=None) -> None:
   raw_data = artifacts.input_location('build_data', 'raw_data', args.raw_data)
   out_path = artifacts.output_location('build_data', 'output', args.output,
                                       artifacts.TFRecords.filename, {'raw_data': raw_data})
-  with artifacts.open_input(raw_data) as raw_root, artifacts.scratch_dir('tfrecords') as staging:
+  with artifacts.open_input(raw_data) as raw_root, \
+      artifacts.scratch_dir('tfrecords', 'the TFRecords') as staging:
     _, stats = build.build(dataset, raw_root, staging, config)
     artifacts.TFRecords.write(staging, out_path)
   artifacts.log.info('wrote %s: %d examples', out_path, stats.images)

@@ -1,6 +1,9 @@
 """evaluate: tfrecords + checkpoint -> metrics.json (mIoU, per-class IoU, pixel accuracy), and beside
 it confusion_matrix.json, report/ (figures + report.html, see deeplab/report.py) and tensorboard/
-(the same numbers for `tensorboard --logdir <that folder>`)."""
+(the same numbers for `tensorboard --logdir <that folder>`).
+
+The four are written aside and moved in together once all are whole, metrics.json last: a failed
+run (a full disk included) leaves none of them, and each replaces its earlier version whole."""
 import contextlib
 import dataclasses
 import logging
@@ -28,10 +31,11 @@ SPEC = StepSpec(
     parameters=(DATASET_PARAMETER,) + parameters_from(EvalConfig),
 )
 
-# Written in the folder of metrics.json: the confusion matrix (too large for a metrics table) and
-# the report of the best checkpoint.
+# Written in the folder of metrics.json: the confusion matrix (too large for a metrics table), the
+# report of the best checkpoint and the TensorBoard events of every checkpoint.
 CONFUSION_FILE = 'confusion_matrix.json'
 REPORT_FOLDER = 'report'
+TENSORBOARD_FOLDER = 'tensorboard'
 
 
 @dataclasses.dataclass
@@ -88,21 +92,23 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
       report.read_event_scalars(os.path.dirname(checkpoint.prefix)))
 
 
-def write_report_files(folder: str, evaluation: CheckpointEvaluation, manifest) -> None:
-  """confusion_matrix.json and report/ in `folder`, each replacing its earlier version whole."""
+def write_report_files(outputs: contextlib.ExitStack, folder: str, evaluation: CheckpointEvaluation,
+                       manifest) -> None:
+  """confusion_matrix.json and report/ for `folder`, written aside: moved in when `outputs` closes."""
   from deeplab import report
   result = evaluation.result
-  with artifacts.atomic_folder(os.path.join(folder, REPORT_FOLDER)) as staging:
-    report.write_report(staging, miou=result['miou'], pixel_accuracy=result['pixel_accuracy'],
-                        num_images=result['num_images'], per_class_iou=result['per_class_iou'],
-                        confusion=evaluation.confusion, class_names=manifest.class_names,
-                        colormap=manifest.colormap, ignore_label=manifest.ignore_label,
-                        worst=evaluation.worst, best=evaluation.best,
-                        training_scalars=evaluation.training_scalars)
-  artifacts.write_json_atomic({'class_names': list(manifest.class_names),
-                               'rows': 'ground-truth class', 'columns': 'predicted class',
-                               'unit': 'pixels', 'matrix': evaluation.confusion},
-                              os.path.join(folder, CONFUSION_FILE))
+  staging = outputs.enter_context(artifacts.atomic_folder(os.path.join(folder, REPORT_FOLDER)))
+  report.write_report(staging, miou=result['miou'], pixel_accuracy=result['pixel_accuracy'],
+                      num_images=result['num_images'], per_class_iou=result['per_class_iou'],
+                      confusion=evaluation.confusion, class_names=manifest.class_names,
+                      colormap=manifest.colormap, ignore_label=manifest.ignore_label,
+                      worst=evaluation.worst, best=evaluation.best,
+                      training_scalars=evaluation.training_scalars)
+  confusion = outputs.enter_context(artifacts.atomic_output(os.path.join(folder, CONFUSION_FILE), 'w'))
+  artifacts.dump_json({'class_names': list(manifest.class_names), 'rows': 'ground-truth class',
+                       'columns': 'predicted class', 'unit': 'pixels',
+                       'matrix': evaluation.confusion}, confusion)
+  confusion.flush()  # a full disk fails here, before anything is moved in
 
 
 def main(argv=None):
@@ -112,41 +118,46 @@ def main(argv=None):
   out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json',
                                       {'tfrecords': tfrecords, 'checkpoint': checkpoint_path})
   config = EvalConfig.from_flags(args)
-  with contextlib.ExitStack() as stack:
-    manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
-    candidates = sweep_checkpoints(checkpoint_path)
-    evaluations, summaries = [], []
-    board = os.path.join(os.path.dirname(os.path.abspath(out_path)), 'tensorboard')
-    for index, path in enumerate(candidates):
-      # One TensorBoard run per checkpoint of a sweep.
-      summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
-      evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
-      result = evaluation.result
-      result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
-                              else os.path.basename(os.path.normpath(path)))
-      evaluations.append(evaluation)
-      summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
-      summaries[-1]['training'] = evaluation.training
-      if len(candidates) > 1:
-        artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
-                               pixel_accuracy=result['pixel_accuracy'])
-  # Several checkpoints: the best by mIoU is reported at the top level, all of them under
-  # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
-  # confusion matrix are the best one's.
-  from deeplab.metrics import best_index
-  chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
-  best = chosen.result
-  if len(evaluations) > 1:
-    best = dict(best, checkpoints=summaries)
-  # metrics.json last: whoever finds it finds the report and the confusion matrix of the same run.
-  write_report_files(os.path.dirname(os.path.abspath(out_path)), chosen, manifest)
-  artifacts.write_json_atomic(best, out_path)
+  folder = os.path.dirname(os.path.abspath(out_path))
+  # Every output is written aside and moved in once all are whole: the others as `outputs`
+  # closes, metrics.json after them (`last`), so whoever finds it finds the rest of the same run.
+  with contextlib.ExitStack() as last, contextlib.ExitStack() as outputs:
+    board = outputs.enter_context(artifacts.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
+    with contextlib.ExitStack() as stack:
+      manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
+      candidates = sweep_checkpoints(checkpoint_path)
+      evaluations, summaries = [], []
+      for index, path in enumerate(candidates):
+        # One TensorBoard run per checkpoint of a sweep.
+        summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
+        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
+        result = evaluation.result
+        result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
+                                else os.path.basename(os.path.normpath(path)))
+        evaluations.append(evaluation)
+        summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
+        summaries[-1]['training'] = evaluation.training
+        if len(candidates) > 1:
+          artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
+                                 pixel_accuracy=result['pixel_accuracy'])
+    # Several checkpoints: the best by mIoU is reported at the top level, all of them under
+    # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
+    # confusion matrix are the best one's.
+    from deeplab.metrics import best_index
+    chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
+    best = chosen.result
+    if len(evaluations) > 1:
+      best = dict(best, checkpoints=summaries)
+    write_report_files(outputs, folder, chosen, manifest)
+    metrics_file = last.enter_context(artifacts.atomic_output(out_path, 'w'))
+    artifacts.dump_json(best, metrics_file)
+    metrics_file.flush()  # a full disk fails here, before anything is moved in
   artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],
                          **{f'iou_{name}': value for name, value in best['per_class_iou'].items()})
-  log.info('mIoU %.4f on %d images of split %r (%s); wrote %s and, beside it, %s and %s/',
+  log.info('mIoU %.4f on %d images of split %r (%s); wrote %s and, beside it, %s, %s/ and %s/',
            best['miou'] or 0.0, best['num_images'], config.eval_split, best['checkpoint'],
-           out_path, CONFUSION_FILE, REPORT_FOLDER)
+           out_path, CONFUSION_FILE, REPORT_FOLDER, TENSORBOARD_FOLDER)
 
 
 if __name__ == '__main__':

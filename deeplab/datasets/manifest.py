@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import re
@@ -111,25 +110,25 @@ class Manifest(DatasetClasses):
   def verified_shard_paths(self, split: str) -> List[str]:
     """`shard_paths(split)`, each shard checked before it is read.
 
-    A shard with a sha256 in dataset.json must hash to it (a corrupt or rewritten shard is named);
-    a shard without one (original DeepLab TFRecords) has every record's CRCs read.
+    Every record of every shard is walked first (`tfrecord.check_records`): its length against the
+    bytes left in the file, then both CRCs, so that no reader (TensorFlow's allocates the claimed
+    length) meets a lying length or a bad CRC mid-run. A matching sha256 does not excuse the walk:
+    whoever wrote the shard may have written dataset.json too. A shard with a sha256 in dataset.json
+    must also hash to it (a shard modified since build_data is named as such).
     """
     paths = self.shard_paths(split)
     for shard, path in zip(self.splits[self.resolve_split(split)].shards, paths):
       if not os.path.isfile(path):
         raise UserError(f'{path}: shard of split {split!r} is missing; expected the files '
                         f'{MANIFEST_NAME} lists')
+      check = tfrecord.check_records(path)
       expected = shard.get('sha256')
-      if expected:
-        if _file_sha256(path) != expected:
-          raise UserError(f'{path}: TFRecord shard of split {split!r} is corrupt or modified (its '
-                          f'sha256 differs from {MANIFEST_NAME}); rebuild the TFRecords with build_data')
-        continue
-      try:
-        for _ in tfrecord.read_records(path):
-          pass
-      except ValueError as e:
-        raise UserError(f'{e}: the TFRecord shard of split {split!r} is corrupt') from None
+      if expected and check.sha256 != expected:
+        raise UserError(f'{path}: TFRecord shard of split {split!r} is corrupt or modified (its '
+                        f'sha256 differs from {MANIFEST_NAME}); rebuild the TFRecords with build_data')
+      if check.problem:
+        raise UserError(f'{check.problem}: the TFRecord shard of split {split!r} is corrupt; '
+                        'rebuild the TFRecords with build_data')
     return paths
 
   def to_json(self) -> dict:
@@ -161,14 +160,6 @@ class Manifest(DatasetClasses):
                  skipped=list(data.get('skipped', [])), folder=folder)
     except (KeyError, TypeError, ValueError) as e:
       raise UserError(f'{os.path.join(folder, MANIFEST_NAME)}: malformed manifest ({e!r})') from None
-
-
-def _file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def write_manifest(manifest: Manifest, folder: str) -> str:

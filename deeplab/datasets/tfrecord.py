@@ -11,10 +11,17 @@ inputs give equal bytes), and `RecordWriter` / `read_records` use the TFRecord f
 (little-endian length, masked CRC-32C of the length, data, masked CRC-32C of the data).
 `parse_example` reads such an Example back into a dict (for checks and tests; the training input
 pipeline parses with TensorFlow).
+
+A record's length header is trusted by no reader here: it is checked against the bytes left in the
+file before anything is read or allocated for it (TensorFlow's reader allocates the claimed length
+first, so a shard claiming 2**60 bytes crashes the process). `check_records` walks a whole shard
+that way before TensorFlow is given it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import struct
 from typing import BinaryIO, Dict, Iterator, List, Union
 
@@ -155,9 +162,12 @@ def _int64_values(data: bytes) -> List[int]:
   return [v - (1 << 64) if v >= 1 << 63 else v for v in values]
 
 
-def _masked_crc(data: bytes) -> bytes:
-  crc = google_crc32c.value(data)
+def _mask(crc: int) -> bytes:
   return struct.pack('<I', (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xffffffff)
+
+
+def _masked_crc(data: bytes) -> bytes:
+  return _mask(google_crc32c.value(data))
 
 
 class RecordWriter:
@@ -181,19 +191,87 @@ class RecordWriter:
     return self._sha256.hexdigest()
 
 
+# TFRecord framing: an 8-byte length and its 4-byte CRC, then the data and its 4-byte CRC.
+_HEADER_BYTES = 12
+_CRC_BYTES = 4
+# What check_records reads at a time: a record of any size is checked in bounded memory.
+_CHUNK_BYTES = 1 << 20
+
+
+def _data_length(path: str, index: int, offset: int, header: bytes, left: int) -> int:
+  """The data length in the header of record `index`, which starts at byte `offset` with `left`
+  bytes from there to the end of the file; ValueError (naming the record) unless the header is
+  whole, its CRC holds and the data and its CRC fit in the bytes left."""
+  where = f'{path}: record {index} at byte {offset}'
+  if len(header) < _HEADER_BYTES:
+    raise ValueError(f'{where}: truncated header ({len(header)} of {_HEADER_BYTES} bytes)')
+  if header[8:] != _masked_crc(header[:8]):
+    raise ValueError(f'{where}: corrupt length (CRC mismatch)')
+  length = struct.unpack('<Q', header[:8])[0]
+  available = left - _HEADER_BYTES - _CRC_BYTES
+  if length > available:
+    raise ValueError(f'{where}: claims {length} bytes of data but only {max(available, 0)} are '
+                     'left in the file')
+  return length
+
+
 def read_records(path: str) -> Iterator[bytes]:
-  """The records of a TFRecord file (uncompressed), checking both CRCs of each."""
+  """The records of a TFRecord file (uncompressed), checking each one's length against the bytes
+  left before reading it, and both its CRCs."""
+  size = os.path.getsize(path)
   with open(path, 'rb') as f:
-    while True:
-      header = f.read(12)
-      if not header:
-        return
-      if len(header) < 12:
-        raise ValueError(f'{path}: truncated record header')
-      length = header[:8]
-      if header[8:] != _masked_crc(length):
-        raise ValueError(f'{path}: corrupt record length (CRC mismatch)')
-      record = f.read(struct.unpack('<Q', length)[0])
-      if f.read(4) != _masked_crc(record):
-        raise ValueError(f'{path}: corrupt or truncated record (CRC mismatch)')
+    index = offset = 0
+    while offset < size:
+      length = _data_length(path, index, offset, f.read(_HEADER_BYTES), size - offset)
+      record = f.read(length)
+      if f.read(_CRC_BYTES) != _masked_crc(record):
+        raise ValueError(f'{path}: record {index} at byte {offset}: corrupt data (CRC mismatch)')
       yield record
+      index += 1
+      offset += _HEADER_BYTES + length + _CRC_BYTES
+
+
+@dataclasses.dataclass
+class RecordsCheck:
+  """What `check_records` found: the file's SHA-256, its record count, and the first framing
+  problem ('' when every record is whole and both its CRCs hold)."""
+  sha256: str
+  num_records: int
+  problem: str
+
+
+def check_records(path: str) -> RecordsCheck:
+  """Walks every record of a TFRecord file in one read: each length is checked against the bytes
+  left before the data is read (in bounded chunks), then both CRCs. The SHA-256 covers the whole
+  file even past a problem, so that a caller holding a checksum can tell a file modified since it
+  was written (checksum differs) from one written with bad framing (checksum matches)."""
+  digest = hashlib.sha256()
+  size = os.path.getsize(path)
+  index = offset = 0
+  problem = ''
+  with open(path, 'rb') as f:
+
+    def read(count: int) -> bytes:
+      data = f.read(count)
+      digest.update(data)
+      return data
+
+    try:
+      while offset < size:
+        length = _data_length(path, index, offset, read(_HEADER_BYTES), size - offset)
+        crc, left = 0, length
+        while left:
+          chunk = read(min(left, _CHUNK_BYTES))
+          if not chunk:  # the file shrank while being read
+            raise ValueError(f'{path}: record {index} at byte {offset}: truncated data')
+          crc = google_crc32c.extend(crc, chunk)
+          left -= len(chunk)
+        if read(_CRC_BYTES) != _mask(crc):
+          raise ValueError(f'{path}: record {index} at byte {offset}: corrupt data (CRC mismatch)')
+        index += 1
+        offset += _HEADER_BYTES + length + _CRC_BYTES
+    except ValueError as e:
+      problem = str(e)
+      while read(_CHUNK_BYTES):
+        pass
+  return RecordsCheck(digest.hexdigest(), index, problem)
