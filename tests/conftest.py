@@ -53,6 +53,18 @@ def run_module(module, *args, cwd=None, check=True, timeout=600, env=None):
   return result
 
 
+def assert_one_error_line(result, *fragments, status=1):
+  """`result` failed as bad input must: exit `status`, no traceback, exactly one `error:` line,
+  holding every fragment and never naming a temp folder that is gone by then. Returns the line."""
+  assert result.returncode == status, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+  assert '/deeplab-input-' not in errors[0]
+  return errors[0]
+
+
 def run_step(name, *args, isolated=False, cwd=None, check=True, timeout=600, env=None):
   """Runs step `name` with `args` and returns its exit status, stdout and stderr.
 
@@ -85,7 +97,8 @@ def _call_in_process(name, argv, cwd, env):
     os.environ.update(TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
     if cwd:
       os.chdir(cwd)
-    tempfile.tempdir = None  # looked up again from TMPDIR, as a new process would
+    if 'TMPDIR' in (env or {}):
+      tempfile.tempdir = None  # looked up again from TMPDIR, as a new process would
     root.handlers = [handler]  # what the step logs reaches its stderr, as in a process of its own
     root.setLevel(logging.INFO)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

@@ -16,8 +16,7 @@ from PIL import Image
 
 from deeplab.errors import UserError
 from steps import artifacts
-from tests.conftest import TINY_TRAIN_FLAGS, run_module, run_step
-from tests.step_checks import assert_one_error_line, run_step_in_process
+from tests.conftest import TINY_TRAIN_FLAGS, assert_one_error_line, run_module, run_step
 
 
 @pytest.fixture
@@ -114,7 +113,7 @@ def small_disk(tmp_path):
 def test_an_output_on_a_full_disk_is_one_line_and_leaves_nothing(step, small_disk, temp_folder,
                                                                  inputs):
   out = small_disk / OUTPUT_NAMES[step]
-  result = run_step_in_process(step, *_step_flags(step, out, inputs))
+  result = run_step(step, *_step_flags(step, out, inputs), check=False)
   line = assert_one_error_line(result)
   if step == 'evaluate':  # its first output to fill the disk: the TensorBoard events
     assert line == f'error: no space left on device writing {small_disk / "tensorboard"}'
@@ -127,7 +126,7 @@ def test_evaluate_on_a_full_disk_as_reported(tmp_path, small_disk, tiny_tfrecord
   """The case of the report, as a process: it printed a traceback, `error: unexpected OSError:
   [Errno 28]`, and left tensorboard/events.* beside the output."""
   result = run_step('evaluate', f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}',
-                    f'--output={small_disk / "metrics.json"}', check=False,
+                    f'--output={small_disk / "metrics.json"}', check=False, isolated=True,
                     env={'TMPDIR': str(tmp_path)})
   assert_one_error_line(result, 'error: no space left on device writing '
                         f'{small_disk / "tensorboard"}')
@@ -152,7 +151,7 @@ def test_build_data_short_of_temp_space_names_the_temp_folder(tmp_path, temp_fol
   from deeplab.datasets import tfrecord
   monkeypatch.setattr(tfrecord.RecordWriter, 'write', _failing(errno.ENOSPC))
   out = tmp_path / 'out' / 'tfrecords.tar.gz'
-  result = run_step_in_process('build_data', *_step_flags('build_data', out, inputs))
+  result = run_step('build_data', *_step_flags('build_data', out, inputs), check=False)
   assert assert_one_error_line(result) == _temp_folder_line(temp_folder, 'the TFRecords')
   _nothing_left(out.parent, temp_folder)
 
@@ -163,7 +162,7 @@ def test_a_quota_or_a_read_only_file_system_is_named_like_a_full_disk(tmp_path, 
                                                                       monkeypatch, code, reason):
   monkeypatch.setattr(os, 'fsync', _failing(code))  # the artifact's last write before its rename
   out = tmp_path / 'out' / 'tfrecords.tar.gz'
-  result = run_step_in_process('build_data', *_step_flags('build_data', out, inputs))
+  result = run_step('build_data', *_step_flags('build_data', out, inputs), check=False)
   assert assert_one_error_line(result) == f'error: {reason} writing {out}'
   _nothing_left(out.parent, temp_folder)
 
@@ -181,7 +180,7 @@ def test_train_short_of_space_in_its_work_folder_names_the_file(tmp_path, temp_f
 
   monkeypatch.setattr(tf.compat.v1.train.Saver, 'save', full)
   out = tmp_path / 'out' / 'checkpoint.tar.gz'
-  result = run_step_in_process('train', *_step_flags('train', out, inputs))
+  result = run_step('train', *_step_flags('train', out, inputs), check=False)
   line = assert_one_error_line(result)
   assert line.startswith(f'error: no space left on device writing {inputs["work"]}{os.sep}')
   assert line.endswith('model.ckpt-1.data-00000-of-00001'), line
@@ -201,7 +200,7 @@ def test_evaluate_short_of_space_names_the_report_file_and_moves_nothing_in(tmp_
 
   monkeypatch.setattr(report, '_write', fill_up)
   out_dir = tmp_path / 'out'
-  result = run_step_in_process('evaluate', *_step_flags('evaluate', out_dir / 'metrics.json', inputs))
+  result = run_step('evaluate', *_step_flags('evaluate', out_dir / 'metrics.json', inputs), check=False)
   (first,) = written
   assert assert_one_error_line(result) == (f'error: no space left on device writing '
                                            f'{out_dir / "report" / os.path.basename(first)}')
@@ -210,15 +209,15 @@ def test_evaluate_short_of_space_names_the_report_file_and_moves_nothing_in(tmp_
 
 def test_export_short_of_temp_space_in_tensorflow_names_the_temp_folder(tmp_path, temp_folder,
                                                                         inputs, monkeypatch):
-  from deeplab import export
   from deeplab.compat import tf
+  from deeplab.export import frozen_graph
 
   def full(graph_def, path):
     raise tf.errors.ResourceExhaustedError(None, None, f'{path}; No space left on device')
 
-  monkeypatch.setattr(export, 'write_frozen_graph', full)
+  monkeypatch.setattr(frozen_graph, 'write_frozen_graph', full)
   out = tmp_path / 'out' / 'model.tar.gz'
-  result = run_step_in_process('export', *_step_flags('export', out, inputs))
+  result = run_step('export', *_step_flags('export', out, inputs), check=False)
   assert assert_one_error_line(result) == _temp_folder_line(temp_folder, 'the model')
   _nothing_left(out.parent, temp_folder)
 
@@ -228,7 +227,7 @@ def test_predict_short_of_temp_space_in_a_worker_thread_names_the_temp_folder(tm
   from deeplab import visualize
   monkeypatch.setattr(visualize, 'write_overlay', _failing(errno.ENOSPC))
   out = tmp_path / 'out' / 'predictions.tar.gz'
-  result = run_step_in_process('predict', *_step_flags('predict', out, inputs))
+  result = run_step('predict', *_step_flags('predict', out, inputs), check=False)
   assert assert_one_error_line(result) == _temp_folder_line(temp_folder, 'the predictions')
   _nothing_left(out.parent, temp_folder)
 
@@ -240,8 +239,8 @@ def test_a_full_disk_while_extracting_is_not_called_an_unreadable_archive(tmp_pa
     tar.add(raw_folder, arcname='raw')
   monkeypatch.setattr(tarfile.TarFile, 'extractall', _failing(errno.ENOSPC))
   out = tmp_path / 'out' / 'tfrecords.tar.gz'
-  result = run_step_in_process('build_data', '--dataset=folder', f'--raw_data={archive}',
-                               f'--output={out}')
+  result = run_step('build_data', '--dataset=folder', f'--raw_data={archive}',
+                               f'--output={out}', check=False)
   assert assert_one_error_line(result) == (
       f'error: no space left on device writing {temp_folder} (the temp folder, extracting '
       f'{archive}; free space there or set TMPDIR to a larger folder)')

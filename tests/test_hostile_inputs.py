@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import tarfile
 import time
 import zipfile
@@ -20,22 +21,11 @@ from PIL import Image
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
 from steps import artifacts
-from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
+from tests.conftest import REPO, TINY_TRAIN_FLAGS, assert_one_error_line, run_step
 
 
 def _sha256(path):
   return hashlib.sha256(open(path, 'rb').read()).hexdigest()
-
-
-def _assert_one_error_line(result, *fragments, status=1):
-  assert result.returncode == status, result.stderr[-2000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
-  for fragment in fragments:
-    assert fragment in errors[0], errors[0]
-  assert '/deeplab-input-' not in errors[0]  # never a temp folder that is gone by now
-  return errors[0]
 
 
 def _png(array):
@@ -49,7 +39,8 @@ def tmpdir_env(tmp_path, monkeypatch):
   """A TMPDIR of the test's own, to see what a step leaves in its temp folder."""
   folder = tmp_path / 'tmpdir'
   folder.mkdir()
-  monkeypatch.setenv('TMPDIR', str(folder))
+  monkeypatch.setenv('TMPDIR', str(folder))  # for steps run as processes
+  monkeypatch.setattr(tempfile, 'tempdir', str(folder))  # for steps run in this one
   return folder
 
 
@@ -100,7 +91,7 @@ def test_a_symlink_chain_cannot_write_outside(tmp_path, tmpdir_env, tiny_model, 
   extra = {'predict': [f'--model={tiny_model}'], 'build_data': [], 'export': []}[step]
   result = run_step(step, f'--{flag}={archive}', *extra, f'--output={tmp_path / "out" / "a.tar.gz"}',
                     check=False)
-  _assert_one_error_line(result, str(archive), "'l1'", 'is a symbolic link', 'refusing to extract')
+  assert_one_error_line(result, str(archive), "'l1'", 'is a symbolic link', 'refusing to extract')
   assert not target.exists() and not (tmp_path / 'out').exists()
   assert os.listdir(tmpdir_env) == []
 
@@ -112,7 +103,7 @@ def test_a_hardlink_cannot_bring_an_outside_file_in(tmp_path, tmpdir_env, tiny_m
   out = tmp_path / 'out' / 'predictions.tar.gz'
   result = run_step('predict', f'--model={tiny_model}', f'--images={archive}', f'--output={out}',
                     check=False)
-  _assert_one_error_line(result, str(archive), 'stolen.png', 'is a hard link')
+  assert_one_error_line(result, str(archive), 'stolen.png', 'is a hard link')
   assert not out.exists() and os.listdir(tmpdir_env) == []
 
 
@@ -147,7 +138,7 @@ def test_an_archive_bomb_is_stopped_before_it_fills_the_disk(tmp_path, tmpdir_en
   limit = 64 << 20
   result = run_step('build_data', f'--raw_data={bomb}', f'--output={tmp_path / "out.tar.gz"}',
                     env={artifacts.MAX_EXTRACT_ENV: str(limit)}, check=False)
-  _assert_one_error_line(result, str(bomb), f'expands to more than {limit} bytes',
+  assert_one_error_line(result, str(bomb), f'expands to more than {limit} bytes',
                          artifacts.MAX_EXTRACT_ENV)
   assert os.listdir(tmpdir_env) == [] and not (tmp_path / 'out.tar.gz').exists()
 
@@ -175,14 +166,14 @@ def test_a_damaged_archive_is_one_line(tmp_path, tmpdir_env, make):
   damaged = make(tmp_path / 'damaged')
   result = run_step('build_data', f'--raw_data={damaged}', f'--output={tmp_path / "o.tar.gz"}',
                     check=False)
-  _assert_one_error_line(result, str(damaged), 'not a readable archive')
+  assert_one_error_line(result, str(damaged), 'not a readable archive')
   assert os.listdir(tmpdir_env) == [] and not (tmp_path / 'o.tar.gz').exists()
 
 
 def test_the_wrong_artifact_kind_names_the_users_file(tmp_path, tiny_tfrecords):
   result = run_step('export', f'--checkpoint={tiny_tfrecords}', f'--output={tmp_path / "m.tar.gz"}',
                     check=False)
-  _assert_one_error_line(result, str(tiny_tfrecords), 'holds TFRecords (dataset.json), not a checkpoint',
+  assert_one_error_line(result, str(tiny_tfrecords), 'holds TFRecords (dataset.json), not a checkpoint',
                          'expected the output of the train step')
 
 
@@ -209,7 +200,7 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(step, tmp_path, t
                                             images)[step]
   before = _sha256(path)
   result = run_step(step, *args, f'--{flag}={path}', f'--output={path}', cwd=tmp_path, check=False)
-  _assert_one_error_line(result, f'--output={path}', f'--{flag}={path}', 'refusing to overwrite')
+  assert_one_error_line(result, f'--output={path}', f'--{flag}={path}', 'refusing to overwrite')
   assert _sha256(path) == before and result.metrics == []
 
 
@@ -219,7 +210,7 @@ def test_an_output_inside_an_input_folder_is_refused(tmp_path, tiny_model):
   (images / 'a.png').write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
   result = run_step('predict', f'--model={tiny_model}', f'--images={images}',
                     f'--output={images / "predictions.tar.gz"}', check=False)
-  _assert_one_error_line(result, 'lies inside the input --images')
+  assert_one_error_line(result, 'lies inside the input --images')
   assert os.listdir(images) == ['a.png']
 
 
@@ -232,7 +223,7 @@ def test_an_unwritable_output_is_refused_before_training(tmp_path, tiny_tfrecord
   output = output if output.startswith('/') else str(tmp_path / output)
   result = run_step('train', f'--tfrecords={tiny_tfrecords}', f'--output={output}',
                     '--training_number_of_steps=1', *TINY_TRAIN_FLAGS, cwd=tmp_path, check=False)
-  _assert_one_error_line(result, f'--output={output}', message)
+  assert_one_error_line(result, f'--output={output}', message)
   assert result.metrics == []  # not one training step was run
   assert not (tmp_path / '.deeplab-train').exists()
 
@@ -245,7 +236,7 @@ def test_divergence_stops_training_without_an_artifact_or_a_non_finite_checkpoin
   result = run_step('train', f'--tfrecords={tiny_tfrecords}', f'--output={out}',
                     '--training_number_of_steps=20', *TINY_TRAIN_FLAGS, '--base_learning_rate=1e6',
                     '--save_interval_steps=1', f'--train_logdir={tmp_path / "logs"}', check=False)
-  error = _assert_one_error_line(result, 'training diverged at step',
+  error = assert_one_error_line(result, 'training diverged at step',
                                  'try a lower --base_learning_rate (now 1e+06)')
   assert not out.exists()
   losses = [m['loss'] for m in result.metrics if 'loss' in m]
@@ -280,7 +271,7 @@ def test_a_second_training_in_the_same_folder_fails_at_once(tmp_path, tiny_tfrec
     assert list(logs.glob('*/lock')), 'the first training never took its lock'
     second = run_step('train', *args, f'--output={tmp_path / "second.tar.gz"}', check=False)
     work_dir = list(logs.glob('*/lock'))[0].parent
-    _assert_one_error_line(second, f'another training (pid {first.pid}) is using {work_dir}')
+    assert_one_error_line(second, f'another training (pid {first.pid}) is using {work_dir}')
     assert second.metrics == [] and not (tmp_path / 'second.tar.gz').exists()
   finally:
     first.kill()
@@ -308,7 +299,7 @@ def test_a_modified_shard_is_named_before_it_is_read(tmp_path, tiny_tfrecords, t
   _flip_bytes(shard, every=10**9)  # one byte, CRCs still say nothing about the content hash
   result = run_step('evaluate', f'--tfrecords={folder}', f'--checkpoint={tiny_checkpoint}',
                     f'--output={tmp_path / "m.json"}', check=False)
-  _assert_one_error_line(result, str(shard), 'corrupt or modified', 'dataset.json')
+  assert_one_error_line(result, str(shard), 'corrupt or modified', 'dataset.json')
   assert not (tmp_path / 'm.json').exists()
 
 
@@ -322,7 +313,7 @@ def test_a_truncated_original_format_shard_is_named(tmp_path, tiny_tfrecords, ti
   result = run_step('train', f'--tfrecords={folder}', '--dataset=pascal_voc_seg',
                     f'--output={tmp_path / "c.tar.gz"}', '--training_number_of_steps=1',
                     *TINY_TRAIN_FLAGS, cwd=tmp_path, check=False)
-  _assert_one_error_line(result, str(shard), 'corrupt')
+  assert_one_error_line(result, str(shard), 'corrupt')
 
 
 def test_a_corrupt_checkpoint_names_the_artifact(tmp_path, tiny_checkpoint):
@@ -332,7 +323,7 @@ def test_a_corrupt_checkpoint_names_the_artifact(tmp_path, tiny_checkpoint):
   artifacts.write_tarball(str(folder), str(damaged))
   result = run_step('export', f'--checkpoint={damaged}', f'--output={tmp_path / "m.tar.gz"}',
                     check=False)
-  _assert_one_error_line(result, str(damaged), 'corrupt checkpoint')
+  assert_one_error_line(result, str(damaged), 'corrupt checkpoint')
   assert not (tmp_path / 'm.tar.gz').exists()
 
 
@@ -356,10 +347,10 @@ def test_a_label_of_another_size_names_the_example_in_train_and_evaluate(tmp_pat
   data = _tfrecords_with_a_stretched_label(tmp_path / 'odd')
   trained = run_step('train', f'--tfrecords={data}', f'--output={tmp_path / "c.tar.gz"}',
                      '--training_number_of_steps=2', *TINY_TRAIN_FLAGS, cwd=tmp_path, check=False)
-  _assert_one_error_line(trained, "'odd_one'", 'label is 64x88', 'image is 72x88')
+  assert_one_error_line(trained, "'odd_one'", 'label is 64x88', 'image is 72x88')
   evaluated = run_step('evaluate', f'--tfrecords={data}', f'--checkpoint={tiny_checkpoint}',
                        f'--output={tmp_path / "m.json"}', check=False)
-  _assert_one_error_line(evaluated, "'odd_one'", 'label is 64x88', 'image is 72x88')
+  assert_one_error_line(evaluated, "'odd_one'", 'label is 64x88', 'image is 72x88')
   assert not (tmp_path / 'c.tar.gz').exists() and not (tmp_path / 'm.json').exists()
 
 
@@ -422,7 +413,7 @@ def test_two_images_with_one_name_are_refused(tmp_path, tiny_model):
   Image.new('RGB', (8, 8)).save(images / 'same.png')
   result = run_step('predict', f'--model={tiny_model}', f'--images={images}',
                     f'--output={tmp_path / "p.tar.gz"}', check=False)
-  _assert_one_error_line(result, 'same.jpg', 'same.png', 'labels/same.png')
+  assert_one_error_line(result, 'same.jpg', 'same.png', 'labels/same.png')
   assert not (tmp_path / 'p.tar.gz').exists()
 
 

@@ -14,8 +14,7 @@ from deeplab import report
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
 from deeplab.errors import UserError
-from tests.conftest import TINY_TRAIN_FLAGS, run_step
-from tests.step_checks import assert_one_error_line, run_step_in_process
+from tests.conftest import TINY_TRAIN_FLAGS, assert_one_error_line, run_step
 
 HUGE = 2 ** 60
 
@@ -190,7 +189,7 @@ def test_train_on_a_lying_shard_with_a_matching_sha256_is_one_line_not_a_signal(
   out = tmp_path / 'out' / 'checkpoint.tar.gz'
   result = run_step('train', f'--tfrecords={folder}', f'--output={out}',
                     '--training_number_of_steps=1', f'--train_logdir={tmp_path / "work"}',
-                    *TINY_TRAIN_FLAGS, cwd=tmp_path, check=False)
+                    *TINY_TRAIN_FLAGS, cwd=tmp_path, check=False, isolated=True)
   assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims 1152921504606846976 '
                         'bytes of data but only', "split 'train' is corrupt")
   assert not out.parent.exists() or os.listdir(out.parent) == []
@@ -204,8 +203,8 @@ def test_evaluate_on_a_lying_shard_is_one_line(tmp_path, lying_tfrecords, tiny_c
     _drop_hashes(folder)
   shard, offset = offsets['val']
   out = tmp_path / 'out' / 'metrics.json'
-  result = run_step_in_process('evaluate', f'--tfrecords={folder}',
-                               f'--checkpoint={tiny_checkpoint}', f'--output={out}')
+  result = run_step('evaluate', f'--tfrecords={folder}',
+                               f'--checkpoint={tiny_checkpoint}', f'--output={out}', check=False)
   assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims', "split 'val'")
   assert not out.parent.exists() or os.listdir(out.parent) == []
 
@@ -216,9 +215,9 @@ def test_train_on_a_crafted_data_crc_is_one_line_not_an_unexpected_error(tmp_pat
   shard = next(folder.glob('train-*.tfrecord'))
   offset = _flip_data_byte(shard, 1)
   _rehash(folder)
-  result = run_step_in_process('train', f'--tfrecords={folder}', f'--output={tmp_path / "c.tar.gz"}',
+  result = run_step('train', f'--tfrecords={folder}', f'--output={tmp_path / "c.tar.gz"}',
                                '--training_number_of_steps=1', f'--train_logdir={tmp_path / "work"}',
-                               *TINY_TRAIN_FLAGS)
+                               *TINY_TRAIN_FLAGS, check=False)
   assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: corrupt data (CRC mismatch)')
   assert not (tmp_path / 'c.tar.gz').exists()
 
@@ -228,8 +227,8 @@ def test_export_checks_the_shards_it_reads_for_calibration(tmp_path, lying_tfrec
   folder, offsets = lying_tfrecords
   shard, offset = offsets['train']
   out = tmp_path / 'model.tar.gz'
-  result = run_step_in_process('export', f'--checkpoint={tiny_checkpoint}', f'--tfrecords={folder}',
+  result = run_step('export', f'--checkpoint={tiny_checkpoint}', f'--tfrecords={folder}',
                                '--export_formats=tflite', '--tflite_quantize=int8',
-                               f'--output={out}')
+                               f'--output={out}', check=False)
   assert_one_error_line(result, f'{shard}: record 1 at byte {offset}: claims')
   assert not out.exists()
