@@ -27,8 +27,10 @@ def _where(source: str, line: Optional[int]) -> str:
 def check_name(name, source: str, line: Optional[int] = None) -> None:
   """Refuses `name`, read from `source` (at `line`), unless it is a non-empty relative path
   without `..` components."""
-  if not isinstance(name, str):
-    problem = f'is {type(name).__name__} {name!r}, not a path'
+  if name is None:
+    problem = 'is missing'
+  elif not isinstance(name, str):
+    problem = 'is not a text path'
   elif not name:
     problem = 'is empty'
   elif '\0' in name:

@@ -370,6 +370,6 @@ def test_resolve_accepts_what_stays_inside_and_names_what_does_not(tmp_path):
       root / 'sub' / 'inner' / 'a.png')
   for name, problem in (('/etc/passwd', 'is an absolute path'), ('sub/../../x', "'..' component"),
                         ('out/x', 'leads outside'), ('', 'is empty'), ('a\0b', 'NUL'),
-                        (7, 'is int 7, not a path')):
+                        (7, 'is not a text path'), (None, 'is missing')):
     with pytest.raises(UserError, match='list.txt, line 3: entry .*' + problem):
       containment.resolve(str(root), name, 'list.txt', 3)

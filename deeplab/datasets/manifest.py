@@ -144,7 +144,7 @@ class Manifest(DatasetClasses):
     name in dataset.json that is absolute, has `..` or leads out through a link is refused)."""
     manifest_path = os.path.join(self.folder, MANIFEST_NAME)
     source = manifest_path if os.path.exists(manifest_path) else self.folder
-    return [containment.resolve(self.folder, shard.get('file') if isinstance(shard, dict) else shard,
+    return [containment.resolve(self.folder, shard.get('file') if isinstance(shard, dict) else None,
                                 source)
             for shard in self.splits[self.resolve_split(split)].shards]
 
