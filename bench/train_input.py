@@ -61,7 +61,7 @@ def measure(args) -> harness.Measurement:
     with tf.Graph().as_default():
       dataset = model_input.train_dataset(manifest.shard_paths('train'), model_config, train_config,
                                           manifest.ignore_label)
-      images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+      images, labels, _ = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
       pipeline = _Session(model_config, train_config, images, labels, manifest.ignore_label)
       batch = pipeline.session.run([images, labels])
     with tf.Graph().as_default():

@@ -169,6 +169,29 @@ def _check_crop_size(name: str, value: tuple, optional: bool = False) -> None:
                     + (', or nothing' if optional else ''))
 
 
+# Upper bounds of the values that size memory. Values read from model.json and dataset.json pass
+# the same checks as flags, so a file gone wrong (or written to hurt) is one line, not a step that
+# runs out of memory or crashes a native library. Each bound is far above what real runs use:
+# - classes: 256. TFRecord labels are 8-bit PNGs (class ids 0..255): no dataset has more.
+MAX_CLASSES = 256
+# - image sides (crop sizes, resize values, the TFLite input): 8192, four times the longest side
+#   DeepLab's published configurations use (Cityscapes, 1025x2049) and beyond what one GPU trains
+#   at. The TFLite converter takes about 1 GB at 8192x8192 (256 classes too) and dies with SIGSEGV
+#   at 1000000x1000000.
+MAX_IMAGE_SIDE = 8192
+# - the MobileNet width multiplier: 4, nearly three times the widest published MobileNet (1.4).
+MAX_DEPTH_MULTIPLIER = 4.0
+# - head channels (ASPP, decoder): 4096, sixteen times the published 256.
+MAX_HEAD_FILTERS = 4096
+# - atrous rates: 128 (published: at most 36, at output stride 8); multi-grid unit rates: 16
+#   (published: 1, 2, 4). Each rate pads the feature map it dilates over.
+MAX_ATROUS_RATE = 128
+MAX_MULTI_GRID = 16
+# - image scales (evaluation, export, scale augmentation): 8 (published: at most 2); pixels grow
+#   with the square of a scale.
+MAX_SCALE = 8.0
+
+
 # ----------------------------------------------------------------------------- the model
 
 # The backbones, their model-zoo presets and capabilities: one table, deeplab/nets/registry.py.
@@ -183,32 +206,33 @@ class ModelConfig(Settings):
   """The network and its preprocessing: what evaluate and export rebuild from model.json."""
   model_variant: str = setting('mobilenet_v2', 'the backbone', choices=MODEL_VARIANTS)
   num_classes: int = setting(21, 'classes the logits layer predicts (from the dataset)', min=2,
-                             flag=False)
-  depth_multiplier: float = setting(1.0, 'MobileNet width multiplier', min=0.01)
+                             max=MAX_CLASSES, flag=False)
+  depth_multiplier: float = setting(1.0, 'MobileNet width multiplier', min=0.01,
+                                    max=MAX_DEPTH_MULTIPLIER)
   output_stride: int = setting(16, 'input size / feature size (8, 16 or 32)',
                                choices=(8, 16, 32))
   atrous_rates: Tuple[int, ...] = setting(
       PRESET, 'ASPP atrous rates, one 3x3 branch each ("preset" = the model_variant\'s; "none" = '
-      'the 1x1 branch only)', min=1, preset=True)
+      'the 1x1 branch only)', min=1, max=MAX_ATROUS_RATE, preset=True)
   decoder_output_stride: int = setting(
       PRESET, 'DeepLabv3+ decoder stride ("preset" = the model_variant\'s: 4 for the Xceptions; '
       '"none" = no decoder)', choices=(0, 4, 8), preset=True)
   multi_grid: Tuple[int, ...] = setting(
       PRESET, 'unit rates of the last block, multiplying its atrous rate ("preset" = the '
       'model_variant\'s: 1,2,4 for the ResNets; "none" = 1,1,1, the original\'s default)', min=1,
-      preset=True)
+      max=MAX_MULTI_GRID, preset=True)
   add_image_level_feature: bool = setting(True, 'add the image pooling branch')
   aspp_with_batch_norm: bool = setting(True, 'batch norm in the ASPP branches', flag=False)
   aspp_with_separable_conv: bool = setting(True, 'separable 3x3 convs in the ASPP branches')
   decoder_use_separable_conv: bool = setting(True, 'separable 3x3 convs in the decoder')
   image_pooling_crop_size: Tuple[int, ...] = setting(
       PRESET, 'image pooling averages windows of this crop\'s feature size, height,width '
-      '("none" = the whole feature map)', min=1, preset=True)
+      '("none" = the whole feature map)', min=1, max=MAX_IMAGE_SIDE, preset=True)
   image_pooling_stride: Tuple[int, ...] = setting(
       PRESET, 'image pooling window stride, height,width (with image_pooling_crop_size)', min=1,
-      preset=True)
+      max=MAX_IMAGE_SIDE, preset=True)
   aspp_convs_filters: int = setting(PRESET, 'channels of the ASPP branches and projection', min=1,
-                                    preset=True)
+                                    max=MAX_HEAD_FILTERS, preset=True)
   aspp_with_concat_projection: int = setting(
       PRESET, '1: a 1x1 conv (+ dropout) projects the concatenated ASPP branches', choices=(0, 1),
       preset=True)
@@ -220,7 +244,8 @@ class ModelConfig(Settings):
   decoder_use_sum_merge: int = setting(
       PRESET, '1: the decoder adds the projected low-level features to one conv of the ASPP '
       'output instead of concatenating them', choices=(0, 1), preset=True)
-  decoder_filters: int = setting(PRESET, 'channels of the decoder convs', min=1, preset=True)
+  decoder_filters: int = setting(PRESET, 'channels of the decoder convs', min=1,
+                                 max=MAX_HEAD_FILTERS, preset=True)
   decoder_output_is_logits: int = setting(
       PRESET, '1: the decoder\'s 1x1 convs output the logits (decoder_filters = the class count)',
       choices=(0, 1), preset=True)
@@ -228,9 +253,10 @@ class ModelConfig(Settings):
   dropout_keep_prob: float = setting(0.9, 'dropout after concat_projection, training only',
                                      flag=False)
   min_resize_value: int = setting(0, 'resize images so the short side is at least this (0 = off); '
-                                  'applies to train, evaluate and export', min=0)
+                                  'applies to train, evaluate and export', min=0,
+                                  max=MAX_IMAGE_SIDE)
   max_resize_value: int = setting(0, 'resize images so the long side is at most this (0 = off)',
-                                  min=0)
+                                  min=0, max=MAX_IMAGE_SIDE)
 
   # Keys of model.json files written before weight_decay and batch_norm_decay became training
   # settings (they never changed the graph a checkpoint is restored into).
@@ -292,7 +318,8 @@ class TrainConfig(Settings):
       30000, 'total training steps (a resumed run continues to this total); 0 with '
       'tf_initial_checkpoint packages that checkpoint', min=0)
   train_batch_size: int = setting(8, 'images per step', min=1)
-  train_crop_size: Tuple[int, ...] = setting((513, 513), 'crop height,width', min=1)
+  train_crop_size: Tuple[int, ...] = setting((513, 513), 'crop height,width', min=1,
+                                             max=MAX_IMAGE_SIDE)
   base_learning_rate: float = setting(0.0001, 'initial learning rate', min=0)
   learning_policy: str = setting('poly', 'learning rate schedule', choices=('poly', 'step', 'cosine'))
   learning_power: float = setting(0.9, 'poly: power')
@@ -305,8 +332,10 @@ class TrainConfig(Settings):
   weight_decay: float = setting(0.00004, 'L2 weight decay', min=0)
   fine_tune_batch_norm: bool = setting(True, 'update batch norm statistics and parameters (needs '
                                        'a batch of about 12 or more)')
-  min_scale_factor: float = setting(0.5, 'random scale augmentation: smallest factor', min=0.01)
-  max_scale_factor: float = setting(2.0, 'random scale augmentation: largest factor', min=0.01)
+  min_scale_factor: float = setting(0.5, 'random scale augmentation: smallest factor', min=0.01,
+                                    max=MAX_SCALE)
+  max_scale_factor: float = setting(2.0, 'random scale augmentation: largest factor', min=0.01,
+                                    max=MAX_SCALE)
   scale_factor_step_size: float = setting(0.25, 'random scale: step between factors (0 = any)',
                                           min=0)
   initialize_last_layer: bool = setting(True, 'restore the logits layer from tf_initial_checkpoint '
@@ -380,9 +409,9 @@ class EvalConfig(Settings):
   eval_split: str = setting('val', 'the split to evaluate (for Cityscapes, val and val_fine name '
                             'the same split)')
   eval_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
-                                           min=0.01)
+                                           min=0.01, max=MAX_SCALE)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
-  eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+  eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1, max=MAX_IMAGE_SIDE)
   report_images: int = setting(4, 'the evaluation report shows this many images with the lowest '
                                'per-image mIoU and as many with the highest (0 = none)', min=0)
 
@@ -405,14 +434,15 @@ OVERLAY_FORMATS = ('jpeg', 'png')
 class ExportConfig(Settings):
   """The exported model: its formats and the inference graph they hold."""
   inference_scales: Tuple[float, ...] = setting((1.0,), 'image scales to average predictions over',
-                                                min=0.01)
+                                                min=0.01, max=MAX_SCALE)
   add_flipped_images: bool = setting(False, 'also average the left-right flipped image')
-  export_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1)
+  export_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1, max=MAX_IMAGE_SIDE)
   export_formats: Tuple[str, ...] = setting(
       MODEL_FORMATS, 'formats to write: frozen_graph (the model-zoo TF1 graph), saved_model (TF '
       'Serving, KServe), tflite (phones and edge devices)', choices=MODEL_FORMATS)
   tflite_input_size: Tuple[int, ...] = setting((), 'TFLite fixed input height,width (empty = the '
-                                               'training crop size)', min=1)
+                                               'training crop size)', min=1,
+                                               max=MAX_IMAGE_SIDE)
   tflite_quantize: str = setting('none', 'TFLite weights: none (float32) or int8 (full-integer, '
                                  'calibrated on training images of --tfrecords)',
                                  choices=TFLITE_QUANTIZATIONS)
@@ -490,7 +520,7 @@ class BuildConfig(Settings):
   num_shards: int = setting(4, 'shards per split', min=1)
   num_workers: int = setting(0, 'parallel worker processes (0 = one per core)', min=0)
   num_classes: int = setting(0, 'folder layout: number of classes (0 = one more than the largest '
-                             'label found)', min=0)
+                             'label found)', min=0, max=MAX_CLASSES)
   ignore_label: int = setting(255, 'folder layout: the label value that is not a class', min=0,
                               max=255)
   class_names: Tuple[str, ...] = setting((), 'folder layout: class names, in class id order')

@@ -111,9 +111,22 @@ def train_preprocess(example, model_config: ModelConfig, train_config: TrainConf
   return image / MEAN_PIXEL - 1.0, label[:, :, 0]
 
 
+def out_of_range_pixels(label, num_classes: int, ignore_label: int):
+  """int32 scalar: the pixels of `label` that are neither a class id (< num_classes) nor the
+  ignore label. The loss gives them weight 0; training counts them so that a dataset.json whose
+  class count does not fit its labels is seen (see `train_dataset`)."""
+  label = tf.cast(label, tf.int32)
+  # tf.not_equal, not `!=`: in graph mode `!=` compares the tensor objects, not their values.
+  outside = tf.logical_and(label >= num_classes, tf.not_equal(label, ignore_label))
+  return tf.reduce_sum(tf.cast(outside, tf.int32))
+
+
 def train_dataset(shard_paths, model_config: ModelConfig, train_config: TrainConfig, ignore_label):
-  """Endless shuffled, augmented batches: (images [B, h, w, 3] float32, labels [B, h, w] int32),
-  B = train_batch_size, (h, w) = train_crop_size; images resized to the model's range first."""
+  """Endless shuffled, augmented batches: (images [B, h, w, 3] float32, labels [B, h, w] int32,
+  out_of_range [B] int32), B = train_batch_size, (h, w) = train_crop_size; images resized to the
+  model's range first. out_of_range counts each example's label pixels outside the classes
+  (`out_of_range_pixels`, over its whole label): counted here, in the parallel input pipeline,
+  it costs the training step nothing."""
   autotune = tf.data.AUTOTUNE
   seed = train_config.seed
   files = tf.data.Dataset.from_tensor_slices(list(shard_paths)).shuffle(len(shard_paths), seed=seed)
@@ -122,10 +135,13 @@ def train_dataset(shard_paths, model_config: ModelConfig, train_config: TrainCon
   dataset = dataset.shuffle(256, seed=seed).repeat()
   # One map for decoding and augmentation (fewer dataset stages, less per-element overhead), in
   # whatever order the parallel calls finish: training order is not reproducible bit for bit anyway.
-  dataset = dataset.map(
-      lambda serialized: train_preprocess(parse_example(serialized), model_config, train_config,
-                                          ignore_label),
-      num_parallel_calls=autotune, deterministic=False)
+  def preprocess(serialized):
+    example = parse_example(serialized)
+    image, label = train_preprocess(example, model_config, train_config, ignore_label)
+    return image, label, out_of_range_pixels(example['label'], model_config.num_classes,
+                                             ignore_label)
+
+  dataset = dataset.map(preprocess, num_parallel_calls=autotune, deterministic=False)
   return dataset.batch(train_config.train_batch_size, drop_remainder=True).prefetch(autotune)
 
 

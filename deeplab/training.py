@@ -225,6 +225,13 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
   every other worker trains along from the chief's weights and returns None.
   `report` receives a metrics dict every `log_steps` steps (and one about initialisation);
   `should_stop` is polled after every step (any worker's request stops all).
+
+  Label pixels that are neither a class nor the ignore label (a dataset.json whose class count
+  does not fit its labels) are counted as they are read: `out_of_range_label_pixels` in the
+  metrics (this process's batches so far), and a warning the first time it is not 0. They are not
+  an error: the loss gives them weight 0 (as the original DeepLab's did), so the model learns
+  nothing false from them, and train cannot know they exist before it reads them; evaluate, whose
+  scores they would falsify, refuses them.
   """
   shards = manifest.verified_shard_paths(train_config.train_split)
   devices = distribute.local_devices(train_config.num_replicas)
@@ -246,10 +253,11 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
         shards, model_config, dataclasses.replace(
             train_config, train_batch_size=train_config.train_batch_size // workers,
             seed=train_config.seed + rank), manifest.ignore_label)
-    images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    images, labels, out_of_range = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     strategy = distribute.strategy_for(devices, cluster)
     ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label,
                             manifest.label_histogram(train_config.train_split), strategy=strategy)
+    ops['out_of_range_label_pixels'] = tf.reduce_sum(out_of_range)
     config = distribute.session_config(devices)
     if cluster:
       ops['copy_from_chief'] = distribute.copy_from_chief(strategy, tf.compat.v1.global_variables())
@@ -258,8 +266,21 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
       log.info('worker %d of %d%s', rank, workers,
                ' (the chief: it saves the checkpoints)' if is_chief else
                ': the chief saves the checkpoints and writes the artifact')
+    warned = []
+
+    def report_label_range(metrics):
+      if metrics.get('out_of_range_label_pixels') and not warned:
+        warned.append(True)
+        log.warning('split %r: %d label pixels so far are neither a class (0..%d, dataset.json has '
+                    'num_classes=%d) nor the ignore label %d; the loss ignores them (does the '
+                    'class count fit the labels?)', train_config.train_split,
+                    metrics['out_of_range_label_pixels'], manifest.num_classes - 1,
+                    manifest.num_classes, manifest.ignore_label)
+      report(metrics)
+
     return run_training(ops, train_config, work_dir if is_chief else None, initial_checkpoint,
-                        resume_from, report if is_chief else lambda metrics: None, should_stop,
+                        resume_from, report_label_range if is_chief else lambda metrics: None,
+                        should_stop,
                         session=tf.compat.v1.Session(server.target if cluster else '', config=config),
                         cluster=cluster)
 
@@ -299,7 +320,8 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
   checkpoint is saved only when every variable is finite, so the work folder never holds a
   diverged checkpoint and a restart resumes from the last finite one. work_dir None (a worker
   that is not the chief) restores and saves nothing: ops['copy_from_chief'] gives it the chief's
-  weights after initialisation, and it returns None.
+  weights after initialisation, and it returns None. Each step's ops['out_of_range_label_pixels']
+  (fetched with the step, from the input pipeline) is summed into that metric of the reports.
   """
   saver = tf.compat.v1.train.Saver(max_to_keep=2, save_relative_paths=True)
   summaries = tf.compat.v1.summary.merge_all()
@@ -327,9 +349,11 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
     window_start, window_steps = time.perf_counter(), 0
     learning_rate = train_config.base_learning_rate
     stop_requested = False
+    out_of_range_pixels = 0
     while step < total:
       fetches = {name: ops[name] for name in ('train_op', 'loss', 'total_loss', 'gradient_norm',
-                                              'learning_rate', 'stop_requested')}
+                                              'learning_rate', 'stop_requested',
+                                              'out_of_range_label_pixels')}
       log_now = (step + 1) % train_config.log_steps == 0 or step + 1 == total
       if log_now and work_dir:
         fetches['summaries'] = summaries
@@ -346,6 +370,7 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
                         f'({tf_error_summary(e)}): a worker stopped or is unreachable; start the '
                         'job again to resume from the last checkpoint') from None
       step, learning_rate = int(results['train_op']), float(results['learning_rate'])
+      out_of_range_pixels += int(results['out_of_range_label_pixels'])
       for what in ('loss', 'total_loss', 'gradient_norm'):
         if not math.isfinite(results[what]):
           raise TrainingDiverged(step, what.replace('_', ' '), float(results[what]),
@@ -358,7 +383,8 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
         report({'step': step, 'loss': float(results['loss']),
                 'total_loss': float(results['total_loss']),
                 'gradient_norm': float(results['gradient_norm']), 'learning_rate': learning_rate,
-                'images_per_sec': window_steps * train_config.train_batch_size / max(elapsed, 1e-9)})
+                'images_per_sec': window_steps * train_config.train_batch_size / max(elapsed, 1e-9),
+                'out_of_range_label_pixels': out_of_range_pixels})
         window_start, window_steps = time.perf_counter(), 0
       if step % train_config.save_interval_steps == 0:
         last_saved = save(step)

@@ -34,6 +34,8 @@ import os
 import re
 from typing import Dict, List, Optional
 
+from deeplab import containment
+from deeplab.config import MAX_CLASSES, BuildConfig, check_bounds, settings_of
 from deeplab.datasets import tfrecord
 from deeplab.errors import UserError
 
@@ -64,6 +66,37 @@ class DatasetClasses:
   class_names: List[str]
   colormap: List[List[int]]
 
+  def check(self) -> None:
+    """Raises a UserError unless these facts, read from a file, are what build_data can write:
+    `num_classes` within the bounds the flags have (1..config.MAX_CLASSES; it sizes the logits and
+    every per-class array), `ignore_label` within --ignore_label's, one name and one RGB colour per
+    class."""
+    ignore_label_setting = next(s for s in settings_of(BuildConfig) if s.name == 'ignore_label')
+    for key, value, bounds in (('num_classes', self.num_classes, (1, MAX_CLASSES)),
+                               ('ignore_label', self.ignore_label,
+                                (ignore_label_setting.min, ignore_label_setting.max))):
+      if not isinstance(value, int) or isinstance(value, bool):
+        raise UserError(f'{key}={value!r}: expected an integer')
+      try:
+        check_bounds(value, *bounds)
+      except ValueError as e:
+        raise UserError(f'{key}={value}: {e}') from None
+    if (not isinstance(self.class_names, list) or len(self.class_names) != self.num_classes
+        or not all(isinstance(n, str) for n in self.class_names)):
+      raise UserError(f'class_names: expected {self.num_classes} names (num_classes), got '
+                      f'{_brief(self.class_names)}')
+    if (not isinstance(self.colormap, list) or len(self.colormap) != self.num_classes
+        or not all(isinstance(c, list) and len(c) == 3
+                   and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in self.colormap)):
+      raise UserError(f'colormap: expected {self.num_classes} colours (num_classes) of three '
+                      f'values 0..255, got {_brief(self.colormap)}')
+
+
+def _brief(value) -> str:
+  """`value` for an error line: its repr, cut short."""
+  text = repr(value)
+  return text if len(text) <= 80 else text[:77] + '...'
+
 
 @dataclasses.dataclass
 class DatasetInfo(DatasetClasses):
@@ -76,10 +109,12 @@ class DatasetInfo(DatasetClasses):
 
   @classmethod
   def from_json(cls, data: dict) -> 'DatasetInfo':
-    return cls(name=data['name'], num_classes=int(data['num_classes']),
-               ignore_label=int(data['ignore_label']), class_names=list(data['class_names']),
-               colormap=[list(c) for c in data['colormap']],
-               split_sizes=dict(data.get('split_sizes', {})))
+    """The facts of a model.json's "dataset", checked (`check`)."""
+    info = cls(name=data['name'], num_classes=data['num_classes'],
+               ignore_label=data['ignore_label'], class_names=data['class_names'],
+               colormap=data['colormap'], split_sizes=dict(data.get('split_sizes', {})))
+    info.check()
+    return info
 
 
 @dataclasses.dataclass
@@ -104,8 +139,13 @@ class Manifest(DatasetClasses):
     return self.splits[self.resolve_split(split)].label_histogram
 
   def shard_paths(self, split: str) -> List[str]:
-    return [os.path.join(self.folder, s['file'])
-            for s in self.splits[self.resolve_split(split)].shards]
+    """The shard files of `split`, each inside the manifest's folder (`containment.resolve`: a
+    name in dataset.json that is absolute, has `..` or leads out through a link is refused)."""
+    manifest_path = os.path.join(self.folder, MANIFEST_NAME)
+    source = manifest_path if os.path.exists(manifest_path) else self.folder
+    return [containment.resolve(self.folder, shard.get('file') if isinstance(shard, dict) else None,
+                                source)
+            for shard in self.splits[self.resolve_split(split)].shards]
 
   def verified_shard_paths(self, split: str) -> List[str]:
     """`shard_paths(split)`, each shard checked before it is read.
@@ -152,14 +192,19 @@ class Manifest(DatasetClasses):
 
   @classmethod
   def from_json(cls, data: dict, folder: str = '') -> 'Manifest':
+    path = os.path.join(folder, MANIFEST_NAME)
     try:
       splits = {k: SplitInfo(**v) for k, v in data['splits'].items()}
-      return cls(name=data['name'], num_classes=int(data['num_classes']),
-                 ignore_label=int(data['ignore_label']), class_names=list(data['class_names']),
-                 colormap=[list(c) for c in data['colormap']], splits=splits,
-                 skipped=list(data.get('skipped', [])), folder=folder)
-    except (KeyError, TypeError, ValueError) as e:
-      raise UserError(f'{os.path.join(folder, MANIFEST_NAME)}: malformed manifest ({e!r})') from None
+      manifest = cls(name=data['name'], num_classes=data['num_classes'],
+                     ignore_label=data['ignore_label'], class_names=data['class_names'],
+                     colormap=data['colormap'], splits=splits,
+                     skipped=list(data.get('skipped', [])), folder=folder)
+      manifest.check()
+      return manifest
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise UserError(f'{path}: malformed manifest ({e!r})') from None
+    except UserError as e:
+      raise UserError(f'{path}: {e}') from None
 
 
 def write_manifest(manifest: Manifest, folder: str) -> str:

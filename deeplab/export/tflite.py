@@ -8,7 +8,7 @@ import numpy as np
 
 from deeplab import checkpoint, model
 from deeplab.compat import tf
-from deeplab.config import TFLITE_QUANTIZATIONS, ModelConfig
+from deeplab.config import MAX_IMAGE_SIDE, TFLITE_QUANTIZATIONS, ModelConfig
 from deeplab.errors import UserError
 from deeplab.export.freeze import frozen_graph_def
 from deeplab.inference import IMAGES_INPUT, LOGITS_OUTPUT, PREDICTIONS_OUTPUT, resize_image
@@ -70,8 +70,10 @@ def write_tflite(config: ModelConfig, checkpoint_prefix: str, path: str,
   if quantize not in TFLITE_QUANTIZATIONS:
     raise UserError(f'quantize={quantize!r}: expected one of {TFLITE_QUANTIZATIONS}')
   height, width = (int(v) for v in input_size)
-  if height < 1 or width < 1:
-    raise UserError(f'TFLite input size {height}x{width}: expected positive sizes')
+  # Checked here too, not only by the flag's bounds: beyond them the converter can die of SIGSEGV.
+  if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+    raise UserError(f'TFLite input size {height}x{width}: expected sides of 1..{MAX_IMAGE_SIDE} '
+                    'pixels (--tflite_input_size, else the training crop size in model.json)')
   int8 = quantize == 'int8'
 
   def build_outputs():

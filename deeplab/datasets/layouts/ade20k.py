@@ -84,6 +84,6 @@ class Ade20k(base.Dataset):
     images = base.files_by_stem(image_dir, ('.jpg',))
     if not images:
       raise UserError(f'{image_dir}: split {split!r} is empty; expected <id>.jpg images')
-    return base.pair_files(split, sorted(images), images.get,
+    return base.pair_files(split, root, sorted(images), images.get,
                            lambda i: base.existing_file(os.path.join(label_dir, f'{i}.png')),
                            image_dir, (image_dir, f'{label_dir}/<id>.png'))

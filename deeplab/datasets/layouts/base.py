@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from deeplab import containment
 from deeplab.errors import UserError
 
 
@@ -93,30 +94,48 @@ class Dataset:
 
 # ----------------------------------------------------------------------------- pairing files
 
-def read_id_list(path: str, split: str) -> List[str]:
-  """Example ids of a split list file: the first word of each non-empty line."""
-  with open(path, encoding='utf-8') as f:
-    ids = [line.split()[0] for line in f if line.strip()]
+def read_id_list(root: str, path: str, split: str) -> Tuple[List[str], List[int]]:
+  """Example ids of the split list file `path` in the dataset `root`, the first word of each
+  non-empty line, and their line numbers. The list must lie inside the dataset, and so must what
+  an id names: one that could lead out of it (absolute, `..`) is refused, naming the line."""
+  ids, lines = [], []
+  with open(contained_file(root, path), encoding='utf-8') as f:
+    try:
+      for number, line in enumerate(f, 1):
+        if line.strip():
+          ids.append(line.split()[0])
+          lines.append(number)
+          containment.check_name(ids[-1], path, number)
+    except UnicodeDecodeError as e:
+      raise UserError(f'{path}: not UTF-8 text ({e.reason}); expected one example id per '
+                      'line') from None
   if not ids:
     raise UserError(f'{path}: split {split!r} is empty; expected one example id per line')
-  return ids
+  return ids, lines
 
 
-def pair_files(split: str, ids: Sequence[str], image_of: Callable[[str], Optional[str]],
-               label_of: Callable[[str], Optional[str]], where: str, expected: Tuple[str, str]
+def pair_files(split: str, root: str, ids: Sequence[str],
+               image_of: Callable[[str], Optional[str]], label_of: Callable[[str], Optional[str]],
+               where: str, expected: Tuple[str, str], lines: Sequence[int] = ()
                ) -> Tuple[List[Example], List[Problem]]:
   """Examples for `ids` in order; missing files and repeated ids become Problems.
 
-  `where` names the id list in messages; `expected` says where an image and a label belong.
+  `where` names the id list in messages (`lines`: the line of each id in it, when it is a file);
+  `expected` says where an image and a label belong. Every image and label path must lie inside
+  the dataset's `root`, symbolic links followed (`containment.resolve`): one that leads out is an
+  error, not a Problem to skip.
   """
   examples, problems, seen = [], [], set()
-  for example_id in ids:
+  for index, example_id in enumerate(ids):
     if example_id in seen:
       problems.append(Problem(split, example_id, f'{where}: duplicate id {example_id!r} in split '
                               f'{split!r}; expected each example once'))
       continue
     seen.add(example_id)
     image, label = image_of(example_id), label_of(example_id)
+    for path in (image, label):
+      if path is not None:
+        contained_file(root, path, where, lines[index] if lines else None)
     if image is None:
       problems.append(Problem(split, example_id, f'{where}: no image for id {example_id!r} '
                               f'(split {split!r}); expected it in {expected[0]}'))
@@ -126,6 +145,14 @@ def pair_files(split: str, ids: Sequence[str], image_of: Callable[[str], Optiona
     else:
       examples.append(Example(split, example_id, image, label))
   return examples, problems
+
+
+def contained_file(root: str, path: str, source: Optional[str] = None,
+                   line: Optional[int] = None) -> str:
+  """`path`, a file of the dataset `root` (named at `line` of `source`, else found in `root`), once
+  its real location is known to be inside the dataset (`containment.resolve`): a symbolic link out
+  is refused."""
+  return containment.resolve(root, os.path.relpath(path, root), source or root, line)
 
 
 def existing_file(path: str) -> Optional[str]:

@@ -86,7 +86,7 @@ class Cityscapes(base.Dataset):
 
     ids = [os.path.basename(p)[:-len(self.IMAGE_SUFFIX)] for p in images]
     return base.pair_files(
-        split, ids, by_id.get, label_of, pattern,
+        split, root, ids, by_id.get, label_of, pattern,
         (pattern, f'gtFine/{folder}/<city>/<id>{self.TRAIN_ID_SUFFIX} or {self.LABEL_ID_SUFFIX}'))
 
   def label_table(self, label_path):

@@ -59,7 +59,7 @@ class Folder(base.Dataset):
     path = os.path.join(root, self.CLASS_NAMES_FILE)
     if self.class_names or not os.path.isfile(path):
       return self
-    with open(path, encoding='utf-8') as f:
+    with open(base.contained_file(root, path), encoding='utf-8') as f:
       names = [line.strip() for line in f if line.strip()]
     if self.num_classes and self.num_classes != len(names):
       raise UserError(f'{path}: lists {len(names)} classes but --num_classes={self.num_classes}')
@@ -92,15 +92,16 @@ class Folder(base.Dataset):
     masks = base.files_by_stem(mask_dir, ('.png',), strip_suffix=True)
     list_path = self._split_lists(root).get(split)
     if list_path:
-      ids, where = base.read_id_list(list_path, split), list_path
+      (ids, lines), where = base.read_id_list(root, list_path, split), list_path
     else:
-      ids, where = sorted(images), image_dir
+      ids, lines, where = sorted(images), (), image_dir
       if not ids:
         raise UserError(f'{image_dir}: no images; expected <id>.jpg or <id>.png files')
     ambiguous = [base.Problem(split, i, f'{image_dir}: several images for id {i!r} (split '
                               f'{split!r}); expected one')
                  for i in dict.fromkeys(ids) if i in images and images[i] is None]
-    examples, problems = base.pair_files(split, ids, images.get, masks.get, where,
-                                         (f'{image_dir}/<id>.jpg|png', f'{mask_dir}/<id>.png'))
+    examples, problems = base.pair_files(split, root, ids, images.get, masks.get, where,
+                                         (f'{image_dir}/<id>.jpg|png', f'{mask_dir}/<id>.png'),
+                                         lines)
     ambiguous_ids = {p.id for p in ambiguous}
     return examples, ambiguous + [p for p in problems if p.id not in ambiguous_ids]

@@ -53,7 +53,8 @@ class PascalVoc(base.Dataset):
     list_path = os.path.join(root, 'ImageSets', 'Segmentation', f'{split}.txt')
     label_dir = self._label_dir(root, split)
     image_dir = os.path.join(root, 'JPEGImages')
-    return base.pair_files(split, base.read_id_list(list_path, split),
+    ids, lines = base.read_id_list(root, list_path, split)
+    return base.pair_files(split, root, ids,
                            lambda i: base.existing_file(os.path.join(image_dir, f'{i}.jpg')),
                            lambda i: base.existing_file(os.path.join(label_dir, f'{i}.png')),
-                           list_path, (f'{image_dir}/<id>.jpg', f'{label_dir}/<id>.png'))
+                           list_path, (f'{image_dir}/<id>.jpg', f'{label_dir}/<id>.png'), lines)
