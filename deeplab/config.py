@@ -9,8 +9,8 @@
     BuildConfig    building TFRecords from a raw dataset
 
 Each field is declared with `setting(...)`: its default, help text, bounds and choices. Everything
-else is derived from these declarations: the steps' command-line flags (steps/flags.py), valohai.yaml,
-params.yaml and the Kubeflow component inputs (pipelines/), and validation, which happens here once,
+else is derived from these declarations: the steps' command-line flags (steps/flags.py), the
+orchestrators' files (pipelines/), and validation, which happens here once,
 when a config is made. The library takes config objects whole. Adding a setting is one field here
 plus the code that uses it.
 
@@ -439,7 +439,7 @@ class ExportConfig(Settings):
   export_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1, max=MAX_IMAGE_SIDE)
   export_formats: Tuple[str, ...] = setting(
       MODEL_FORMATS, 'formats to write: frozen_graph (the model-zoo TF1 graph), saved_model (TF '
-      'Serving, KServe), tflite (phones and edge devices)', choices=MODEL_FORMATS)
+      'Serving), tflite (phones and edge devices)', choices=MODEL_FORMATS)
   tflite_input_size: Tuple[int, ...] = setting((), 'TFLite fixed input height,width (empty = the '
                                                'training crop size)', min=1,
                                                max=MAX_IMAGE_SIDE)

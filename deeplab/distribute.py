@@ -1,8 +1,8 @@
 """Where a training step runs: its replicas on this machine's devices and on other machines.
 
 One process trains on every visible GPU (or one CPU device) with `tf.compat.v1.distribute`'s
-MirroredStrategy; with a cluster in the `TF_CONFIG` environment variable (the format Kubeflow's
-TFJob sets, and the one steps/cluster.py builds on Valohai) it trains with the other processes of
+MirroredStrategy; with a cluster in the `TF_CONFIG` environment variable (TensorFlow's format,
+which the orchestrators set: pipelines/) it trains with the other processes of
 the cluster through MultiWorkerMirroredStrategy. Variables keep their plain names either way, so a
 checkpoint is the same as one saved by a single device.
 """

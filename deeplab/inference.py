@@ -14,7 +14,7 @@ The exported files' contract (the model zoo's, for the frozen graph):
     SemanticPredictions:0    int32 [1, H, W]     class ids
     SemanticProbabilities:0  float32 [1, H, W, num_classes]
 
-The SavedModel (TF Serving, KServe) is the frozen graph behind two signatures: `serving_default`
+The SavedModel (TensorFlow Serving) is the frozen graph behind two signatures: `serving_default`
 (images uint8 [1, H, W, 3]) and `encoded_image` (image_bytes string [1], one JPEG/PNG file); both
 give semantic_predictions int32 [1, H, W] and semantic_probabilities float32 [1, H, W, C]. The
 TFLite model has a fixed input size: uint8 RGB [1, H, W, 3] in, labels int32 [1, H, W] and logits
@@ -38,7 +38,7 @@ PROBABILITIES_TENSOR = 'SemanticProbabilities'
 FROZEN_GRAPH = 'frozen_inference_graph.pb'
 
 # TensorFlow Serving serves the numbered versions under a model's base path: `saved_model/` is the
-# base path (KServe's storageUri), `1` the one version an export holds.
+# base path (what a model server is pointed at), `1` the one version an export holds.
 SAVED_MODEL_DIR = os.path.join('saved_model', '1')
 SAVED_MODEL_PB = 'saved_model.pb'
 SERVING_SIGNATURE = 'serving_default'  # the signature TF Serving answers when none is named

@@ -6,7 +6,7 @@ skipped (a count) and skipped_examples ('<split>/<id>' names).
 """
 from deeplab.config import BuildConfig
 from deeplab.datasets import layouts
-from steps import artifacts
+from steps import archives, artifacts, files, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 SPEC = StepSpec(
@@ -24,15 +24,15 @@ def main(argv=None) -> None:
   # Imported after parsing so that --help stays fast (numpy, PIL; never TensorFlow).
   from deeplab.datasets import build
   dataset = layouts.get(config.dataset, **config.layout_options())
-  raw_data = artifacts.input_location('build_data', 'raw_data', args.raw_data)
-  out_path = artifacts.output_location('build_data', 'output', args.output,
+  raw_data = locations.input_location('raw_data', args.raw_data)
+  out_path = locations.output_location('output', args.output,
                                       artifacts.TFRecords.filename, {'raw_data': raw_data})
-  with artifacts.open_input(raw_data) as raw_root, \
-      artifacts.scratch_dir('tfrecords', 'the TFRecords') as staging:
+  with archives.open_input(raw_data) as raw_root, \
+      files.scratch_dir('tfrecords', 'the TFRecords') as staging:
     _, stats = build.build(dataset, raw_root, staging, config)
     artifacts.TFRecords.write(staging, out_path)
-  artifacts.log.info('wrote %s: %d examples', out_path, stats.images)
-  artifacts.emit_metrics(
+  runtime.log.info('wrote %s: %d examples', out_path, stats.images)
+  runtime.emit_metrics(
       images=stats.images, images_per_sec=round(stats.images_per_sec, 2),
       bytes_written=stats.bytes_written,
       **{f'examples_{split}': count for split, count in stats.split_counts.items()},
@@ -41,4 +41,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  artifacts.run_step(main)
+  runtime.run_step(main)

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from deeplab.config import EvalConfig
 from deeplab.errors import UserError
-from steps import artifacts
+from steps import archives, artifacts, files, locations, runtime
 from steps.flags import DATASET_PARAMETER, Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.evaluate')
@@ -50,12 +50,12 @@ class CheckpointEvaluation:
 
 
 def sweep_checkpoints(path):
-  """The checkpoint archives of a sweep when `path` is a folder holding several (how Valohai
-  delivers the outputs of a task's executions to one input); else [path]."""
+  """The checkpoint archives of a sweep when `path` is a folder holding several (how an
+  orchestrator delivers the outputs of a sweep's runs to one input); else [path]."""
   if os.path.isdir(path):
     archives = sorted(os.path.join(dirpath, name)
                       for dirpath, _, names in os.walk(path) for name in names
-                      if artifacts.is_archive(os.path.join(dirpath, name)))
+                      if archives.is_archive(os.path.join(dirpath, name)))
     if len(archives) > 1:
       return archives
   return [path]
@@ -71,7 +71,7 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
   extremes = report.ExtremesCollector(config.report_images)
   split = manifest.splits.get(config.eval_split)
-  with artifacts.progress_bar(split and split.num_examples, 'image',
+  with runtime.progress_bar(split and split.num_examples, 'image',
                               f'evaluate {config.eval_split}') as bar:
 
     def each_example(name, image, label, prediction):
@@ -97,15 +97,15 @@ def write_report_files(outputs: contextlib.ExitStack, folder: str, evaluation: C
   """confusion_matrix.json and report/ for `folder`, written aside: moved in when `outputs` closes."""
   from deeplab import report
   result = evaluation.result
-  staging = outputs.enter_context(artifacts.atomic_folder(os.path.join(folder, REPORT_FOLDER)))
+  staging = outputs.enter_context(files.atomic_folder(os.path.join(folder, REPORT_FOLDER)))
   report.write_report(staging, miou=result['miou'], pixel_accuracy=result['pixel_accuracy'],
                       num_images=result['num_images'], per_class_iou=result['per_class_iou'],
                       confusion=evaluation.confusion, class_names=manifest.class_names,
                       colormap=manifest.colormap, ignore_label=manifest.ignore_label,
                       worst=evaluation.worst, best=evaluation.best,
                       training_scalars=evaluation.training_scalars)
-  confusion = outputs.enter_context(artifacts.atomic_output(os.path.join(folder, CONFUSION_FILE), 'w'))
-  artifacts.dump_json({'class_names': list(manifest.class_names), 'rows': 'ground-truth class',
+  confusion = outputs.enter_context(files.atomic_output(os.path.join(folder, CONFUSION_FILE), 'w'))
+  files.dump_json({'class_names': list(manifest.class_names), 'rows': 'ground-truth class',
                        'columns': 'predicted class', 'unit': 'pixels',
                        'matrix': evaluation.confusion}, confusion)
   confusion.flush()  # a full disk fails here, before anything is moved in
@@ -113,16 +113,16 @@ def write_report_files(outputs: contextlib.ExitStack, folder: str, evaluation: C
 
 def main(argv=None):
   args = parse_flags(SPEC, argv)
-  tfrecords = artifacts.input_location('evaluate', 'tfrecords', args.tfrecords)
-  checkpoint_path = artifacts.input_location('evaluate', 'checkpoint', args.checkpoint)
-  out_path = artifacts.output_location('evaluate', 'output', args.output, 'metrics.json',
+  tfrecords = locations.input_location('tfrecords', args.tfrecords)
+  checkpoint_path = locations.input_location('checkpoint', args.checkpoint)
+  out_path = locations.output_location('output', args.output, 'metrics.json',
                                       {'tfrecords': tfrecords, 'checkpoint': checkpoint_path})
   config = EvalConfig.from_flags(args)
   folder = os.path.dirname(os.path.abspath(out_path))
   # Every output is written aside and moved in once all are whole: the others as `outputs`
   # closes, metrics.json after them (`last`), so whoever finds it finds the rest of the same run.
   with contextlib.ExitStack() as last, contextlib.ExitStack() as outputs:
-    board = outputs.enter_context(artifacts.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
+    board = outputs.enter_context(files.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
     with contextlib.ExitStack() as stack:
       manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
       candidates = sweep_checkpoints(checkpoint_path)
@@ -138,7 +138,7 @@ def main(argv=None):
         summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
         summaries[-1]['training'] = evaluation.training
         if len(candidates) > 1:
-          artifacts.emit_metrics(checkpoint_index=index, miou=result['miou'],
+          runtime.emit_metrics(checkpoint_index=index, miou=result['miou'],
                                  pixel_accuracy=result['pixel_accuracy'])
     # Several checkpoints: the best by mIoU is reported at the top level, all of them under
     # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
@@ -149,10 +149,10 @@ def main(argv=None):
     if len(evaluations) > 1:
       best = dict(best, checkpoints=summaries)
     write_report_files(outputs, folder, chosen, manifest)
-    metrics_file = last.enter_context(artifacts.atomic_output(out_path, 'w'))
-    artifacts.dump_json(best, metrics_file)
+    metrics_file = last.enter_context(files.atomic_output(out_path, 'w'))
+    files.dump_json(best, metrics_file)
     metrics_file.flush()  # a full disk fails here, before anything is moved in
-  artifacts.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
+  runtime.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],
                          **{f'iou_{name}': value for name, value in best['per_class_iou'].items()})
   log.info('mIoU %.4f on %d images of split %r (%s); wrote %s and, beside it, %s, %s/ and %s/',
@@ -161,4 +161,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  artifacts.run_step(main)
+  runtime.run_step(main)

@@ -10,7 +10,7 @@ import logging
 import os
 
 from deeplab.config import ExportConfig
-from steps import artifacts
+from steps import artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.export')
@@ -18,7 +18,7 @@ log = logging.getLogger('steps.export')
 SPEC = StepSpec(
     name='export',
     description='Export a checkpoint: the frozen graph (ImageTensor:0 -> SemanticPredictions:0, '
-                'SemanticProbabilities:0), a SavedModel for TF Serving / KServe, a TFLite model.',
+                'SemanticProbabilities:0), a SavedModel for TensorFlow Serving, a TFLite model.',
     inputs=(
         Path('checkpoint', 'checkpoint.tar.gz from train'),
         Path('tfrecords', 'TFRecords of the training data: calibrate int8 TFLite on its train '
@@ -61,9 +61,9 @@ def _format_agreement(folder, job, manifest):
 
 def main(argv=None):
   args = parse_flags(SPEC, argv)
-  checkpoint_path = artifacts.input_location('export', 'checkpoint', args.checkpoint)
-  tfrecords = artifacts.input_location('export', 'tfrecords', args.tfrecords, optional=True)
-  out_path = artifacts.output_location('export', 'output', args.output, artifacts.Model.filename,
+  checkpoint_path = locations.input_location('checkpoint', args.checkpoint)
+  tfrecords = locations.input_location('tfrecords', args.tfrecords, optional=True)
+  out_path = locations.output_location('output', args.output, artifacts.Model.filename,
                                       {'checkpoint': checkpoint_path, 'tfrecords': tfrecords})
   config = ExportConfig.from_flags(args)
   from deeplab import inference
@@ -86,11 +86,11 @@ def main(argv=None):
 
     artifacts.Model.write(out_path, dataclasses.replace(checkpoint.card, export=config), fill)
   for name, result in agreement.items():
-    artifacts.emit_metrics(**{f'{name}_pixel_agreement': result['pixel_agreement'],
+    runtime.emit_metrics(**{f'{name}_pixel_agreement': result['pixel_agreement'],
                               f'{name}_miou': result['miou']})
-  artifacts.emit_metrics(graph_nodes=len(graph_def.node), graph_bytes=graph_def.ByteSize())
+  runtime.emit_metrics(graph_nodes=len(graph_def.node), graph_bytes=graph_def.ByteSize())
   log.info('wrote %s (%s)', out_path, ', '.join(config.export_formats))
 
 
 if __name__ == '__main__':
-  artifacts.run_step(main)
+  runtime.run_step(main)

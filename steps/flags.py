@@ -3,8 +3,8 @@
 Each step module declares a `SPEC = StepSpec(...)` at import time (no TensorFlow import) whose
 parameters come from the schemas in deeplab/config.py (`parameters_from`) plus the few that only
 say where the step finds its input (e.g. `dataset` for TFRecords without a manifest). Everything
-else is derived from the SPEC: the argparse parser here, valohai.yaml, params.yaml and the Kubeflow
-components (pipelines/), and the tests that hold those files to the same names, types and defaults.
+else is derived from the SPEC: the argparse parser here, the orchestrators' files (pipelines/), and
+the tests that hold those files to the same names, types and defaults.
 
 Flag conventions:
 - snake_case names, `--name=value` or `--name value`;
@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from deeplab.config import NONE, PRESET, check_bounds, settings_of
 
-# Parameter types, named as valohai.yaml names them.
+# Parameter types, named as the orchestrators' files name them.
 STRING, INTEGER, FLOAT, FLAG = 'string', 'integer', 'float', 'flag'
 _CASTS = {STRING: str, INTEGER: int, FLOAT: float}
 _TYPE_NAMES = {str: STRING, int: INTEGER, float: FLOAT, bool: FLAG}
@@ -30,7 +30,7 @@ _FALSE = {'0', 'false', 'no', 'off'}
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
-  """A typed step parameter (a Valohai parameter, a params.yaml key, a KFP component input)."""
+  """A typed step parameter (a flag; in the orchestrators' files, a parameter or a params key)."""
   name: str
   type: str
   default: Any
@@ -47,7 +47,7 @@ class Parameter:
 
 @dataclasses.dataclass(frozen=True)
 class Path:
-  """A named input or output location (a Valohai input / output, a KFP artifact)."""
+  """A named input or output location (a path flag; an orchestrator's input, output or artifact)."""
   name: str
   description: str
   optional: bool = False
@@ -149,10 +149,11 @@ def build_parser(spec: StepSpec) -> argparse.ArgumentParser:
                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   for path in spec.inputs:
     parser.add_argument(f'--{path.name}', default=None, metavar='PATH',
-                        help=f'input: {path.description} (default: the Valohai input "{path.name}")')
+                        help=f'input: {path.description}' + (' (optional)' if path.optional else ''))
   for path in spec.outputs:
     parser.add_argument(f'--{path.name}', default=None, metavar='PATH',
-                        help=f'output: {path.description} (default: {path.filename} in the Valohai outputs folder)')
+                        help=f'output: {path.description} (a file, or a folder to write {path.filename} in; '
+                             f'default: {path.filename} in the working directory)')
   for param in spec.parameters:
     kwargs = dict(default=param.default, help=param.description)
     if param.type == FLAG:
@@ -163,7 +164,7 @@ def build_parser(spec: StepSpec) -> argparse.ArgumentParser:
     elif param.choices:
       kwargs.update(metavar='{' + ','.join(map(str, param.choices)) + '}')
     parser.add_argument(f'--{param.name}', **kwargs)
-    if param.type == FLAG:  # --no-<name>, as DVC renders false booleans (boolean_optional)
+    if param.type == FLAG:  # --no-<name>, as some tools render false booleans (boolean_optional)
       parser.add_argument(f'--no-{param.name}', dest=param.name, action='store_const',
                           const='false', help=argparse.SUPPRESS)
   return parser

@@ -21,7 +21,7 @@ import time
 
 from deeplab.config import PredictConfig
 from deeplab.errors import UserError
-from steps import artifacts
+from steps import archives, artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.predict')
@@ -91,9 +91,9 @@ def _read_ahead(workers, read, items, budget):
 
 def main(argv=None):
   args = parse_flags(SPEC, argv)
-  model_path = artifacts.input_location('predict', 'model', args.model)
-  images_path = artifacts.input_location('predict', 'images', args.images)
-  out_path = artifacts.output_location('predict', 'output', args.output,
+  model_path = locations.input_location('model', args.model)
+  images_path = locations.input_location('images', args.images)
+  out_path = locations.output_location('output', args.output,
                                       artifacts.Predictions.filename,
                                       {'model': model_path, 'images': images_path})
   config = PredictConfig.from_flags(args)
@@ -103,7 +103,7 @@ def main(argv=None):
   with contextlib.ExitStack() as stack:
     model = artifacts.Model.open(stack, model_path)
     dataset = model.card.dataset
-    images = find_images(stack.enter_context(artifacts.open_input(images_path)))
+    images = find_images(stack.enter_context(archives.open_input(images_path)))
     if not images:
       raise UserError(f'--images: no .jpg/.jpeg/.png files in {images_path}')
     # From the headers, before the model loads: an image too large fails the step here.
@@ -131,7 +131,7 @@ def main(argv=None):
     class_pixels = np.zeros(dataset.num_classes, np.int64)
     started = time.perf_counter()
     encoding = collections.deque()
-    with artifacts.progress_bar(len(images), 'image', 'predict') as bar:
+    with runtime.progress_bar(len(images), 'image', 'predict') as bar:
       for (name, _), pixels, image in zip(images, pixel_counts, _read_ahead(
           workers, read, [(path, pixels) for (_, path), pixels in zip(images, pixel_counts)],
           budget)):
@@ -147,10 +147,10 @@ def main(argv=None):
     shares = {name: float(count / class_pixels.sum())
               for name, count in zip(dataset.class_names, class_pixels)}
     predictions.write(out_path)
-  artifacts.emit_metrics(images=len(images), images_per_sec=len(images) / max(elapsed, 1e-9),
+  runtime.emit_metrics(images=len(images), images_per_sec=len(images) / max(elapsed, 1e-9),
                          **{f'share_{name}': share for name, share in shares.items()})
   log.info('wrote %d label maps and overlays to %s', len(images), out_path)
 
 
 if __name__ == '__main__':
-  artifacts.run_step(main)
+  runtime.run_step(main)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from deeplab.config import ServeConfig
-from steps import artifacts
+from steps import artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.serve')
@@ -23,7 +23,7 @@ SPEC = StepSpec(
 
 def main(argv=None):
   args = parse_flags(SPEC, argv)
-  model_path = artifacts.input_location('serve', 'model', args.model)
+  model_path = locations.input_location('model', args.model)
   config = ServeConfig.from_flags(args)
   from deeplab import serving
   with contextlib.ExitStack() as stack:
@@ -33,4 +33,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  artifacts.run_step(main)
+  runtime.run_step(main)

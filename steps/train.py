@@ -9,7 +9,7 @@ import time
 
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.errors import UserError
-from steps import artifacts, cluster
+from steps import archives, artifacts, locations, runtime
 from steps.flags import (DATASET_PARAMETER, STRING, Parameter, Path, StepSpec, parameters_from,
                          parse_flags)
 
@@ -60,7 +60,7 @@ def _initial_checkpoint(stack, path):
   if not os.path.exists(path):
     raise UserError(f'--tf_initial_checkpoint: {path} is neither a checkpoint prefix, '
                     'a folder nor an archive')
-  return resolve_checkpoint_path(stack.enter_context(artifacts.open_input(path)))
+  return resolve_checkpoint_path(stack.enter_context(archives.open_input(path)))
 
 
 def _resume_checkpoint(stack, path, model_config):
@@ -80,7 +80,7 @@ class TrainProgress:
   on stderr under them (steps done, images/s, loss, ETA). Use as a context manager."""
 
   def __init__(self, total_steps: int):
-    self.bar = artifacts.progress_bar(total_steps, 'step', 'train')
+    self.bar = runtime.progress_bar(total_steps, 'step', 'train')
 
   def __enter__(self) -> 'TrainProgress':
     return self
@@ -90,7 +90,7 @@ class TrainProgress:
 
   def __call__(self, metrics: dict) -> None:
     with self.bar.external_write_mode():
-      artifacts.emit_metrics(**metrics)
+      runtime.emit_metrics(**metrics)
     if 'resumed_from_step' in metrics:
       # Counted from where this run starts, so the rate and the ETA are this run's.
       self.bar.initial = self.bar.n = metrics['resumed_from_step']
@@ -103,17 +103,14 @@ class TrainProgress:
 def main(argv=None):
   args = parse_flags(SPEC, argv)
   stop_signals = _install_stop_handler()
-  tfrecords = artifacts.input_location('train', 'tfrecords', args.tfrecords)
-  resume_path = artifacts.input_location('train', 'checkpoint', args.checkpoint, optional=True)
+  tfrecords = locations.input_location('tfrecords', args.tfrecords)
+  resume_path = locations.input_location('checkpoint', args.checkpoint, optional=True)
   # Not input_location's existence check when given: a checkpoint prefix names no file itself.
-  initial_path = args.tf_initial_checkpoint or artifacts.input_location(
-      'train', 'tf_initial_checkpoint', None, optional=True)
-  out_path = artifacts.output_location(
-      'train', 'output', args.output, artifacts.Checkpoint.filename,
+  initial_path = args.tf_initial_checkpoint or locations.input_location('tf_initial_checkpoint', None, optional=True)
+  out_path = locations.output_location('output', args.output, artifacts.Checkpoint.filename,
       {'tfrecords': tfrecords, 'checkpoint': resume_path, 'tf_initial_checkpoint': initial_path})
   train_config = TrainConfig.from_flags(args)
 
-  cluster.set_tf_config_from_orchestrator()
   from deeplab import checkpoint, distribute, training
   tf_cluster = distribute.Cluster.from_environment()
   with contextlib.ExitStack() as stack:
@@ -148,9 +145,9 @@ def main(argv=None):
                                 global_step=global_step)
     path = artifacts.Checkpoint.write(out_path, prefix, work_dir, card)
   shutil.rmtree(work_dir, ignore_errors=True)  # the run is complete: its result is the artifact
-  artifacts.emit_metrics(global_step=global_step, train_seconds=time.perf_counter() - started)
+  runtime.emit_metrics(global_step=global_step, train_seconds=time.perf_counter() - started)
   log.info('wrote %s', path)
 
 
 if __name__ == '__main__':
-  artifacts.run_step(main)
+  runtime.run_step(main)

@@ -83,7 +83,7 @@ def run_step(name, *args, isolated=False, cwd=None, check=True, timeout=600, env
 
 
 def _call_in_process(name, argv, cwd, env):
-  from steps import artifacts
+  from steps import runtime
   module = importlib.import_module(f'steps.{name}')
   stdout, stderr = io.StringIO(), io.StringIO()
   root = logging.getLogger()
@@ -103,7 +103,7 @@ def _call_in_process(name, argv, cwd, env):
     root.setLevel(logging.INFO)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
       try:
-        artifacts.run_step(lambda: module.main(argv))
+        runtime.run_step(lambda: module.main(argv))
       except SystemExit as e:
         returncode = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   finally:

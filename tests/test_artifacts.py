@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from deeplab.errors import UserError
-from steps import artifacts
+from steps import archives, files, locations
 
 
 def _folder(tmp_path, files):
@@ -20,13 +20,13 @@ def _folder(tmp_path, files):
 
 def test_tarball_is_deterministic_and_round_trips(tmp_path):
   src = _folder(tmp_path, {'b.txt': b'b', 'a/c.bin': b'\x00' * 10, 'model.json': b'{}'})
-  first = artifacts.write_tarball(str(src), str(tmp_path / 'one.tar.gz'))
+  first = files.write_tarball(str(src), str(tmp_path / 'one.tar.gz'))
   os.utime(src / 'b.txt', (1, 1))  # mtimes must not matter
-  second = artifacts.write_tarball(str(src), str(tmp_path / 'two'))  # suffix-less, as KFP names it
+  second = files.write_tarball(str(src), str(tmp_path / 'two'))  # suffix-less, as KFP names it
   assert open(first, 'rb').read() == open(second, 'rb').read()
   with tarfile.open(first) as tar:
     assert tar.getnames() == ['a', 'a/c.bin', 'b.txt', 'model.json']
-  with artifacts.open_input(second, marker='model.json') as folder:
+  with archives.open_input(second, marker='model.json') as folder:
     assert open(os.path.join(folder, 'a', 'c.bin'), 'rb').read() == b'\x00' * 10
 
 
@@ -34,7 +34,7 @@ def test_failed_write_leaves_no_partial_artifact(tmp_path, monkeypatch):
   src = _folder(tmp_path, {'x': b'x'})
   monkeypatch.setattr(tarfile.TarFile, 'addfile', lambda *a, **k: (_ for _ in ()).throw(OSError('disk full')))
   with pytest.raises(OSError):
-    artifacts.write_tarball(str(src), str(tmp_path / 'out' / 'a.tar.gz'))
+    files.write_tarball(str(src), str(tmp_path / 'out' / 'a.tar.gz'))
   assert os.listdir(tmp_path / 'out') == []
 
 
@@ -63,7 +63,7 @@ def _tar_with(tmp_path, member, data=b'', **attributes):
 def test_unsafe_archives_are_rejected_before_writing(tmp_path, member, attributes, message):
   archive = _tar_with(tmp_path, member, **attributes)
   with pytest.raises(UserError, match=message):
-    with artifacts.open_input(str(archive)):
+    with archives.open_input(str(archive)):
       pass
   assert not (tmp_path / 'escape.txt').exists()
 
@@ -73,11 +73,11 @@ def test_zip_with_parent_entry_is_rejected_and_plain_zip_works(tmp_path):
   with zipfile.ZipFile(bad, 'w') as zf:
     zf.writestr('../x.txt', 'x')
   with pytest.raises(UserError, match='points outside'):
-    artifacts.safe_extract(str(bad), str(tmp_path / 'out'))
+    archives.safe_extract(str(bad), str(tmp_path / 'out'))
   good = tmp_path / 'good'  # no suffix: detected by content
   with zipfile.ZipFile(good, 'w') as zf:
     zf.writestr('top/model.json', '{}')
-  with artifacts.open_input(str(good), marker='model.json') as folder:
+  with archives.open_input(str(good), marker='model.json') as folder:
     assert os.path.basename(folder) == 'top'
 
 
@@ -85,8 +85,8 @@ def test_a_folder_holding_one_archive_is_opened(tmp_path):
   src = _folder(tmp_path, {'dataset.json': b'{}'})
   inputs = tmp_path / 'valohai_input'
   inputs.mkdir()
-  artifacts.write_tarball(str(src), str(inputs / 'tfrecords.tar.gz'))
-  with artifacts.open_input(str(inputs)) as folder:
+  files.write_tarball(str(src), str(inputs / 'tfrecords.tar.gz'))
+  with archives.open_input(str(inputs)) as folder:
     assert os.listdir(folder) == ['dataset.json']
 
 
@@ -94,26 +94,28 @@ def test_a_plain_file_is_not_an_input(tmp_path):
   path = tmp_path / 'notes.txt'
   path.write_text('hello')
   with pytest.raises(UserError, match='expected a folder or a .tar/.tar.gz/.zip archive'):
-    with artifacts.open_input(str(path)):
+    with archives.open_input(str(path)):
       pass
 
 
-def test_missing_input_names_the_flag_and_the_valohai_folder(tmp_path, monkeypatch):
-  monkeypatch.setenv('VH_INPUTS_DIR', str(tmp_path / 'inputs'))
+def test_a_missing_input_names_its_flag_and_a_missing_output_goes_to_the_working_directory(
+    tmp_path, monkeypatch):
   with pytest.raises(UserError, match="input 'tfrecords' not given: pass --tfrecords=PATH"):
-    artifacts.input_location('train', 'tfrecords', None)
-  (tmp_path / 'inputs' / 'tfrecords').mkdir(parents=True)
-  (tmp_path / 'inputs' / 'tfrecords' / 'x.tar.gz').write_bytes(b'')
-  assert artifacts.input_location('train', 'tfrecords', None) == str(tmp_path / 'inputs' / 'tfrecords')
-  monkeypatch.setenv('VH_OUTPUTS_DIR', str(tmp_path / 'outputs'))
-  assert artifacts.output_location('train', 'output', None, 'checkpoint.tar.gz', {}) == \
-      str(tmp_path / 'outputs' / 'checkpoint.tar.gz')
+    locations.input_location('tfrecords', None)
+  assert locations.input_location('checkpoint', None, optional=True) is None
+  with pytest.raises(UserError, match='--tfrecords: .*nope does not exist'):
+    locations.input_location('tfrecords', str(tmp_path / 'nope'))
+  monkeypatch.chdir(tmp_path)
+  assert locations.output_location('output', None, 'checkpoint.tar.gz', {}) == 'checkpoint.tar.gz'
+  (tmp_path / 'out').mkdir()
+  assert locations.output_location('output', str(tmp_path / 'out'), 'checkpoint.tar.gz', {}) == \
+      str(tmp_path / 'out' / 'checkpoint.tar.gz')
 
 
 def test_artifacts_are_readable_by_other_users(tmp_path):
   src = _folder(tmp_path, {'x': b'x'})
-  assert os.stat(artifacts.write_tarball(str(src), str(tmp_path / 'a.tar.gz'))).st_mode & 0o777 == 0o644
-  assert os.stat(artifacts.write_json_atomic({}, str(tmp_path / 'm.json'))).st_mode & 0o777 == 0o644
+  assert os.stat(files.write_tarball(str(src), str(tmp_path / 'a.tar.gz'))).st_mode & 0o777 == 0o644
+  assert os.stat(files.write_json_atomic({}, str(tmp_path / 'm.json'))).st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize('member, attributes', [

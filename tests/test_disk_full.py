@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from deeplab.errors import UserError
-from steps import artifacts
+from steps import files
 from tests.conftest import TINY_TRAIN_FLAGS, assert_one_error_line, run_module, run_step
 
 
@@ -252,14 +252,14 @@ def test_a_full_disk_while_extracting_is_not_called_an_unreadable_archive(tmp_pa
 def test_writing_names_a_file_at_its_place_in_the_output_and_lets_other_errors_through(tmp_path):
   staging, target = tmp_path / '.report.partial', tmp_path / 'report'
   with pytest.raises(UserError, match=f'^no space left on device writing {target / "a" / "b.png"}$'):
-    with artifacts.writing(str(target), str(staging)):
+    with files.writing(str(target), str(staging)):
       raise OSError(errno.ENOSPC, 'No space left on device', str(staging / 'a' / 'b.png'))
   with pytest.raises(UserError, match=f'^no space left on device writing {target}$'):
-    with artifacts.writing(str(target), str(staging)):
+    with files.writing(str(target), str(staging)):
       raise OSError(errno.ENOSPC, 'No space left on device')  # a write() names no file
   for other in (OSError(errno.ENOENT, 'No such file or directory', 'x'),
                 OSError(errno.EACCES, 'Permission denied', 'x'), ValueError('not a write')):
     with pytest.raises(type(other)) as raised:
-      with artifacts.writing(str(target)):
+      with files.writing(str(target)):
         raise other
     assert raised.value is other

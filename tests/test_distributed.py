@@ -127,14 +127,17 @@ def test_valohai_distributed_config_becomes_tf_config(tmp_path, monkeypatch):
       'config': {'group_name': 'task-123', 'member_id': '1', 'required_count': 2},
       'members': members}))
   monkeypatch.setenv('VH_CONFIG_DIR', str(tmp_path))
-  # Set (empty: no cluster yet), so that the TF_CONFIG written below is undone after the test.
-  monkeypatch.setenv('TF_CONFIG', '')
+  monkeypatch.delenv('TF_CONFIG', raising=False)
   import valohai
   valohai.distributed.flush_state()
-  from steps import cluster
-  cluster.set_tf_config_from_orchestrator()
+  from pipelines.valohai import tf_config as valohai_tf_config
+  line = valohai_tf_config.export_line()
   valohai.distributed.flush_state()
-  tf_config = json.loads(os.environ['TF_CONFIG'])
+  # What valohai.yaml's `eval "$(...)"` does with the line, in a shell.
+  exported = subprocess.run(['sh', '-c', line + ' && printf %s "$TF_CONFIG"'], capture_output=True,
+                            text=True, check=True).stdout
+  tf_config = json.loads(exported)
+  monkeypatch.setenv('TF_CONFIG', exported)
   assert tf_config == {'cluster': {'worker': ['10.0.0.10:2222', '10.0.0.11:2222']},
                        'task': {'type': 'worker', 'index': 1}}
   from deeplab.distribute import Cluster

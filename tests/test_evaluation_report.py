@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from deeplab import report
-from steps import artifacts
 from steps.evaluate import CONFUSION_FILE, REPORT_FOLDER
+from steps import files, runtime
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
 from tests.test_report import require_chromium
 
@@ -83,12 +83,12 @@ def test_a_second_run_replaces_the_report_whole(evaluated, tiny_tfrecords, tiny_
 
 def test_a_failed_fill_keeps_the_earlier_folder_and_leaves_no_staging(tmp_path):
   target = tmp_path / 'report'
-  with artifacts.atomic_folder(str(target)) as staging:
+  with files.atomic_folder(str(target)) as staging:
     with open(os.path.join(staging, 'first.png'), 'w') as f:
       f.write('first')
   assert os.listdir(target) == ['first.png']
   with pytest.raises(RuntimeError):
-    with artifacts.atomic_folder(str(target)) as staging:
+    with files.atomic_folder(str(target)) as staging:
       with open(os.path.join(staging, 'second.png'), 'w') as f:
         f.write('second')
       raise RuntimeError('the report failed half-way')
@@ -112,8 +112,8 @@ def test_progress_is_shown_only_when_stderr_is_a_terminal(terminal, monkeypatch)
   main, secondary = pty.openpty() if terminal else os.pipe()
   with os.fdopen(secondary, 'w') as stream, os.fdopen(main, 'rb'):
     monkeypatch.setattr(sys, 'stderr', stream)
-    assert artifacts.stderr_is_terminal() is terminal
-    with artifacts.progress_bar(3, 'image', 'evaluate') as bar:
+    assert runtime.stderr_is_terminal() is terminal
+    with runtime.progress_bar(3, 'image', 'evaluate') as bar:
       assert bar.disable is not terminal
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from deeplab.datasets import manifest as manifest_lib
 from deeplab.datasets import tfrecord
-from steps import artifacts
+from steps import archives, files, runtime
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, assert_one_error_line, run_step
 
 
@@ -137,9 +137,9 @@ def test_an_archive_bomb_is_stopped_before_it_fills_the_disk(tmp_path, tmpdir_en
   assert os.path.getsize(bomb) < 2 << 20  # 1 GB behind about 1 MB
   limit = 64 << 20
   result = run_step('build_data', f'--raw_data={bomb}', f'--output={tmp_path / "out.tar.gz"}',
-                    env={artifacts.MAX_EXTRACT_ENV: str(limit)}, check=False)
+                    env={archives.MAX_EXTRACT_ENV: str(limit)}, check=False)
   assert_one_error_line(result, str(bomb), f'expands to more than {limit} bytes',
-                         artifacts.MAX_EXTRACT_ENV)
+                         archives.MAX_EXTRACT_ENV)
   assert os.listdir(tmpdir_env) == [] and not (tmp_path / 'out.tar.gz').exists()
 
 
@@ -320,7 +320,7 @@ def test_a_corrupt_checkpoint_names_the_artifact(tmp_path, tiny_checkpoint):
   folder = _extract(tiny_checkpoint, tmp_path / 'ckpt')
   _flip_bytes(next(folder.glob('*.data-*')))
   damaged = tmp_path / 'damaged.tar.gz'
-  artifacts.write_tarball(str(folder), str(damaged))
+  files.write_tarball(str(folder), str(damaged))
   result = run_step('export', f'--checkpoint={damaged}', f'--output={tmp_path / "m.tar.gz"}',
                     check=False)
   assert_one_error_line(result, str(damaged), 'corrupt checkpoint')
@@ -393,7 +393,7 @@ def test_sigterm_removes_partial_outputs_and_staging_folders(tmp_path, tmpdir_en
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tmp_path, tmpdir_env, tiny_checkpoint):
   out = tmp_path / 'model.tar.gz'
-  host, dead = artifacts._HOST, _dead_pid()
+  host, dead = files._HOST, _dead_pid()
   partial = tmp_path / f'.model.tar.gz.{host}.{dead}.abc123.partial'
   partial.write_bytes(b'half an artifact')
   staging = tmpdir_env / f'deeplab-model-{host}.{dead}-xyz'
@@ -457,6 +457,6 @@ def test_exporting_one_checkpoint_twice_gives_the_same_bytes(tmp_path, tiny_chec
 
 
 def test_non_finite_metrics_are_printed_as_strings_with_a_warning(capsys, caplog):
-  artifacts.emit_metrics(loss=float('nan'), rate=np.float32('inf'), ok=1.5)
+  runtime.emit_metrics(loss=float('nan'), rate=np.float32('inf'), ok=1.5)
   assert json.loads(capsys.readouterr().out) == {'loss': 'nan', 'rate': 'inf', 'ok': 1.5}
   assert 'metric loss is nan' in caplog.text

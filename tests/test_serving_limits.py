@@ -21,7 +21,7 @@ from PIL import Image
 
 from deeplab import images, serving
 from deeplab.config import ServeConfig
-from steps import artifacts
+from steps import runtime
 from tests.conftest import run_step
 from tests.test_serving import Server, _png_bytes, _jpeg_bytes
 
@@ -146,7 +146,7 @@ def _predict_in_process(monkeypatch, capsys, *flags):
   handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
     with pytest.raises(SystemExit) as exited:
-      artifacts.run_step(predict.main)
+      runtime.run_step(predict.main)
       sys.exit(0)
   finally:
     for signum, handler in handlers.items():  # run_step's are for a step's own process

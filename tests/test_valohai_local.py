@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from pipelines.valohai import config as generator
+from tests.test_valohai_yaml import step_invocation
 from pipelines.valohai import local as valohai_local
 from steps.flags import Path
 
@@ -180,5 +181,5 @@ def test_real_config_runs_each_step_alone_after_a_setup_entry_the_runner_skips(t
     assert setup == generator.SETUP_COMMAND
     (command,) = step.build_command(step.get_parameter_defaults(include_flags=True),
                                     command=valohai_local.local_commands(step, str(tmp_path)))
-    assert command.startswith('python -m steps.') and '{parameters}' not in command
+    assert step_invocation(command).startswith('python -m steps.') and '{parameters}' not in command
     assert '/valohai/' not in command and f'--output={tmp_path}/outputs/' in command

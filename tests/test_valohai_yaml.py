@@ -29,6 +29,14 @@ def config():
     return valohai_yaml.parse(f)
 
 
+def step_invocation(command: str) -> str:
+  """The `python -m steps.<name> ...` part of a step's command; only train's may be preceded, by the
+  line that sets TF_CONFIG in a distributed task."""
+  before, found, rest = command.partition('python -m steps.')
+  assert found and before in ('', f'eval "$({generator.TF_CONFIG_COMMAND})" && '), command
+  return found + rest
+
+
 def spec_of(step):
   """The SPEC of the step module a Valohai step runs (`python -m steps.<module>`)."""
   commands = [step.command] if isinstance(step.command, str) else step.command
@@ -40,7 +48,7 @@ def rendered_argv(step, values=None):
   """The step's arguments as Valohai would pass them (defaults, flags included, then `values`), as the
   shell hands them over (an optional input's flag only when its /valohai/inputs/ folder has files)."""
   parameters = dict(step.get_parameter_defaults(include_flags=True), **(values or {}))
-  command = step.build_command(parameters)[-1]
+  command = step_invocation(step.build_command(parameters)[-1])
   module = f'python -m steps.{spec_of(step).name} '
   assert command.startswith(module), command
   shell = subprocess.run(['sh', '-c', "printf '%s\\0' " + command[len(module):]], capture_output=True, text=True,
@@ -92,7 +100,7 @@ def test_a_prebuilt_image_installs_nothing_and_lints_clean(tmp_path):
     prebuilt = valohai_yaml.parse(f)
   for step in prebuilt.steps.values():
     assert step.image == image and isinstance(step.command, str), step.name
-    assert step.command.startswith(f'python -m steps.{spec_of(step).name} '), step.name
+    assert step_invocation(step.command).startswith(f'python -m steps.{spec_of(step).name} '), step.name
   (endpoint,) = prebuilt.endpoints.values()
   assert endpoint.image == image and endpoint.server_command.startswith('python -m steps.serve ')
 

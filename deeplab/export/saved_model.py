@@ -1,4 +1,4 @@
-"""The SavedModel writer (TensorFlow Serving, KServe's tensorflow runtime)."""
+"""The SavedModel writer (TensorFlow Serving and the servers built on it)."""
 from __future__ import annotations
 
 from deeplab.compat import tf

@@ -140,7 +140,7 @@ def export(
     calibration_images: int = 100,
     format_check_images: int = 8,
 ):
-  """Export a checkpoint: the frozen graph (ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0), a SavedModel for TF Serving / KServe, a TFLite model."""
+  """Export a checkpoint: the frozen graph (ImageTensor:0 -> SemanticPredictions:0, SemanticProbabilities:0), a SavedModel for TensorFlow Serving, a TFLite model."""
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('export', arguments)

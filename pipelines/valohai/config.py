@@ -25,6 +25,7 @@ from steps import serve
 
 # Installs the requirements into the plain base image; the project image has them already.
 SETUP_COMMAND = 'sh pipelines/install_requirements.sh cuda'
+TF_CONFIG_COMMAND = 'python -m pipelines.valohai.tf_config'
 # Where Valohai puts an execution's inputs (/valohai/inputs/<name>/) and collects its outputs.
 VALOHAI_ROOT = '/valohai'
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,6 +92,8 @@ def step_command(step: str, image: str = BASE_IMAGE):
   outputs = [f'--{output.name}={VALOHAI_ROOT}/outputs/{output.filename}' for output in spec.outputs]
   optional = [input_flag(path) for path in spec.inputs if path.optional]
   command = ' '.join([f'python -m steps.{step}', *required, *outputs, '{parameters}', *optional])
+  if step == 'train':  # in a distributed task, TF_CONFIG from Valohai's member list first
+    command = f'eval "$({TF_CONFIG_COMMAND})" && {command}'
   return [SETUP_COMMAND, command] if needs_setup(image) else command
 
 
@@ -241,8 +244,8 @@ def train_evaluate_deploy_pipeline() -> dict:
   }}
 
 
-# Machines of a distributed training task; each trains on every GPU of its own (steps/cluster.py
-# turns Valohai's member list into TF_CONFIG).
+# Machines of a distributed training task; each trains on every GPU of its own
+# (pipelines/valohai/tf_config.py turns Valohai's member list into TF_CONFIG).
 DISTRIBUTED_WORKERS = 2
 
 

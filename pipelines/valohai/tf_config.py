@@ -1,14 +1,14 @@
-"""TF_CONFIG for a training on several machines, from the orchestrator that started them.
+"""TF_CONFIG for a Valohai distributed task: `eval "$(python -m pipelines.valohai.tf_config)"`.
 
 Kubeflow's TFJob sets TF_CONFIG itself. A Valohai distributed task does not: it writes its members
 (their ids and addresses) to /valohai/config/distributed.json, which valohai-utils reads; this
-module turns that into TF_CONFIG, rank 0 (Valohai's master) being the chief.
+prints the shell line that exports it as TF_CONFIG, rank 0 (Valohai's master) being the chief, and
+prints nothing outside a distributed task or when TF_CONFIG is set already. valohai.yaml's train
+command runs it first, so the train step itself only knows TensorFlow's TF_CONFIG.
 """
 import json
-import logging
 import os
-
-log = logging.getLogger(__name__)
+import shlex
 
 # The port each worker's TensorFlow server listens on; workers of a Valohai task share a network.
 WORKER_PORT = 2222
@@ -21,14 +21,15 @@ def tf_config_from_valohai(distributed) -> dict:
           'task': {'type': 'worker', 'index': distributed.rank}}
 
 
-def set_tf_config_from_orchestrator() -> None:
-  """Sets TF_CONFIG for a Valohai distributed task, unless TF_CONFIG is set already."""
+def export_line() -> str:
+  """`export TF_CONFIG='...'` in a Valohai distributed task without TF_CONFIG, else ''."""
   if os.environ.get('TF_CONFIG'):
-    return
+    return ''
   import valohai
   if not valohai.distributed.is_distributed_task():
-    return
-  config = tf_config_from_valohai(valohai.distributed)
-  os.environ['TF_CONFIG'] = json.dumps(config)
-  log.info('Valohai distributed task %s: TF_CONFIG=%s', valohai.distributed.group_name,
-           os.environ['TF_CONFIG'])
+    return ''
+  return f'export TF_CONFIG={shlex.quote(json.dumps(tf_config_from_valohai(valohai.distributed)))}'
+
+
+if __name__ == '__main__':
+  print(export_line())
