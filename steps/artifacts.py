@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from deeplab.errors import UserError
 from steps.archives import open_input
@@ -24,81 +24,140 @@ def _open_artifact(stack: contextlib.ExitStack, path: str, marker: str, kind: st
   folder = stack.enter_context(open_input(path, marker=marker))
   if os.path.exists(os.path.join(folder, marker)):
     return folder
-  found = next((what for name, what in _ARTIFACT_MARKERS if os.path.exists(os.path.join(folder, name))),
+  found = next((what for name, what in _markers() if os.path.exists(os.path.join(folder, name))),
                'no artifact of this project')
   raise UserError(f'{path} holds {found}, not {kind}; expected the output of the {made_by} step')
 
 
-# What tells the kinds apart, most specific first: a model holds a model.json too.
-_ARTIFACT_MARKERS = (('frozen_inference_graph.pb', 'an exported model'),
-                     ('saved_model', 'an exported model'), ('model.tflite', 'an exported model'),
-                     ('model.json', 'a checkpoint'),
-                     ('dataset.json', 'TFRecords (dataset.json)'))
+def _markers():
+  """(file, kind) pairs that tell the kinds apart, most specific first: a model holds a model.json
+  too. Named by the modules that write them (imported here, not at --help)."""
+  from deeplab.checkpoint import MODEL_JSON
+  from deeplab.datasets.manifest import MANIFEST_NAME
+  from deeplab.inference import FORMATS
+  return ([(model_format.filename.split(os.sep)[0], 'an exported model')
+           for model_format in FORMATS.values()]
+          + [(MODEL_JSON, 'a checkpoint'), (MANIFEST_NAME, 'TFRecords (dataset.json)')])
 
 
-class TFRecords:
+class Artifact:
+  """The protocol every artifact follows.
+
+  `open(stack, path, ...)` reads one from a folder, an archive or a suffix-less path; its contents
+  stay in `folder` for as long as `stack` lives. `new(stack, ...)` starts one in a scratch folder of
+  the same lifetime, for the step to fill. `write(out_path)` packs `folder` into `out_path`,
+  deterministic and atomic. `filename` is its name in an outputs folder.
+  """
+  filename: ClassVar[str]
+  # How an error names the kind and the step that makes it; what `write` is said to be assembling.
+  kind: ClassVar[str]
+  made_by: ClassVar[str]
+  assembling: ClassVar[str]
+
+  def __init__(self, folder: str):
+    self.folder = folder
+
+  @staticmethod
+  def _marker() -> str:
+    """The file that makes a folder this kind of artifact."""
+    from deeplab.checkpoint import MODEL_JSON
+    return MODEL_JSON
+
+  @classmethod
+  def _open_folder(cls, stack: contextlib.ExitStack, path: str) -> str:
+    return _open_artifact(stack, path, cls._marker(), cls.kind, cls.made_by)
+
+  @classmethod
+  def _new_folder(cls, stack: contextlib.ExitStack) -> str:
+    return stack.enter_context(scratch_dir(cls.filename.split('.')[0], cls.assembling))
+
+  def write(self, out_path: str) -> str:
+    return write_tarball(self.folder, out_path)
+
+
+class TFRecords(Artifact):
   """tfrecords.tar.gz of build_data (shards + dataset.json), or a folder of original DeepLab shards
-  (then `dataset` names the dataset they hold)."""
+  (then `dataset` names the dataset they hold): `manifest` describes them."""
   filename = 'tfrecords.tar.gz'
+  kind, made_by, assembling = 'TFRecords', 'build_data', 'the TFRecords'
 
-  @staticmethod
-  def open(stack: contextlib.ExitStack, path: str, dataset: str = ''):
-    """The dataset Manifest, its shards in a folder that lives as long as `stack`."""
+  def __init__(self, folder: str, manifest=None):
+    super().__init__(folder)
+    self.manifest = manifest
+
+  @classmethod
+  def open(cls, stack: contextlib.ExitStack, path: str, dataset: str = '') -> 'TFRecords':
+    # Not _open_folder: original DeepLab shards have no dataset.json (`dataset` names them).
     from deeplab.datasets.manifest import MANIFEST_NAME, load_dataset
-    return load_dataset(stack.enter_context(open_input(path, marker=MANIFEST_NAME)), dataset)
+    folder = stack.enter_context(open_input(path, marker=MANIFEST_NAME))
+    return cls(folder, load_dataset(folder, dataset))
 
-  @staticmethod
-  def write(staging: str, out_path: str) -> str:
-    return write_tarball(staging, out_path)
+  @classmethod
+  def new(cls, stack: contextlib.ExitStack) -> 'TFRecords':
+    """An empty folder for the shards and dataset.json."""
+    return cls(cls._new_folder(stack))
 
 
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(Artifact):
   """checkpoint.tar.gz of train: model.json + a TF checkpoint (relative index) + TensorBoard events."""
-  card: 'ModelCard'
-  prefix: str  # the TF checkpoint prefix inside the opened folder
-  filename: ClassVar[str] = 'checkpoint.tar.gz'
+  filename = 'checkpoint.tar.gz'
+  kind, made_by, assembling = 'a checkpoint', 'train', 'the checkpoint'
+
+  def __init__(self, folder: str, card: 'ModelCard', prefix: str):
+    super().__init__(folder)
+    self.card = card
+    self.prefix = prefix  # the TF checkpoint prefix inside `folder`
 
   @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Checkpoint':
     from deeplab import checkpoint
-    folder = _open_artifact(stack, path, checkpoint.MODEL_JSON, 'a checkpoint', 'train')
-    return cls(checkpoint.ModelCard.read(folder), checkpoint.resolve_checkpoint_path(folder))
+    folder = cls._open_folder(stack, path)
+    return cls(folder, checkpoint.ModelCard.read(folder), checkpoint.resolve_checkpoint_path(folder))
 
-  @staticmethod
-  def write(out_path: str, prefix: str, events_dir: str, card: 'ModelCard') -> str:
-    """Packs checkpoint `prefix` (a path), the events in `events_dir` and `card`."""
+  @classmethod
+  def new(cls, stack: contextlib.ExitStack, prefix: str, events_dir: str,
+          card: 'ModelCard') -> 'Checkpoint':
+    """Checkpoint `prefix` (a path), the TensorBoard events in `events_dir` and `card`, gathered."""
     from deeplab import checkpoint
-    with scratch_dir('checkpoint', 'the checkpoint') as staging:
-      name = os.path.basename(prefix)
-      for filename in os.listdir(os.path.dirname(prefix)):
-        if filename.startswith(name + '.'):
-          shutil.copy2(os.path.join(os.path.dirname(prefix), filename), staging)
-      for filename in os.listdir(events_dir):
-        if filename.startswith('events.out.tfevents'):
-          shutil.copy2(os.path.join(events_dir, filename), staging)
-      checkpoint.write_index(staging, name)
-      dataclasses.replace(card, checkpoint=name).write(staging)
-      return write_tarball(staging, out_path)
+    folder = cls._new_folder(stack)
+    name = os.path.basename(prefix)
+    for filename in os.listdir(os.path.dirname(prefix)):
+      if filename.startswith(name + '.'):
+        shutil.copy2(os.path.join(os.path.dirname(prefix), filename), folder)
+    for filename in os.listdir(events_dir):
+      if filename.startswith('events.out.tfevents'):
+        shutil.copy2(os.path.join(events_dir, filename), folder)
+    checkpoint.write_index(folder, name)
+    card = dataclasses.replace(card, checkpoint=name)
+    card.write(folder)
+    return cls(folder, card, os.path.join(folder, name))
 
 
-@dataclasses.dataclass(frozen=True)
-class Model:
-  """model.tar.gz of export: model.json + the formats asked for (frozen_inference_graph.pb,
-  saved_model/, model.tflite)."""
-  card: 'ModelCard'
-  folder: str
-  filename: ClassVar[str] = 'model.tar.gz'
+class Model(Artifact):
+  """model.tar.gz of export: model.json + the formats asked for (deeplab/inference.py FORMATS)."""
+  filename = 'model.tar.gz'
+  kind, made_by, assembling = 'an exported model', 'export', 'the model'
+
+  def __init__(self, folder: str, card: 'ModelCard'):
+    super().__init__(folder)
+    self.card = card
 
   @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Model':
     from deeplab import checkpoint, inference
-    folder = _open_artifact(stack, path, checkpoint.MODEL_JSON, 'an exported model', 'export')
+    folder = cls._open_folder(stack, path)
     if not any(inference.find_models(folder).values()):
       found = 'a checkpoint' if any(n.endswith('.index') for n in os.listdir(folder)) else 'no model'
       raise UserError(f'{path} holds {found}, not an exported model; expected the output of the '
                       'export step')
-    return cls(checkpoint.ModelCard.read(folder), folder)
+    return cls(folder, checkpoint.ModelCard.read(folder))
+
+  @classmethod
+  def new(cls, stack: contextlib.ExitStack, card: 'ModelCard') -> 'Model':
+    """A folder holding `card`, for the step to write the model files into."""
+    folder = cls._new_folder(stack)
+    card.write(folder)
+    return cls(folder, card)
 
   def load(self, model_format: str = 'auto'):
     """The model of `model_format` ('auto': the first format the folder holds), with
@@ -107,24 +166,20 @@ class Model:
     found, path = inference.find_model(self.folder, None if model_format == 'auto' else model_format)
     return inference.load_model(path, found)
 
-  @staticmethod
-  def write(out_path: str, card: 'ModelCard', fill: Callable[[str], None]) -> str:
-    """Packs `card` and what `fill(folder)` writes into the folder (the model files)."""
-    with scratch_dir('model', 'the model') as staging:
-      fill(staging)
-      card.write(staging)
-      return write_tarball(staging, out_path)
 
-
-class Predictions:
+class Predictions(Artifact):
   """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.jpg` (or
-  `.png`: `overlay_format`), filled one image at a time in a scratch folder that lives as long as
-  `stack`; `add` may be called from several threads."""
+  `.png`: `overlay_format`), added one image at a time; `add` may be called from several threads."""
   filename = 'predictions.tar.gz'
+  kind, made_by, assembling = 'predictions', 'predict', 'the predictions'
 
-  def __init__(self, stack: contextlib.ExitStack, overlay_format: str):
-    self.staging = stack.enter_context(scratch_dir('predictions', 'the predictions'))
+  def __init__(self, folder: str, overlay_format: str):
+    super().__init__(folder)
     self.overlay_format = overlay_format
+
+  @classmethod
+  def new(cls, stack: contextlib.ExitStack, overlay_format: str) -> 'Predictions':
+    return cls(cls._new_folder(stack), overlay_format)
 
   def add(self, name: str, labels, overlay) -> None:
     from deeplab import visualize
@@ -134,9 +189,6 @@ class Predictions:
         self.overlay_format)
 
   def _path(self, kind: str, name: str, suffix: str) -> str:
-    path = os.path.join(self.staging, kind, name + suffix)
+    path = os.path.join(self.folder, kind, name + suffix)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
-
-  def write(self, out_path: str) -> str:
-    return write_tarball(self.staging, out_path)

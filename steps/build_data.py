@@ -4,9 +4,11 @@ The raw layouts each dataset accepts are described in deeplab/datasets/layouts/.
 metric line: images, images_per_sec, bytes_written (TFRecord bytes), examples_<split> per split,
 skipped (a count) and skipped_examples ('<split>/<id>' names).
 """
+import contextlib
+
 from deeplab.config import BuildConfig
 from deeplab.datasets import layouts
-from steps import archives, artifacts, files, locations, runtime
+from steps import archives, artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 SPEC = StepSpec(
@@ -27,10 +29,11 @@ def main(argv=None) -> None:
   raw_data = locations.input_location('raw_data', args.raw_data)
   out_path = locations.output_location('output', args.output,
                                       artifacts.TFRecords.filename, {'raw_data': raw_data})
-  with archives.open_input(raw_data) as raw_root, \
-      files.scratch_dir('tfrecords', 'the TFRecords') as staging:
-    _, stats = build.build(dataset, raw_root, staging, config)
-    artifacts.TFRecords.write(staging, out_path)
+  with contextlib.ExitStack() as stack:
+    raw_root = stack.enter_context(archives.open_input(raw_data))
+    tfrecords = artifacts.TFRecords.new(stack)
+    _, stats = build.build(dataset, raw_root, tfrecords.folder, config)
+    tfrecords.write(out_path)
   runtime.log.info('wrote %s: %d examples', out_path, stats.images)
   runtime.emit_metrics(
       images=stats.images, images_per_sec=round(stats.images_per_sec, 2),

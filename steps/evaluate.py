@@ -53,11 +53,11 @@ def sweep_checkpoints(path):
   """The checkpoint archives of a sweep when `path` is a folder holding several (how an
   orchestrator delivers the outputs of a sweep's runs to one input); else [path]."""
   if os.path.isdir(path):
-    archives = sorted(os.path.join(dirpath, name)
-                      for dirpath, _, names in os.walk(path) for name in names
-                      if archives.is_archive(os.path.join(dirpath, name)))
-    if len(archives) > 1:
-      return archives
+    found = sorted(os.path.join(dirpath, name)
+                   for dirpath, _, names in os.walk(path) for name in names
+                   if archives.is_archive(os.path.join(dirpath, name)))
+    if len(found) > 1:
+      return found
   return [path]
 
 
@@ -124,7 +124,7 @@ def main(argv=None):
   with contextlib.ExitStack() as last, contextlib.ExitStack() as outputs:
     board = outputs.enter_context(files.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
     with contextlib.ExitStack() as stack:
-      manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
+      manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
       candidates = sweep_checkpoints(checkpoint_path)
       evaluations, summaries = [], []
       for index, path in enumerate(candidates):

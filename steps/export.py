@@ -71,20 +71,17 @@ def main(argv=None):
   from deeplab.export.freeze import freeze
   with contextlib.ExitStack() as stack:
     checkpoint = artifacts.Checkpoint.open(stack, checkpoint_path)
-    manifest = tfrecords and artifacts.TFRecords.open(stack, tfrecords)
+    manifest = tfrecords and artifacts.TFRecords.open(stack, tfrecords).manifest
     graph_def = freeze(checkpoint.card.model, checkpoint.prefix, config)
     job = ExportJob(checkpoint.card, checkpoint.prefix, config, graph_def,
                     _calibration_images(manifest, checkpoint.card, config.calibration_images))
-    agreement = {}
-
-    def fill(folder):
-      for name in config.export_formats:
-        model_format = inference.FORMATS[name]
-        model_format.write(job, os.path.join(folder, model_format.filename))
-      if manifest and config.format_check_images:
-        agreement.update(_format_agreement(folder, job, manifest))
-
-    artifacts.Model.write(out_path, dataclasses.replace(checkpoint.card, export=config), fill)
+    model = artifacts.Model.new(stack, dataclasses.replace(checkpoint.card, export=config))
+    for name in config.export_formats:
+      model_format = inference.FORMATS[name]
+      model_format.write(job, os.path.join(model.folder, model_format.filename))
+    agreement = (_format_agreement(model.folder, job, manifest)
+                 if manifest and config.format_check_images else {})
+    model.write(out_path)
   for name, result in agreement.items():
     runtime.emit_metrics(**{f'{name}_pixel_agreement': result['pixel_agreement'],
                               f'{name}_miou': result['miou']})

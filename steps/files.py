@@ -159,6 +159,25 @@ def _partial_pattern(base: str) -> 're.Pattern':
 
 
 @contextlib.contextmanager
+def _parent_folder(folder: str) -> Iterator[None]:
+  """Creates `folder` and its missing parents for the block; when the block fails, removes the
+  ones it created that are still empty: a failed step leaves no folder behind either."""
+  created = []
+  missing = os.path.abspath(folder)
+  while not os.path.exists(missing):
+    created.append(missing)  # deepest first
+    missing = os.path.dirname(missing)
+  os.makedirs(folder, exist_ok=True)
+  try:
+    yield
+  except BaseException:
+    for path in created:
+      with contextlib.suppress(OSError):  # not empty: another output of the step is in it
+        os.rmdir(path)
+    raise
+
+
+@contextlib.contextmanager
 def atomic_output(out_path: str, mode: str = 'wb'):
   """A file object whose content appears at `out_path` only once the block completes.
 
@@ -166,9 +185,8 @@ def atomic_output(out_path: str, mode: str = 'wb'):
   is removed, so a failed step never leaves a partial artifact. A failed write (a full disk) in
   the block is named as writing `out_path` (see `writing`).
   """
-  with writing(out_path):
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
+  out_dir = os.path.dirname(os.path.abspath(out_path))
+  with writing(out_path), _parent_folder(out_dir):
     base = os.path.basename(out_path)
     _remove_stale(out_dir, _partial_pattern(base))
     fd, tmp_path = tempfile.mkstemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
@@ -194,27 +212,27 @@ def atomic_folder(out_path: str) -> Iterator[str]:
   and whatever `out_path` held before stays, so a failed step never leaves a half-written folder.
   A failed write (a full disk) in the block is named at its place under `out_path` (see `writing`).
   """
-  with writing(out_path):
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.basename(os.path.normpath(out_path))
-    _remove_stale(out_dir, _partial_pattern(base))
-    staging = tempfile.mkdtemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
-  try:
-    with writing(out_path, staging):
-      yield staging
-    os.chmod(staging, 0o755)  # mkdtemp folders are 0700; artifacts are read by other users
-    if os.path.isdir(out_path):
-      # A folder cannot be renamed over a non-empty one: the old one goes aside first.
-      old = staging[:-len('.partial')] + '-replaced.partial'
-      os.rename(out_path, old)
-      os.rename(staging, out_path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(staging, out_path)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+  out_dir = os.path.dirname(os.path.abspath(out_path))
+  with _parent_folder(out_dir):
+    with writing(out_path):
+      base = os.path.basename(os.path.normpath(out_path))
+      _remove_stale(out_dir, _partial_pattern(base))
+      staging = tempfile.mkdtemp(prefix=f'.{base}.{_OWNER}.', suffix='.partial', dir=out_dir)
+    try:
+      with writing(out_path, staging):
+        yield staging
+      os.chmod(staging, 0o755)  # mkdtemp folders are 0700; artifacts are read by other users
+      if os.path.isdir(out_path):
+        # A folder cannot be renamed over a non-empty one: the old one goes aside first.
+        old = staging[:-len('.partial')] + '-replaced.partial'
+        os.rename(out_path, old)
+        os.rename(staging, out_path)
+        shutil.rmtree(old, ignore_errors=True)
+      else:
+        os.rename(staging, out_path)
+    except BaseException:
+      shutil.rmtree(staging, ignore_errors=True)
+      raise
 
 
 def write_tarball(src_dir: str, out_path: str) -> str:

@@ -111,7 +111,7 @@ def main(argv=None):
     budget = PixelBudget(config.max_image_pixels)
     runner = model.load(config.model_format)
     stack.callback(runner.close)
-    predictions = artifacts.Predictions(stack, config.overlay_format)
+    predictions = artifacts.Predictions.new(stack, config.overlay_format)
     # Shut down before the staging folder goes: queued work is dropped, running work finishes.
     workers = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, 'predict-io')
     stack.callback(workers.shutdown, wait=True, cancel_futures=True)

@@ -114,7 +114,7 @@ def main(argv=None):
   from deeplab import checkpoint, distribute, training
   tf_cluster = distribute.Cluster.from_environment()
   with contextlib.ExitStack() as stack:
-    manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset)
+    manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
     manifest.shard_paths(train_config.train_split)  # fail now, not after building the graph
     model_config = ModelConfig.from_flags(args, num_classes=manifest.num_classes)
     resume_from = resume_path and _resume_checkpoint(stack, resume_path, model_config)
@@ -143,7 +143,7 @@ def main(argv=None):
     global_step = training.global_step_of(prefix)
     card = checkpoint.ModelCard(model_config, manifest.describe(), training=train_config,
                                 global_step=global_step)
-    path = artifacts.Checkpoint.write(out_path, prefix, work_dir, card)
+    path = artifacts.Checkpoint.new(stack, prefix, work_dir, card).write(out_path)
   shutil.rmtree(work_dir, ignore_errors=True)  # the run is complete: its result is the artifact
   runtime.emit_metrics(global_step=global_step, train_seconds=time.perf_counter() - started)
   log.info('wrote %s', path)

@@ -99,7 +99,7 @@ def _call_in_process(name, argv, cwd, env):
       os.chdir(cwd)
     if 'TMPDIR' in (env or {}):
       tempfile.tempdir = None  # looked up again from TMPDIR, as a new process would
-    root.handlers = [handler]  # what the step logs reaches its stderr, as in a process of its own
+    root.addHandler(handler)  # what the step logs reaches its stderr, as in a process of its own
     root.setLevel(logging.INFO)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
       try:
