@@ -7,7 +7,6 @@ two agree pixel for pixel.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -15,10 +14,9 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image
 
 from deeplab import input as model_input
-from deeplab import checkpoint, metrics, model
+from deeplab import checkpoint, metrics, model, visualize
 from deeplab.colormaps import colorize
 from deeplab.compat import tf
 from deeplab.config import EvalConfig, ModelConfig
@@ -103,12 +101,6 @@ def evaluate(config: ModelConfig, checkpoint_prefix: str, manifest: Manifest,
   return result
 
 
-def _png(image) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format='PNG')
-  return buffer.getvalue()
-
-
 def write_summaries(result: dict, samples, summary_dir: str, global_step: int) -> None:
   """A TensorBoard event file in `summary_dir`: scalars eval/miou, eval/pixel_accuracy and
   eval/iou/<class> (classes with an IoU), and images eval/example_<i> from `samples`
@@ -123,7 +115,8 @@ def write_summaries(result: dict, samples, summary_dir: str, global_step: int) -
   values = [summary.Value(tag=tag, simple_value=value)
             for tag, value in scalars.items() if value is not None]
   values += [summary.Value(tag=f'eval/example_{i}', image=summary.Image(
-      height=sample.shape[0], width=sample.shape[1], colorspace=3, encoded_image_string=_png(sample)))
+      height=sample.shape[0], width=sample.shape[1], colorspace=3,
+      encoded_image_string=visualize.png_bytes(sample)))
              for i, sample in enumerate(samples)]
   now = time.time()
   # The file version first, as TensorBoard expects.

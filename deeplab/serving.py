@@ -96,15 +96,6 @@ def decode_image(data: bytes, max_pixels: int = ServeConfig.max_image_pixels, bu
     yield array
 
 
-def _label_png(labels, class_names) -> bytes:
-  """The label map as PNG bytes: 8-bit up to 256 classes, else 16-bit."""
-  from PIL import Image
-  buffer = io.BytesIO()
-  Image.fromarray(labels.astype(np.uint8 if len(class_names) <= 256 else np.uint16)).save(
-      buffer, format='PNG')
-  return buffer.getvalue()
-
-
 def _overlay_format(accept, configured: str) -> Optional[str]:
   """The format (visualize.OVERLAY_MEDIA_TYPES) to send an overlay in: `configured` (the
   --overlay_format) unless the Accept header (werkzeug's MIMEAccept) takes only the other one;
@@ -226,11 +217,11 @@ def create_app(model_dir: str, **settings):
           overlay_format)
       return Response(buffer.getvalue(), mimetype=visualize.OVERLAY_MEDIA_TYPES[overlay_format])
     if picture == 'labels':
-      return Response(_label_png(labels, class_names), mimetype='image/png')
+      return Response(visualize.label_png(labels), mimetype='image/png')
     result = {'width': int(image.shape[1]), 'height': int(image.shape[0]),
               'classes': _class_shares(labels, class_names)}
     if include == 'labels':
-      result['labels_png'] = base64.b64encode(_label_png(labels, class_names)).decode('ascii')
+      result['labels_png'] = base64.b64encode(visualize.label_png(labels)).decode('ascii')
     return jsonify(result)
 
   @app.post('/predict')

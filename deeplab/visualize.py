@@ -1,5 +1,6 @@
 """Blend colour-mapped label maps over images and save label maps and overlays (numpy + PIL)."""
 import functools
+import io
 import zlib
 
 import numpy as np
@@ -44,13 +45,23 @@ def _blend_tables(colormap, alpha):
   return blends.reshape(3, -1)
 
 
-def save_label_png(labels, path):
-  """Class ids as a single-channel PNG (8-bit up to 256 classes, else 16-bit)."""
+def png_bytes(array) -> bytes:
+  """An image array (uint8 [H, W] or [H, W, 3], or uint16 [H, W]) as PNG bytes."""
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def label_png(labels) -> bytes:
+  """Class ids [H, W] as a single-channel PNG: 8-bit when every id fits, which it always does for a
+  model within the class bound (config.MAX_CLASSES, 256), else 16-bit rather than wrapping."""
   array = np.asarray(labels)
-  if array.max(initial=0) < 256:
-    Image.fromarray(array.astype(np.uint8), mode='L').save(path)
-  else:
-    Image.fromarray(array.astype(np.uint16)).save(path)
+  return png_bytes(array.astype(np.uint8 if array.max(initial=0) < 256 else np.uint16))
+
+
+def save_label_png(labels, path):
+  with open(path, 'wb') as f:
+    f.write(label_png(labels))
 
 
 # file suffix and media type of each of config.OVERLAY_FORMATS
