@@ -13,7 +13,7 @@ TENSORFLOW ?= cuda
 BASE_IMAGE ?= python:3.11-slim
 IMAGE ?= deeplab-pipelines:$(if $(filter cpu,$(TENSORFLOW)),cpu,latest)
 
-.PHONY: setup demo test test-all bench clean image image-test image-ready
+.PHONY: setup demo test test-fast test-all bench clean image image-test image-ready
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+# The edit loop: in-process tests only (no step, server or worker process of its own).
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not slow and not process"
 
 # The slow end-to-end orchestrator runs (local Valohai runner, kfp.local, a DVC sweep) too.
 test-all: setup

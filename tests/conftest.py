@@ -124,13 +124,24 @@ TINY_TRAIN_FLAGS = ('--depth_multiplier=0.25', '--train_crop_size=65,65', '--tra
                     '--min_scale_factor=1', '--max_scale_factor=1')
 
 
+# Fixtures that start a real process (a server, a mount): their tests are marked `process` too.
+PROCESS_FIXTURES = {'server', 'limited_server', 'small_disk', 'raw_data'}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if PROCESS_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      item.add_marker(pytest.mark.process)
+
+
 @pytest.fixture(scope='session')
 def tiny_tfrecords(tmp_path_factory):
   """tfrecords.tar.gz of a small synthetic folder dataset (4 classes, ignore 255)."""
+  from deeplab.datasets import synthetic
   folder = tmp_path_factory.mktemp('tiny')
-  run_module('deeplab.datasets.synthetic', '--layout=folder', f'--output={folder / "raw"}',
-             '--seed=1', '--num_train=8', '--num_val=3', '--image_size=72,88')
-  run_step('build_data', '--dataset=folder', f'--raw_data={folder / "raw"}',
+  raw = synthetic.write_dataset('folder', str(folder / 'raw'), seed=1, num_train=8, num_val=3,
+                                image_size=(72, 88))
+  run_step('build_data', '--dataset=folder', f'--raw_data={raw}',
            f'--output={folder / "tfrecords.tar.gz"}', '--num_shards=1', '--num_workers=1')
   return folder / 'tfrecords.tar.gz'
 

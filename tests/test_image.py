@@ -83,6 +83,7 @@ def test_the_install_script_and_the_dockerfile_name_those_files(instructions):
     assert not re.search(r'\b(grep|sed|awk|cut)\b[^\n]*requirements', text)
 
 
+@pytest.mark.process
 def test_install_script_refuses_an_unknown_flavour():
   result = subprocess.run(['sh', os.path.join(ROOT, 'pipelines/install_requirements.sh'), 'gpu'],
                           capture_output=True, text=True)
@@ -134,6 +135,7 @@ def _fake_engines(tmp_path, **answers):
   return str(folder)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize('answers, found', [
     ({'docker': 0, 'podman': 0, 'buildah': 0}, 'docker'),
     ({'docker': 1, 'podman': 0, 'buildah': 0}, 'podman'),  # a docker client without a daemon
@@ -145,6 +147,7 @@ def test_the_first_engine_that_works_is_used_not_the_first_binary(tmp_path, answ
   assert (result.returncode, result.stdout.strip()) == (0, found), result.stderr
 
 
+@pytest.mark.process
 def test_no_working_engine_is_one_error_line(tmp_path):
   result = subprocess.run(['/bin/sh', os.path.join(ROOT, 'pipelines/image.sh'), 'engine'], capture_output=True,
                           text=True, env={'PATH': _fake_engines(tmp_path, docker=1)})
@@ -180,6 +183,7 @@ def _older_python():
   return None
 
 
+@pytest.mark.process
 def test_a_step_in_a_virtualenv_of_an_older_python_stops_before_anything_else(tmp_path):
   older = _older_python()
   if older is None:

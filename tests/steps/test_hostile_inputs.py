@@ -256,6 +256,7 @@ def test_divergence_stops_training_without_an_artifact_or_a_non_finite_checkpoin
         assert np.isfinite(value).all(), f'{prefix}: {name} is not finite'
 
 
+@pytest.mark.process
 def test_a_second_training_in_the_same_folder_fails_at_once(tmp_path, tiny_tfrecords):
   logs = tmp_path / 'logs'
   args = [f'--tfrecords={tiny_tfrecords}', '--training_number_of_steps=100000', *TINY_TRAIN_FLAGS,
@@ -370,6 +371,7 @@ def _images_folder(folder, count, size=(96, 128)):
   return folder
 
 
+@pytest.mark.process
 def test_sigterm_removes_partial_outputs_and_staging_folders(tmp_path, tmpdir_env, tiny_model):
   images = _images_folder(tmp_path / 'images', 400)
   out_dir = tmp_path / 'out'
@@ -391,6 +393,7 @@ def test_sigterm_removes_partial_outputs_and_staging_folders(tmp_path, tmpdir_en
   assert not out_dir.exists() or os.listdir(out_dir) == []
 
 
+@pytest.mark.process
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tmp_path, tmpdir_env, tiny_checkpoint):
   out = tmp_path / 'model.tar.gz'
   host, dead = files._HOST, _dead_pid()

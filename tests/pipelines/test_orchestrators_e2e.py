@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from pipelines.shared import SWEEP_LEARNING_RATES
+from tests.conftest import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 SYNTHETIC_FLAGS = ['--layout=folder', '--seed=0', '--num_train=8', '--num_val=4', '--image_size=65,65']
 TINY_TRAIN = {'training_number_of_steps': 4, 'train_batch_size': 2, 'train_crop_size': [65, 65],
               'depth_multiplier': 0.5, 'log_steps': 2, 'save_interval_steps': 4}
@@ -41,6 +42,7 @@ def run(command, cwd, **kwargs):
   return result
 
 
+@pytest.mark.process
 def test_valohai_local_runs_train_evaluate_export(raw_data, tmp_path):
   assignments = [('-i', f'build-data.raw_data={raw_data}'), ('-i', f'predict.images={raw_data / "images"}'),
                  ('-p', 'build-data.dataset=folder'), ('-p', 'build-data.num_shards=1'),
@@ -127,11 +129,13 @@ def test_dvc_repro_then_nothing_to_do_then_a_queued_sweep(tmp_path):
   assert all(0 <= miou <= 1 for miou in rates.values())
 
 
+@pytest.mark.process
 def test_kubeflow_pipeline_runs_locally_over_the_shared_sweep(raw_data, tmp_path):
   script = f'''
 import json, sys
 from kfp import local
 from pipelines.kubeflow.pipeline import deeplab_pipeline
+from tests.conftest import REPO
 local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root={str(tmp_path / "root")!r},
            workspace_root={str(tmp_path / "workspace")!r})
 task = deeplab_pipeline(raw_data_uri={str(raw_data)!r}, images_uri={str(raw_data / "images")!r},

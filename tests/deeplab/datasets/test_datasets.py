@@ -16,9 +16,8 @@ from deeplab.config import BuildConfig
 from deeplab.datasets import build, imagefile, layouts, manifest, synthetic, tfrecord
 from deeplab.datasets.layouts import cityscapes
 from deeplab.errors import UserError
+from tests.conftest import FIXTURES, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures'
 
 
 # ----------------------------------------------------------------------------- registry
@@ -126,6 +125,7 @@ def test_synthetic_classes_are_separable_by_colour():
   assert np.nanmean(iou) > 0.95
 
 
+@pytest.mark.process
 def test_synthetic_cli(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'deeplab.datasets.synthetic', '--layout=ade20k', f'--output={tmp_path}',

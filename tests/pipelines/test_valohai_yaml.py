@@ -18,8 +18,9 @@ from pipelines.valohai import config as generator
 from pipelines.valohai.config import dashed
 from steps import serve
 from steps.flags import FLAG, parse_flags
+from tests.conftest import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 CONFIG_PATH = os.path.join(ROOT, 'valohai.yaml')
 
 
@@ -56,6 +57,7 @@ def rendered_argv(step, values=None):
   return shell.stdout.split('\0')[:-1]
 
 
+@pytest.mark.process
 def test_lint_is_clean_with_strict_warnings():
   result = lint_file(CONFIG_PATH)
   assert not list(result.messages), [m['message'] for m in result.messages]
@@ -69,6 +71,7 @@ def test_generated_file_is_up_to_date():
     assert f.read() == generator.render(), f'run: {generator.REGENERATE}'
 
 
+@pytest.mark.process
 def test_commands_name_their_inputs_and_output_in_the_valohai_folders(config):
   """No step looks for Valohai's folders itself: each command passes them as flags."""
   for step in config.steps.values():
@@ -138,6 +141,7 @@ def test_every_step_flag_is_a_parameter_input_or_output(config):
       assert step.inputs[path.name].optional == path.optional, (step.name, path.name)
 
 
+@pytest.mark.process
 def test_rendered_default_command_parses_to_the_spec_defaults(config):
   """The round trip through Valohai's rendering and the step's parser keeps every default."""
   for name, spec in SPECS.items():
@@ -146,6 +150,7 @@ def test_rendered_default_command_parses_to_the_spec_defaults(config):
     assert {p.name: getattr(args, p.name) for p in spec.parameters} == spec.defaults(), name
 
 
+@pytest.mark.process
 def test_build_data_variants_differ_only_in_dataset_and_a_public_raw_data_default(config):
   spec = SPECS['build_data']
   for name, dataset, url in generator.BUILD_DATA_VARIANTS:
@@ -163,6 +168,7 @@ def test_input_defaults_are_public_urls(config):
         assert re.match(r'https?://', url), (step.name, declared.name, url)
 
 
+@pytest.mark.process
 def test_multiple_and_flag_values_render_in_a_form_the_step_parses(config):
   step = config.steps['train']
   args = parse_flags(SPECS['train'], rendered_argv(step, {

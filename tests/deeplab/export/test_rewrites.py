@@ -126,6 +126,7 @@ def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
       np.testing.assert_array_equal(_run(graph_def, photo)[0], _run(built, photo)[0])
 
 
+@pytest.mark.process
 def test_a_tensorflow_whose_depthwise_kernel_takes_no_dilations_runs_the_file_as_exported(
     tmp_path):
   """Without oneDNN TensorFlow's CPU kernel refuses dilated depthwise convolutions: FrozenGraphPredictor

@@ -16,7 +16,7 @@ from deeplab.config import (BuildConfig, EvalConfig, ExportConfig, ModelConfig, 
 from deeplab.datasets import synthetic
 from deeplab.errors import UserError
 from tests.conftest import run_step
-from tests.test_containment import _outcome, assert_refused
+from tests.deeplab.test_containment import _outcome, assert_refused
 
 
 # ----------------------------------------------------------------------------- the bounds

@@ -17,7 +17,7 @@ from deeplab import report
 from steps.evaluate import CONFUSION_FILE, REPORT_FOLDER
 from steps import files, runtime
 from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
-from tests.test_report import require_chromium
+from tests.deeplab.test_report import require_chromium
 
 CLASS_NAMES = ['background', 'red_striped', 'green_spotted', 'blue_checkered']
 GRID_WIDTH = round((3 * report.IMAGE_PANEL_INCHES + 0.4) * report.DPI)  # image | truth | prediction
@@ -96,6 +96,7 @@ def test_a_failed_fill_keeps_the_earlier_folder_and_leaves_no_staging(tmp_path):
   assert os.listdir(tmp_path) == ['report']
 
 
+@pytest.mark.process
 def test_the_report_page_opens_in_a_headless_browser(evaluated, tmp_path):
   chromium = require_chromium()
   folder, _ = evaluated
@@ -117,6 +118,7 @@ def test_progress_is_shown_only_when_stderr_is_a_terminal(terminal, monkeypatch)
       assert bar.disable is not terminal
 
 
+@pytest.mark.process
 def test_train_on_a_terminal_shows_a_progress_line_and_keeps_the_metric_lines(tiny_tfrecords, tmp_path):
   main, secondary = pty.openpty()
   command = [sys.executable, '-m', 'steps.train', f'--tfrecords={tiny_tfrecords}',

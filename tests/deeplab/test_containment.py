@@ -195,6 +195,7 @@ def test_links_that_stay_inside_and_a_linked_root_are_accepted(tmp_path, capsys)
   assert manifest['splits']['train']['num_examples'] == 2
 
 
+@pytest.mark.process
 def test_a_list_line_leading_out_fails_build_data_as_users_run_it(tmp_path, outside):
   """The case first seen: a VOC list line `../..` made build_data exit 0 with the outside JPEG in
   the shard. Run as a user runs it (a subprocess), with an archive input."""

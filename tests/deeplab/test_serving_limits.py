@@ -23,7 +23,7 @@ from deeplab import images, serving
 from deeplab.config import ServeConfig
 from steps import runtime
 from tests.conftest import run_step
-from tests.test_serving import Server, _png_bytes, _jpeg_bytes
+from tests.deeplab.test_serving import Server, _png_bytes, _jpeg_bytes
 
 # Generous bounds for liveness (never timing assertions): an answer that takes longer is lost.
 ANSWER_SECONDS = 20

@@ -21,8 +21,9 @@ from pipelines.dvc import plots
 from pipelines.shared import SPECS
 from steps import evaluate
 from steps.flags import FLAG, cast_value, parse_flags
+from tests.conftest import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 os.environ.setdefault('DVC_NO_ANALYTICS', '1')
 
 
@@ -109,6 +110,7 @@ def test_lists_render_as_repeated_flags_the_steps_parse(repo):
   assert args.train_crop_size == (129, 97) and args.atrous_rates == (6, 12, 18)
 
 
+@pytest.mark.process
 def test_record_keeps_the_exit_code_and_the_metric_lines(tmp_path):
   script = ('import json, sys\n'
             'print("log line")\n'
@@ -150,6 +152,7 @@ def test_evaluate_stage_declares_the_files_the_step_writes_beside_metrics(repo):
   assert any(f'plots confusion {folder}/{evaluate.CONFUSION_FILE}' in command for command in stage.cmd)
 
 
+@pytest.mark.process
 def test_plots_show_renders_the_confusion_matrix_and_the_image_grids(tmp_path):
   """`dvc plots show --json` over dvc.yaml with the files an evaluation leaves."""
   project = tmp_path / 'project'

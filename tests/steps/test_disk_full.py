@@ -16,7 +16,7 @@ from PIL import Image
 
 from deeplab.errors import UserError
 from steps import files
-from tests.conftest import TINY_TRAIN_FLAGS, assert_one_error_line, run_module, run_step
+from tests.conftest import TINY_TRAIN_FLAGS, assert_one_error_line, run_step
 
 
 @pytest.fixture
@@ -47,10 +47,9 @@ def noisy_images(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def raw_folder(tmp_path_factory):
-  folder = tmp_path_factory.mktemp('raw') / 'raw'
-  run_module('deeplab.datasets.synthetic', '--layout=folder', f'--output={folder}', '--seed=1',
-             '--num_train=8', '--num_val=3', '--image_size=96,128')
-  return folder
+  from deeplab.datasets import synthetic
+  return synthetic.write_dataset('folder', str(tmp_path_factory.mktemp('raw') / 'raw'), seed=1,
+                                 num_train=8, num_val=3, image_size=(96, 128))
 
 
 def _step_flags(step, out, inputs):
@@ -109,6 +108,7 @@ def small_disk(tmp_path):
     subprocess.run(['umount', str(mount_point)], check=True)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize('step', STEPS)
 def test_an_output_on_a_full_disk_is_one_line_and_leaves_nothing(step, small_disk, temp_folder,
                                                                  inputs):
@@ -122,6 +122,7 @@ def test_an_output_on_a_full_disk_is_one_line_and_leaves_nothing(step, small_dis
   _nothing_left(small_disk, temp_folder)
 
 
+@pytest.mark.process
 def test_evaluate_on_a_full_disk_as_reported(tmp_path, small_disk, tiny_tfrecords, tiny_checkpoint):
   """The case of the report, as a process: it printed a traceback, `error: unexpected OSError:
   [Errno 28]`, and left tensorboard/events.* beside the output."""

@@ -16,7 +16,7 @@ from deeplab.config import ModelConfig
 from deeplab.errors import UserError
 from deeplab.nets.registry import BACKBONES
 from deeplab.nets import mobilenet_v3, resnet_v1_beta
-from test_backbones import (_conv_rate, _conv_stride, features_with_the_same_weights,
+from tests.deeplab.nets.test_backbones import (_conv_rate, _conv_stride, features_with_the_same_weights,
                             predict_at_a_tiny_size)
 from tf_slim.nets import resnet_v1  # after deeplab.compat, which patches tf-slim
 

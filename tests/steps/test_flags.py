@@ -55,6 +55,7 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_sli
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize('step', STEPS, ids=lambda m: m.SPEC.name)
 def test_help_imports_no_tensorflow(step):
   completed = subprocess.run([sys.executable, '-c', _HELP_PROBE % step.SPEC.name], cwd=REPO,

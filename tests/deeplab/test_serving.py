@@ -147,6 +147,7 @@ def test_saved_model_signatures_compute_what_the_frozen_graph_does(tiny_export):
     np.testing.assert_array_equal(from_png, labels)
 
 
+@pytest.mark.process
 def test_tensorflow_2s_own_loader_runs_both_signatures(tiny_export, frozen_model, tmp_path):
   """Outside graph mode, as a TF2 consumer loads it (TF Serving's C++ loader reads the same protos)."""
   model_dir, _, images = tiny_export
@@ -502,6 +503,7 @@ def test_concurrent_clients_get_the_frozen_graphs_labels(server, tiny_export, fr
   assert sorted(done) == list(range(8))
 
 
+@pytest.mark.process
 def test_gunicorn_serves_the_module_level_application_of_the_environment(tiny_export, tmp_path):
   """The `module:callable` form WSGI hosts such as Valohai's run: $DEEPLAB_MODEL_DIR names the model."""
   command = [sys.executable, '-m', 'gunicorn', '--bind', '127.0.0.1:0', '--no-control-socket',

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from pipelines.valohai import config as generator
-from tests.test_valohai_yaml import step_invocation
+from tests.pipelines.test_valohai_yaml import step_invocation
 from pipelines.valohai import local as valohai_local
 from steps.flags import Path
 

@@ -40,6 +40,7 @@ def _resume(command, folder):
   return lines
 
 
+@pytest.mark.process
 @pytest.mark.parametrize('kill_signal', [signal.SIGTERM, signal.SIGKILL], ids=['SIGTERM', 'SIGKILL'])
 def test_killed_training_resumes_to_the_requested_total(tiny_tfrecords, tmp_path, kill_signal):
   process, command = _start_training(tiny_tfrecords, tmp_path, total=40)

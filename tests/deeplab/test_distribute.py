@@ -117,6 +117,7 @@ def test_bfloat16_trains_close_to_float32_with_float32_variables(one_device):
   np.testing.assert_allclose(bf16_losses, losses, rtol=0.02)
 
 
+@pytest.mark.process
 def test_valohai_distributed_config_becomes_tf_config(tmp_path, monkeypatch):
   """The file a Valohai distributed task of two members gets (the format valohai-utils reads)."""
   members = [{'announce_time': '2026-01-01T00:00:0%dZ' % i, 'identity': f'worker-{i}',
@@ -227,9 +228,10 @@ def _environment(**extra):
   return dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', **extra)
 
 
+@pytest.mark.process
 def test_two_worker_processes_train_like_one_device(one_device, tmp_path):
   start, (losses, weights) = one_device
-  script = ('import sys; from tests.test_distributed import _worker_in_memory; '
+  script = ('import sys; from tests.deeplab.test_distribute import _worker_in_memory; '
             '_worker_in_memory(sys.argv[1], sys.argv[2])')
   workers = [subprocess.Popen([sys.executable, '-c', script, start, str(tmp_path / f'{i}.npz')],
                               cwd=REPO, env=_environment(TF_CONFIG=config),
@@ -267,6 +269,7 @@ def _wait_for_step(chief, step):
   raise AssertionError(f'the chief ended before step {step}: {chief.stderr.read()[-2000:]}')
 
 
+@pytest.mark.process
 def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfrecords, tmp_path):
   configs = _tf_configs(2)
   chief, worker = _start_workers(tiny_tfrecords, tmp_path, configs, total=12)
@@ -290,6 +293,7 @@ def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfreco
   assert 'worker 1 of 2' in worker_err and not _metric_lines(worker_out)
 
 
+@pytest.mark.process
 def test_a_worker_that_never_starts_is_named_after_the_timeout(tiny_tfrecords, tmp_path):
   configs = _tf_configs(2)
   chief = _start_workers(tiny_tfrecords, tmp_path, configs[:1], total=12, timeout=3)[0]

@@ -181,6 +181,7 @@ def lying_tfrecords(tmp_path, tiny_tfrecords):
   return folder, offsets
 
 
+@pytest.mark.process
 def test_train_on_a_lying_shard_with_a_matching_sha256_is_one_line_not_a_signal(tmp_path,
                                                                               lying_tfrecords):
   """Was: killed by SIGSEGV (exit -11) in TensorFlow's reader."""

@@ -18,9 +18,8 @@ from PIL import Image
 from deeplab.config import BuildConfig
 from deeplab.datasets import build, layouts, manifest, synthetic, tfrecord
 from deeplab.errors import UserError
+from tests.conftest import FIXTURES, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures'
 RAW = FIXTURES / 'raw'
 needs_fixtures = pytest.mark.skipif(not RAW.is_dir(), reason=f'real samples not found at {RAW}')
 TINY = dict(seed=3, num_train=5, num_val=3, image_size=(40, 48))
@@ -148,6 +147,7 @@ def test_cityscapes_label_ids_are_mapped_to_train_ids(tmp_path):
   assert set(np.flatnonzero(built.splits['train_fine'].label_histogram)) <= {0, 8, 11, 13}
 
 
+@pytest.mark.process
 def test_archive_input_through_the_step(tmp_path):
   raw = synthetic.write_dataset('pascal_voc_seg', str(tmp_path / 'raw'), **TINY)
   archive = tmp_path / 'VOCtrainval.tar'
@@ -160,6 +160,7 @@ def test_archive_input_through_the_step(tmp_path):
   assert metrics['skipped'] == 0 and metrics['bytes_written'] > 0 and metrics['images_per_sec'] > 0
 
 
+@pytest.mark.process
 def test_output_is_identical_whatever_the_worker_count(tmp_path):
   raw = synthetic.write_dataset('folder', str(tmp_path / 'raw'), seed=5, num_train=12, num_val=4,
                                 image_size=(32, 32))
@@ -313,6 +314,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.process
 @pytest.mark.parametrize('case', sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_error_and_no_artifact(tmp_path, case):
   layout, change, message = BAD_INPUTS[case]
@@ -329,6 +331,7 @@ def test_bad_input_is_one_line_error_and_no_artifact(tmp_path, case):
   assert not (tmp_path / 'artifact').exists() or not any((tmp_path / 'artifact').iterdir())
 
 
+@pytest.mark.process
 def test_skip_invalid_reports_what_it_left_out(tmp_path):
   raw = Path(synthetic.write_dataset('folder', str(tmp_path / 'raw'), **TINY))
   _truncate(raw / 'images' / 'train_00001.jpg')
@@ -362,6 +365,7 @@ def test_unknown_split_and_wrong_layout_name_what_was_expected(tmp_path):
     build_into(tmp_path, layouts.get('cityscapes'), raw)
 
 
+@pytest.mark.process
 def test_help_is_fast_and_does_not_import_tensorflow():
   code = ('import sys, time; t = time.time()\n'
           'from steps import build_data\n'

@@ -3,7 +3,6 @@ HTML page, and the page as a real browser renders it."""
 import base64
 import itertools
 import os
-import pathlib
 import random
 import re
 import shutil
@@ -16,8 +15,8 @@ from PIL import Image
 
 from deeplab import metrics, report
 from deeplab.colormaps import ade20k_colormap, pascal_colormap
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Class names come from users' files: one is HTML, one would stop matplotlib's mathtext parser
 # (an unknown symbol between dollars). Both must be shown as written.
@@ -118,6 +117,7 @@ def test_read_event_scalars_from_file_writer_events(tmp_path):
   assert report.read_event_scalars(str(tmp_path / 'nothing here')) == {}
 
 
+@pytest.mark.process
 def test_importing_the_report_loads_neither_tensorflow_nor_pyplot():
   code = ('import sys, deeplab.report; '
           'print(sorted(m for m in ("tensorflow", "matplotlib.pyplot") if m in sys.modules))')
@@ -255,6 +255,7 @@ def _count_colour(pixels, colour, tolerance=3):
   return int((np.abs(pixels[..., :3].astype(int) - colour) <= tolerance).all(axis=-1).sum())
 
 
+@pytest.mark.process
 def test_report_renders_with_its_images_in_a_headless_browser(tiny_report, tmp_path):
   chromium = require_chromium()
   folder, _ = tiny_report
