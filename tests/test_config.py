@@ -10,7 +10,7 @@ from dvc.parsing.interpolate import to_str
 from deeplab.config import (NONE, PRESET, BuildConfig, EvalConfig, ExportConfig, ModelConfig,
                             PredictConfig, TrainConfig, setting, settings_of)
 from deeplab.errors import UserError
-from pipelines import shared
+from pipelines import graph, shared
 from pipelines.kubeflow import step_component
 from pipelines.valohai import config as valohai_config
 from steps import build_data, evaluate, export, flags, predict, train
@@ -115,7 +115,7 @@ def new_train_setting(monkeypatch):
   """The train SPEC as it is once `label_smoothing` is one more TrainConfig field."""
   spec = dataclasses.replace(train.SPEC, parameters=train.SPEC.parameters + flags.parameters_from(
       _TrainConfigWithANewSetting, exclude=[i.name for i in settings_of(TrainConfig)]))
-  monkeypatch.setitem(shared.SPECS, 'train', spec)
+  monkeypatch.setitem(graph.SPECS, 'train', spec)
   return spec
 
 
@@ -127,7 +127,7 @@ def test_a_new_setting_reaches_valohai_kubeflow_and_params_yaml(new_train_settin
                    'description': 'soften the one-hot targets by this much'}
   assert valohai_config.render() != (REPO / 'valohai.yaml').read_text()
   # Kubeflow: a component input of the same name and default.
-  assert 'label_smoothing: float = 0.0,' in step_component.components_source(shared.SPECS.values())
+  assert 'label_smoothing: float = 0.0,' in step_component.components_source(graph.SPECS.values())
   # params.yaml: a value there renders (as dvc.yaml's ${train} does) to a flag the step parses.
   parsing = Repo(str(REPO)).config['parsing']
   args = flags.parse_flags(new_train_setting, shlex.split(to_str({'label_smoothing': 0.1},

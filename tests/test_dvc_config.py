@@ -18,7 +18,7 @@ from dvc.repo import Repo
 from PIL import Image
 
 from pipelines.dvc import plots
-from pipelines.shared import SPECS
+from pipelines.graph import SPECS
 from steps import evaluate
 from steps.flags import FLAG, cast_value, parse_flags
 

@@ -13,7 +13,7 @@ from pipelines.kubeflow import components, pipeline
 from pipelines.kubeflow.__main__ import main as regenerate
 from pipelines.kubeflow.step_component import (COMPONENTS_PATH, REPORT_OUTPUTS, components_source, last_numbers,
                                                publish_evaluation, step_argv)
-from pipelines.shared import SPECS, SWEEP_LEARNING_RATES
+from pipelines.graph import SPECS, SWEEP_LEARNING_RATES
 from steps.flags import FLAG, FLOAT, INTEGER, STRING, parse_flags
 
 KFP_TYPES = {STRING: 'String', INTEGER: 'Integer', FLOAT: 'Float', FLAG: 'Boolean'}

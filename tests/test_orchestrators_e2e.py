@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from pipelines.shared import SWEEP_LEARNING_RATES
+from pipelines.graph import SWEEP_LEARNING_RATES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_FLAGS = ['--layout=folder', '--seed=0', '--num_train=8', '--num_val=4', '--image_size=65,65']

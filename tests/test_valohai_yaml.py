@@ -13,7 +13,8 @@ import pytest
 import valohai_yaml
 from valohai_yaml.lint import lint_file
 
-from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
+from pipelines.graph import SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
+from pipelines.shared import BASE_IMAGE
 from pipelines.valohai import config as generator
 from pipelines.valohai.config import dashed
 from steps import serve
