@@ -57,8 +57,8 @@ class Sweep:
   (`deeplab.metrics.best_index`), and the nodes downstream get its artifact.
 
   Valohai's grid task crosses every parameter of the grid; Kubeflow's ParallelFor iterates the first
-  one (`base_learning_rates`) and takes the others as one value per run (pipeline arguments); DVC
-  queues experiments over the first (docs/orchestrators.md).
+  one (`base_learning_rates`) and takes the others as one value per run (pipeline arguments).
+  dvc.yaml runs one point; `dvc exp run --queue` sweeps (docs/orchestrators.md).
   """
   node: str
   judged_by: str
@@ -114,7 +114,7 @@ def check(nodes=NODES, sweep=SWEEP) -> None:
     seen.append(node.step)
   order = [node.step for node in nodes]
   if order.index(sweep.judged_by) != order.index(sweep.node) + 1 or \
-      sweep.node not in NODE[sweep.judged_by].inputs.values():
+      sweep.node not in nodes[order.index(sweep.judged_by)].inputs.values():
     raise ValueError(f'the sweep: {sweep.judged_by} must come right after {sweep.node} and read its artifact')
   for parameter, values in sweep.grid.items():
     SPECS[sweep.node].parameter(parameter)  # KeyError: not a parameter of the swept step

@@ -73,13 +73,17 @@ def source_path(source) -> str:
   return GIVEN_PATHS[source] if isinstance(source, Given) else artifact(source)
 
 
+def input_paths(node: graph.Node) -> dict:
+  """{input name: path} of the node's connected inputs, in SPEC order."""
+  return {path.name: source_path(node.inputs[path.name]) for path in SPECS[node.step].inputs
+          if path.name in node.inputs}
+
+
 def step_command(node: graph.Node) -> str:
-  """`python -m steps.<step> ${<step>}` with the node's inputs (in SPEC order) and its output."""
-  spec = SPECS[node.step]
-  inputs = [f'--{path.name}={source_path(node.inputs[path.name])}' for path in spec.inputs
-            if path.name in node.inputs]
-  (output,) = spec.outputs
-  return ' '.join([f'python -m steps.{node.step}', f'${{{node.step}}}', *inputs,
+  """`python -m steps.<step> ${<step>}` with the node's inputs and its output."""
+  (output,) = SPECS[node.step].outputs
+  return ' '.join([f'python -m steps.{node.step}', f'${{{node.step}}}',
+                   *[f'--{name}={path}' for name, path in input_paths(node).items()],
                    f'--{output.name}={artifact(node.step)}'])
 
 
@@ -90,7 +94,7 @@ def recorded(command: str, to: str, only_with: str = None) -> str:
 
 
 def node_stage(node: graph.Node) -> dict:
-  """The stage of a node; deps without the code (`code_deps` adds it)."""
+  """The stage of a node; its deps without the code (`config` adds it)."""
   command = step_command(node)
   outs, extra = [artifact(node.step)], {}
   if node.step == 'train':
@@ -107,16 +111,15 @@ def node_stage(node: graph.Node) -> dict:
     extra['plots'] = [{PER_CLASS_IOU: UNCACHED}, {CONFUSION: dict(
         UNCACHED, template='confusion', title="Confusion matrix (percent of each ground-truth class's pixels)",
         x='predicted', y='actual', x_label='predicted class', y_label='ground-truth class')}]
-  inputs = [source_path(node.inputs[path.name]) for path in SPECS[node.step].inputs if path.name in node.inputs]
-  stage = {'cmd': command, 'deps': inputs, 'params': [node.step], 'outs': outs}
+  stage = {'cmd': command, 'deps': list(input_paths(node).values()), 'params': [node.step], 'outs': outs}
   stage.update(extra)
   return stage
 
 
-def code_deps(command) -> list:
-  """The repository's Python files the modules a command runs (`python -m <module>`) can import."""
+def command_modules(command) -> list:
+  """The modules a stage's command (or commands) runs: each `python -m <module>`."""
   commands = command if isinstance(command, list) else [command]
-  return imports.closure(ROOT, [module for c in commands for module in re.findall(r'python -m ([\w.]+)', c)])
+  return [module for c in commands for module in re.findall(r'python -m ([\w.]+)', c)]
 
 
 PLOTS = [
@@ -132,8 +135,9 @@ PLOTS = [
 def config() -> dict:
   stages = {DEMO_DATA_STAGE: {'cmd': DEMO_DATA_COMMAND, 'deps': [], 'outs': [DEMO_DATA]}}
   stages.update((node.step, node_stage(node)) for node in graph.NODES)
+  modules = imports.Modules(ROOT)
   for stage in stages.values():
-    stage['deps'] += code_deps(stage['cmd'])
+    stage['deps'] += modules.closure(command_modules(stage['cmd']))
   return {'stages': stages, 'plots': PLOTS}
 
 

@@ -16,7 +16,8 @@ import ast
 import os
 from typing import Iterator, List, Optional
 
-_DYNAMIC_IMPORTS = ('import_module', '__import__')
+# importlib.import_module(name) and __import__(name), however importlib was imported.
+_DYNAMIC_IMPORTS = {'import_module', '__import__'}
 
 
 class Modules:
@@ -24,13 +25,14 @@ class Modules:
 
   def __init__(self, root: str):
     self.root = root
+    self._imports = {}
 
   def _path(self, name: str) -> str:
     return os.path.join(self.root, *name.split('.'))
 
   def is_package(self, name: str) -> bool:
     """A folder of the repository (namespace packages, without __init__.py, included)."""
-    return bool(name) and os.path.isdir(self._path(name)) and not os.path.islink(self._path(name))
+    return bool(name) and os.path.isdir(self._path(name))
 
   def file(self, name: str) -> Optional[str]:
     """The file a module of the repository runs, relative to the root; None for a namespace package
@@ -42,6 +44,33 @@ class Modules:
 
   def exists(self, name: str) -> bool:
     return self.file(name) is not None or self.is_package(name)
+
+  def closure(self, entry_modules) -> List[str]:
+    """The sorted repository files (relative to the root) that running `entry_modules` can import."""
+    seen, files, pending = set(), set(), list(entry_modules)
+    while pending:
+      name = pending.pop()
+      if name in seen:
+        continue
+      seen.add(name)
+      parts = name.split('.')
+      pending += ['.'.join(parts[:i]) for i in range(1, len(parts))]  # the packages above it run first
+      path = self.file(name)
+      if path is None:
+        if not self.is_package(name):
+          raise ValueError(f'{name} is not a module of the repository')
+        continue
+      files.add(path)
+      pending += self.imports_of(name)
+    return sorted(files)
+
+  def imports_of(self, name: str) -> List[str]:
+    """The repository modules module `name` imports (read once per Modules)."""
+    if name not in self._imports:
+      path = self.file(name)
+      with open(os.path.join(self.root, path), encoding='utf-8') as f:
+        self._imports[name] = imported_modules(self, name, f.read(), path)
+    return self._imports[name]
 
   def package_modules(self, package: str) -> Iterator[str]:
     """Every module under the package `package`, its subpackages' included."""
@@ -88,8 +117,8 @@ def imported_modules(modules: Modules, module: str, source: str, filename: str) 
         base = f'{anchor}.{base}' if base else anchor
       found.append(base)
       found += [f'{base}.{alias.name}' for alias in node.names if modules.exists(f'{base}.{alias.name}')]
-    elif isinstance(node, ast.Call) and (
-        getattr(node.func, 'attr', None) in _DYNAMIC_IMPORTS or getattr(node.func, 'id', None) in _DYNAMIC_IMPORTS):
+    elif isinstance(node, ast.Call) and _DYNAMIC_IMPORTS & {getattr(node.func, 'attr', None),
+                                                             getattr(node.func, 'id', None)}:
       found += _dynamic_targets(modules, node, module, filename)
   return [name for name in found if modules.exists(name)]
 
@@ -106,26 +135,3 @@ def _dynamic_targets(modules: Modules, call: ast.Call, module: str, filename: st
   if not known or modules.exists(known.split('.')[0]):
     raise ValueError(f'{filename}:{call.lineno}: cannot tell which modules this dynamic import can import')
   return []  # a third-party package's module
-
-
-def closure(root: str, entry_modules) -> List[str]:
-  """The sorted repository files (relative to `root`) that running `entry_modules` can import."""
-  modules = Modules(root)
-  seen, files, pending = set(), set(), list(entry_modules)
-  while pending:
-    name = pending.pop()
-    if name in seen:
-      continue
-    seen.add(name)
-    parts = name.split('.')
-    pending += ['.'.join(parts[:i]) for i in range(1, len(parts))]  # the packages above it run first
-    path = modules.file(name)
-    if path is None:
-      if not modules.is_package(name):
-        raise ValueError(f'{name} is not a module of the repository')
-      continue
-    files.add(path)
-    with open(os.path.join(root, path), encoding='utf-8') as f:
-      source = f.read()
-    pending += imported_modules(modules, name, source, path)
-  return sorted(files)
