@@ -61,6 +61,7 @@ def test_lint_is_clean_with_strict_warnings():
 def test_generated_file_is_up_to_date():
   with open(CONFIG_PATH) as f:
     assert f.read() == generator.render(), f'run: {generator.REGENERATE}'
+  assert generator.main(['--check']) == 0
 
 
 def test_commands_name_their_inputs_and_output_in_the_valohai_folders(config):
