@@ -1,2 +1,3 @@
-"""Orchestrator glue: the Valohai config generator and local runner, the Kubeflow pipeline, DVC metric
-glue. Everything here is derived from the step SPECs (steps/*.py); the steps never import it."""
+"""Orchestrator glue: the pipeline graph (graph.py), the Valohai config generator and local runner, the
+Kubeflow pipeline, the dvc.yaml generator and DVC plot glue. Everything here is derived from the step
+SPECs (steps/*.py) and the graph; the steps never import it."""

@@ -1,5 +1,8 @@
-"""What every orchestrator shares: the step SPECs, the images, the sweep, the steps' metric lines, and
-writing or checking a generated file."""
+"""What every orchestrator's code shares: the repository root, the images, the steps' metric lines, and
+writing or checking a generated file. (The steps and the graph they form are pipelines/graph.py.)
+
+It imports no step: DVC's plot glue (pipelines/dvc/plots.py) runs inside stages and imports it, so
+everything it imports is a dependency of those stages."""
 from __future__ import annotations
 
 import json
@@ -8,10 +11,8 @@ import subprocess
 import sys
 from typing import List, Optional, Tuple
 
-from steps import build_data, evaluate, export, predict, train
-
-# The steps in pipeline order, by module name (`python -m steps.<name>`).
-SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, predict.SPEC)}
+# The repository: generated files are written here, and the commands run from it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The project image (Dockerfile) is built on it, and Valohai runs the steps in it when valohai.yaml names
 # no prebuilt image; both install the pinned requirements with pipelines/install_requirements.sh (the
@@ -21,14 +22,6 @@ BASE_IMAGE = 'python:3.11-slim'
 # your registry and pass that name as the pipeline's `image` argument (or set DEEPLAB_IMAGE when
 # compiling) to run on a cluster.
 PROJECT_IMAGE = os.environ.get('DEEPLAB_IMAGE', 'deeplab-pipelines:latest')
-
-# The sweep. Valohai's grid task trains every learning rate with every variant; Kubeflow's ParallelFor
-# trains every learning rate for the one model_variant of a run. Three rates around DeepLab's
-# published 0.007 (Valohai's grid; Kubeflow had only two): kfp.local trains the points one after
-# another, and at the end-to-end test's size a point costs about 25 s of a two-minute local run on two
-# cores, so the third keeps the local run quick. Only variants of deeplab.config.
-SWEEP_LEARNING_RATES = (0.007, 0.02, 0.05)
-SWEEP_MODEL_VARIANTS = ('mobilenet_v2', 'resnet_v1_50_beta')
 
 
 def metric_record(line: str) -> Optional[dict]:

@@ -1,0 +1,1 @@
+"""DVC: the dvc.yaml generator (`python -m pipelines.dvc`) and the plot data its stages write."""

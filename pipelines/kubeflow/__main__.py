@@ -8,7 +8,8 @@ import argparse
 import sys
 
 from pipelines.kubeflow.step_component import COMPONENTS_PATH, components_source
-from pipelines.shared import SPECS, write_or_check
+from pipelines.graph import SPECS
+from pipelines.shared import write_or_check
 
 REGENERATE = 'python -m pipelines.kubeflow'
 

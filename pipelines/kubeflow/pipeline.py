@@ -5,7 +5,9 @@ Compiled to pipelines/kubeflow/pipeline.yaml by `python -m pipelines.kubeflow`.
 raw data (importer) -> build_data -> ParallelFor(base_learning_rates): train -> evaluate
   -> select_best (highest mIoU) -> export -> predict on the images (importer)
 
-Every task runs the step components (pipelines/kubeflow/components.py, generated from the SPECs) in
+The tasks and what feeds them are the pipeline graph's (pipelines/graph.py): its nodes in order, the
+sweep's node and judge inside the ParallelFor, and the best point's artifact (select_best) to the
+nodes after it; the graph's Givens are the imported URIs. Every task runs the step components (pipelines/kubeflow/components.py, generated from the SPECs) in
 the project image, which the `image` argument names at run time. Artifacts travel as KFP artifacts;
 the steps take their suffix-less paths. Each step's JSON metric lines are logged as KFP metrics. Inputs
 come in by URI (`raw_data_uri`, `images_uri`: a local path with kfp.local, an object store URI on a
@@ -20,11 +22,15 @@ from typing import List
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
+from pipelines import graph
+from pipelines.graph import IMAGES, RAW_DATA, SPECS, SWEEP, Given
 from pipelines.kubeflow import components
 from pipelines.kubeflow.step_component import input_default
-from pipelines.shared import PROJECT_IMAGE, SPECS, SWEEP_LEARNING_RATES
+from pipelines.shared import PROJECT_IMAGE
 
 COMPILED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pipeline.yaml')
+# The ParallelFor iterates the sweep's first parameter; the others are one value per run.
+SWEPT_PARAMETER = next(iter(SWEEP.grid))
 
 
 def _train_default(name: str):
@@ -61,9 +67,28 @@ def select_best(
   return scores[index]
 
 
-def _in_image(task, image):
+# What each task asks of a cluster (kfp.local ignores it): CPU and memory requests by step; train
+# also a GPU, a memory limit and retries.
+REQUESTS = {'build_data': ('2', '4G'), 'train': ('4', '16G'), 'evaluate': ('2', '8G'), 'select_best': ('1', '1G'),
+            'export': ('2', '8G'), 'predict': ('2', '8G')}
+SWEEP_PARALLELISM = 4
+
+
+def _on_cluster(task, step: str, image):
   task.set_container_image(image)
+  cpu, memory = REQUESTS[step]
+  task.set_cpu_request(cpu).set_memory_request(memory)
+  if step == 'train':
+    task.set_accelerator_type('nvidia.com/gpu').set_accelerator_limit(1).set_memory_limit('32G')
+    # Preemptible GPU nodes and transient storage errors: retry rather than fail the sweep.
+    task.set_retry(num_retries=2, backoff_duration='60s', backoff_factor=2)
   return task
+
+
+def _imported(uri, name: str):
+  importer = dsl.importer(artifact_uri=uri, artifact_class=dsl.Dataset, reimport=False)
+  importer.set_display_name(name)
+  return importer.output
 
 
 @dsl.pipeline(name='deeplab-train-sweep', description=__doc__.split('\n')[0])
@@ -72,7 +97,7 @@ def deeplab_pipeline(
     images_uri: str,
     image: str = PROJECT_IMAGE,
     dataset: str = SPECS['build_data'].parameter('dataset').default,
-    base_learning_rates: List[float] = list(SWEEP_LEARNING_RATES),
+    base_learning_rates: List[float] = list(SWEEP.grid[SWEPT_PARAMETER]),
     model_variant: str = _train_default('model_variant'),
     depth_multiplier: float = _train_default('depth_multiplier'),
     training_number_of_steps: int = _train_default('training_number_of_steps'),
@@ -81,32 +106,35 @@ def deeplab_pipeline(
     log_steps: int = _train_default('log_steps'),
 ) -> float:
   """Returns the mIoU of the checkpoint that was exported."""
-  raw_data = dsl.importer(artifact_uri=raw_data_uri, artifact_class=dsl.Dataset, reimport=False)
-  raw_data.set_display_name('raw data')
-  images = dsl.importer(artifact_uri=images_uri, artifact_class=dsl.Dataset, reimport=False)
-  images.set_display_name('images')
-  build = _in_image(components.build_data(raw_data=raw_data.output, dataset=dataset), image)
-  build.set_cpu_request('2').set_memory_request('4G')
-  with dsl.ParallelFor(base_learning_rates, parallelism=4) as learning_rate:
-    train = _in_image(components.train(
-        tfrecords=build.outputs['output'], base_learning_rate=learning_rate, model_variant=model_variant,
-        depth_multiplier=depth_multiplier, training_number_of_steps=training_number_of_steps,
-        train_batch_size=train_batch_size, train_crop_size=train_crop_size, log_steps=log_steps), image)
-    train.set_accelerator_type('nvidia.com/gpu').set_accelerator_limit(1)
-    train.set_cpu_request('4').set_memory_request('16G').set_memory_limit('32G')
-    # Preemptible GPU nodes and transient storage errors: retry rather than fail the sweep.
-    train.set_retry(num_retries=2, backoff_duration='60s', backoff_factor=2)
-    evaluate = _in_image(components.evaluate(tfrecords=build.outputs['output'],
-                                             checkpoint=train.outputs['output']), image)
-    evaluate.set_cpu_request('2').set_memory_request('8G')
-  best = _in_image(select_best(checkpoints=dsl.Collected(train.outputs['output']),
-                               evaluations=dsl.Collected(evaluate.outputs['output']),
-                               learning_rates=base_learning_rates), image)
-  best.set_cpu_request('1').set_memory_request('1G')
-  export = _in_image(components.export(checkpoint=best.outputs['best']), image)
-  export.set_cpu_request('2').set_memory_request('8G')
-  predict = _in_image(components.predict(model=export.outputs['output'], images=images.output), image)
-  predict.set_cpu_request('2').set_memory_request('8G')
+  given = {RAW_DATA: _imported(raw_data_uri, 'raw data'), IMAGES: _imported(images_uri, 'images')}
+  # The step parameters a node takes from the pipeline's arguments.
+  settings = {'build_data': {'dataset': dataset},
+              'train': {'model_variant': model_variant, 'depth_multiplier': depth_multiplier,
+                        'training_number_of_steps': training_number_of_steps,
+                        'train_batch_size': train_batch_size, 'train_crop_size': train_crop_size,
+                        'log_steps': log_steps}}
+  artifacts = {}  # node -> the artifact the nodes downstream get
+
+  def run(node, **sweep_point):
+    inputs = {name: given[source] if isinstance(source, Given) else artifacts[source]
+              for name, source in node.inputs.items()}
+    task = getattr(components, node.step)(**inputs, **settings.get(node.step, {}), **sweep_point)
+    artifacts[node.step] = task.outputs['output']
+    return _on_cluster(task, node.step, image)
+
+  start = graph.NODES.index(graph.NODE[SWEEP.node])
+  for node in graph.NODES[:start]:
+    run(node)
+  with dsl.ParallelFor(base_learning_rates, parallelism=SWEEP_PARALLELISM) as point:
+    swept = run(graph.NODE[SWEEP.node], **{SWEPT_PARAMETER: point})
+    judged = run(graph.NODE[SWEEP.judged_by])
+  best = _on_cluster(select_best(checkpoints=dsl.Collected(swept.outputs['output']),
+                                 evaluations=dsl.Collected(judged.outputs['output']),
+                                 learning_rates=base_learning_rates), 'select_best', image)
+  artifacts[SWEEP.node] = best.outputs['best']
+  del artifacts[SWEEP.judged_by]  # one per sweep point: nothing after the sweep reads it
+  for node in graph.NODES[graph.NODES.index(graph.NODE[SWEEP.judged_by]) + 1:]:
+    run(node)
   return best.outputs['Output']
 
 

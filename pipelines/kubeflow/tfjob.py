@@ -15,7 +15,7 @@ from typing import List
 from kubeflow.training import constants, models
 from kubernetes import client
 
-from pipelines.shared import SPECS
+from pipelines.graph import SPECS
 
 MOUNT_PATH = '/data'
 # A failed pod is started again by the operator; the job resumes from the chief's checkpoint.

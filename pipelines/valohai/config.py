@@ -1,4 +1,5 @@
-"""Generates valohai.yaml from the step SPECs, so its parameters cannot drift from the step flags.
+"""Generates valohai.yaml from the step SPECs and the pipeline graph (pipelines/graph.py), so its
+parameters cannot drift from the step flags nor its pipelines from the other orchestrators'.
 
     python -m pipelines.valohai.config            # rewrite valohai.yaml
     python -m pipelines.valohai.config --check    # exit 1 if valohai.yaml is not what this generates
@@ -11,6 +12,11 @@ skips) and then runs the step from the repository checkout. With `--image` namin
 project image (`make image`, pushed to a registry; docs/image.md) the commands install nothing and
 start the step at once. Every command names its inputs and its output explicitly, in the folders
 Valohai mounts (/valohai/inputs/<name>/, /valohai/outputs/).
+
+The pipelines are parts of the graph: train-evaluate-export all of it, train-sweep-evaluate the part
+up to the sweep's judge with the sweep as a grid-search task node, train-evaluate-deploy and
+distributed-train-evaluate-export the part up to evaluate + export (then a deployment node, or training
+as a distributed task node).
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ import sys
 
 import yaml
 
-from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS, write_or_check
+from pipelines import graph
+from pipelines.graph import SPECS, SWEEP
+from pipelines.shared import BASE_IMAGE, ROOT, write_or_check
 from steps import serve
 
 # Installs the requirements into the plain base image; the project image has them already.
@@ -28,21 +36,24 @@ SETUP_COMMAND = 'sh pipelines/install_requirements.sh cuda'
 TF_CONFIG_COMMAND = 'python -m pipelines.valohai.tf_config'
 # Where Valohai puts an execution's inputs (/valohai/inputs/<name>/) and collects its outputs.
 VALOHAI_ROOT = '/valohai'
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_PATH = os.path.join(ROOT, 'valohai.yaml')
 REGENERATE = 'python -m pipelines.valohai.config'
 
-# Public raw datasets for build-data variant steps: (step name, dataset, raw_data URL).
+# Public raw datasets for build-data variant steps: (step name, dataset, raw_data URL). The first one
+# is the build-data node of the pipelines: it brings the graph's raw data (RAW_DATA).
 VOC2012_URL = 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar'
 ADE20K_URL = 'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip'
 BUILD_DATA_VARIANTS = (
     ('build-data-pascal-voc', 'pascal_voc_seg', VOC2012_URL),
     ('build-data-ade20k', 'ade20k', ADE20K_URL),
 )
-# The three demo photos of the original DeepLab README: predict's default images.
+# The three demo photos of the original DeepLab README: predict's default images, the graph's IMAGES.
 DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master/research/deeplab/'
                     f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
 STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
+# The step a pipeline node runs when it is not the node's own: the graph's Givens come from default
+# inputs (RAW_DATA the VOC tar of build-data-pascal-voc, IMAGES the demo photos of predict).
+NODE_STEPS = {'build_data': BUILD_DATA_VARIANTS[0][0]}
 
 # The endpoint serving the exported model, and the deployment the pipeline publishes it to: create
 # a deployment of this name once in the Valohai project (Deployments > Create), then every run of
@@ -52,6 +63,9 @@ DEPLOYMENT = 'deeplab'
 ENDPOINT_MODEL_PATH = 'model/model.tar.gz'
 SERVE_SPEC = serve.SPEC
 
+# The task nodes: the graph's sweep, and training on several machines.
+SWEEP_TASK = 'train-sweep'
+DISTRIBUTED_TASK = 'train-distributed'
 # Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
 PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
 
@@ -146,13 +160,17 @@ def step_entry(step: str, image: str, name: str = '', default_overrides: dict = 
   }}
 
 
-def _artifact_edge(source_step: str, target_node: str, input_name: str) -> list:
-  """An edge from the artifact of the node named after `source_step` to an input of `target_node`."""
-  return [f'{dashed(source_step)}.output.{output_filename(source_step)}', f'{target_node}.input.{input_name}']
+def _artifact_edges(nodes) -> list:
+  """The graph's edges between `nodes`: each node's artifact to the inputs it feeds."""
+  return [[f'{dashed(source)}.output.{output_filename(source)}', f'{dashed(target)}.input.{name}']
+          for source, target, name in graph.edges(nodes)]
 
 
-def _execution(name: str, step: str = '') -> dict:
-  return {'name': name, 'type': 'execution', 'step': step or name}
+def _node(step: str, task: str = '') -> dict:
+  """The pipeline node of a graph node: an execution of its step, or `task` (a task node of it)."""
+  if task:
+    return {'name': dashed(step), 'type': 'task', 'task': task}
+  return {'name': dashed(step), 'type': 'execution', 'step': NODE_STEPS.get(step, dashed(step))}
 
 
 def _knob_parameters(target_node: str) -> list:
@@ -162,52 +180,38 @@ def _knob_parameters(target_node: str) -> list:
           for knob in PIPELINE_KNOBS]
 
 
-def _build_train_evaluate_export_edges() -> list:
-  """build-data's records to train and evaluate, train's checkpoint to evaluate and export."""
-  return [_artifact_edge('build_data', 'train', 'tfrecords'),
-          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
-          _artifact_edge('train', 'evaluate', 'checkpoint'),
-          _artifact_edge('train', 'export', 'checkpoint')]
+def _pipeline(name: str, nodes, tasks: dict = None, knobs: bool = False, extra_nodes=(),
+              extra_edges=()) -> dict:
+  """A pipeline running `nodes` of the graph wired by its edges; `tasks` makes some of them task
+  nodes ({step: task name}); `knobs` exposes PIPELINE_KNOBS of the train node."""
+  tasks = tasks or {}
+  pipeline = {'name': name}
+  if knobs:
+    pipeline['parameters'] = _knob_parameters(dashed('train'))
+  pipeline['nodes'] = [_node(node.step, tasks.get(node.step, '')) for node in nodes] + list(extra_nodes)
+  pipeline['edges'] = _artifact_edges(nodes) + list(extra_edges)
+  return {'pipeline': pipeline}
 
 
 def train_evaluate_export_pipeline() -> dict:
-  """build-data (PASCAL VOC by default) -> train -> evaluate + export -> predict."""
-  return {'pipeline': {
-      'name': 'train-evaluate-export',
-      'parameters': _knob_parameters('train'),
-      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]), _execution('train'),
-                _execution('evaluate'), _execution('export'), _execution('predict')],
-      'edges': _build_train_evaluate_export_edges() + [
-          _artifact_edge('export', 'predict', 'model'),
-      ],
-  }}
+  """The whole graph: build-data (PASCAL VOC by default) -> train -> evaluate + export -> predict."""
+  return _pipeline('train-evaluate-export', graph.NODES, knobs=True)
 
 
 def sweep_task() -> dict:
   return {'task': {
-      'name': 'train-sweep',
-      'step': 'train',
+      'name': SWEEP_TASK,
+      'step': dashed(SWEEP.node),
       'type': 'grid-search',
-      'parameters': [
-          {'name': 'base_learning_rate', 'style': 'multiple', 'rules': {'items': list(SWEEP_LEARNING_RATES)}},
-          {'name': 'model_variant', 'style': 'multiple', 'rules': {'items': list(SWEEP_MODEL_VARIANTS)}},
-      ],
+      'parameters': [{'name': name, 'style': 'multiple', 'rules': {'items': list(values)}}
+                     for name, values in SWEEP.grid.items()],
   }}
 
 
 def sweep_pipeline() -> dict:
-  """build-data -> a grid of train executions (task node) -> evaluate on every checkpoint."""
-  return {'pipeline': {
-      'name': 'train-sweep-evaluate',
-      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]),
-                {'name': 'train', 'type': 'task', 'task': 'train-sweep'},
-                _execution('evaluate')],
-      'edges': [
-          _artifact_edge('build_data', 'train', 'tfrecords'),
-          _artifact_edge('build_data', 'evaluate', 'tfrecords'),
-          _artifact_edge('train', 'evaluate', 'checkpoint'),
-      ],
-  }}
+  """The graph up to the sweep's judge: build-data -> a grid of train executions (task node) ->
+  evaluate on every checkpoint (it reports the best one)."""
+  return _pipeline('train-sweep-evaluate', graph.through(SWEEP.judged_by), {SWEEP.node: SWEEP_TASK})
 
 
 def endpoint(image: str) -> dict:
@@ -230,18 +234,11 @@ def endpoint(image: str) -> dict:
 
 
 def train_evaluate_deploy_pipeline() -> dict:
-  """build-data -> train -> evaluate + export -> a new version of the `deeplab` deployment."""
-  return {'pipeline': {
-      'name': 'train-evaluate-deploy',
-      'parameters': _knob_parameters('train'),
-      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]), _execution('train'),
-                _execution('evaluate'), _execution('export'),
-                {'name': 'deploy', 'type': 'deployment', 'deployment': DEPLOYMENT,
-                 'endpoints': [ENDPOINT]}],
-      'edges': _build_train_evaluate_export_edges() + [
-          [f'export.output.{output_filename("export")}', f'deploy.file.{ENDPOINT}.model'],
-      ],
-  }}
+  """The graph up to evaluate + export, then a new version of the `deeplab` deployment."""
+  return _pipeline(
+      'train-evaluate-deploy', graph.through('evaluate', 'export'), knobs=True,
+      extra_nodes=[{'name': 'deploy', 'type': 'deployment', 'deployment': DEPLOYMENT, 'endpoints': [ENDPOINT]}],
+      extra_edges=[[f'{dashed("export")}.output.{output_filename("export")}', f'deploy.file.{ENDPOINT}.model']])
 
 
 # Machines of a distributed training task; each trains on every GPU of its own
@@ -252,7 +249,7 @@ DISTRIBUTED_WORKERS = 2
 def distributed_train_task() -> dict:
   """train on DISTRIBUTED_WORKERS machines at once; the chief (rank 0) writes the checkpoint."""
   return {'task': {
-      'name': 'train-distributed',
+      'name': DISTRIBUTED_TASK,
       'step': 'train',
       'type': 'distributed',
       'execution-count': DISTRIBUTED_WORKERS,
@@ -263,14 +260,9 @@ def distributed_train_task() -> dict:
 
 
 def distributed_pipeline() -> dict:
-  """build-data -> train on several machines (task node) -> evaluate + export."""
-  return {'pipeline': {
-      'name': 'distributed-train-evaluate-export',
-      'nodes': [_execution('build-data', BUILD_DATA_VARIANTS[0][0]),
-                {'name': 'train', 'type': 'task', 'task': 'train-distributed'},
-                _execution('evaluate'), _execution('export')],
-      'edges': _build_train_evaluate_export_edges(),
-  }}
+  """The graph up to evaluate + export, training on several machines (task node)."""
+  return _pipeline('distributed-train-evaluate-export', graph.through('evaluate', 'export'),
+                   {'train': DISTRIBUTED_TASK})
 
 
 def config(image: str = BASE_IMAGE) -> list:
@@ -283,7 +275,8 @@ def config(image: str = BASE_IMAGE) -> list:
 
 
 def render(image: str = BASE_IMAGE) -> str:
-  header = f'# Generated by `{REGENERATE}` from the step SPECs (steps/*.py): do not edit.\n'
+  header = (f'# Generated by `{REGENERATE}` from the step SPECs (steps/*.py) and the pipeline graph '
+            f'(pipelines/graph.py): do not edit.\n')
   return header + yaml.safe_dump(config(image), sort_keys=False, width=110, allow_unicode=True)
 
 

@@ -24,6 +24,7 @@ import fnmatch
 import json
 import os
 import shlex
+import shutil
 import sys
 import urllib.request
 import valohai_yaml
@@ -82,8 +83,21 @@ def _place(source: str, folder: str) -> None:
     raise RunError(f'input {source} does not exist')
   entries = [os.path.join(source, e) for e in sorted(os.listdir(source))] if os.path.isdir(source) else [source]
   for entry in entries:
-    # Symlinks: inputs are read-only to the steps, so there is no need to copy datasets.
-    os.symlink(entry, os.path.join(folder, os.path.basename(entry)))
+    # Files of their own in the input folder, as Valohai downloads them: a step refuses a symbolic
+    # link out of its input. Hard links where the file system allows (the steps only read inputs),
+    # so a dataset is not copied.
+    target = os.path.join(folder, os.path.basename(entry))
+    if os.path.isdir(entry):
+      shutil.copytree(entry, target, copy_function=_link_or_copy)
+    else:
+      _link_or_copy(entry, target)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+  try:
+    os.link(source, target)
+  except OSError:  # another file system, or one without hard links
+    shutil.copy2(source, target)
 
 
 def local_commands(step, exec_dir: str) -> list:

@@ -1,6 +1,7 @@
 """The settings schemas: validation, presets, and everything derived from them (step flags,
 valohai.yaml, the Kubeflow components, params.yaml values)."""
 import dataclasses
+import re
 import shlex
 
 import pytest
@@ -10,7 +11,7 @@ from dvc.parsing.interpolate import to_str
 from deeplab.config import (NONE, PRESET, BuildConfig, EvalConfig, ExportConfig, ModelConfig,
                             PredictConfig, TrainConfig, setting, settings_of)
 from deeplab.errors import UserError
-from pipelines import shared
+from pipelines import graph, shared
 from pipelines.kubeflow import step_component
 from pipelines.valohai import config as valohai_config
 from steps import build_data, evaluate, export, flags, predict, train
@@ -115,7 +116,7 @@ def new_train_setting(monkeypatch):
   """The train SPEC as it is once `label_smoothing` is one more TrainConfig field."""
   spec = dataclasses.replace(train.SPEC, parameters=train.SPEC.parameters + flags.parameters_from(
       _TrainConfigWithANewSetting, exclude=[i.name for i in settings_of(TrainConfig)]))
-  monkeypatch.setitem(shared.SPECS, 'train', spec)
+  monkeypatch.setitem(graph.SPECS, 'train', spec)
   return spec
 
 
@@ -127,7 +128,7 @@ def test_a_new_setting_reaches_valohai_kubeflow_and_params_yaml(new_train_settin
                    'description': 'soften the one-hot targets by this much'}
   assert valohai_config.render() != (REPO / 'valohai.yaml').read_text()
   # Kubeflow: a component input of the same name and default.
-  assert 'label_smoothing: float = 0.0,' in step_component.components_source(shared.SPECS.values())
+  assert 'label_smoothing: float = 0.0,' in step_component.components_source(graph.SPECS.values())
   # params.yaml: a value there renders (as dvc.yaml's ${train} does) to a flag the step parses.
   parsing = Repo(str(REPO)).config['parsing']
   args = flags.parse_flags(new_train_setting, shlex.split(to_str({'label_smoothing': 0.1},
@@ -140,3 +141,34 @@ def test_a_hand_edited_generated_file_is_caught(tmp_path):
   edited.write_text((REPO / 'valohai.yaml').read_text().replace('default: 0.0001', 'default: 0.01'))
   assert shared.write_or_check(str(edited), valohai_config.render(), True, 'regenerate') == 1
   assert shared.write_or_check(str(REPO / 'valohai.yaml'), valohai_config.render(), True, '') == 0
+
+
+# ----------------------------------------------------------------------------- the pipeline graph
+
+def test_the_graph_feeds_every_required_input_from_an_earlier_node_or_a_given():
+  graph.check()  # the declared graph, as the three generators read it
+  for node in graph.NODES:
+    for path in graph.SPECS[node.step].inputs:
+      assert path.optional or path.name in node.inputs, (node.step, path.name)
+  assert graph.through('evaluate') == tuple(graph.NODE[s] for s in ('build_data', 'train', 'evaluate'))
+  assert ('build_data', 'export', 'tfrecords') in graph.edges()
+
+
+@pytest.mark.parametrize('broken, message', [
+    (lambda nodes: nodes[:1] + (graph.Node('train', {'records': 'build_data'}),) + nodes[2:],
+     "train has no input 'records'"),
+    (lambda nodes: nodes[:2] + (graph.Node('evaluate', {'tfrecords': 'build_data'}),) + nodes[3:],
+     'evaluate: nothing feeds checkpoint'),
+    (lambda nodes: (nodes[1], nodes[0]) + nodes[2:], "train.tfrecords: 'build_data' is not a node before it"),
+    (lambda nodes: nodes[:1] + (nodes[1], nodes[3], nodes[2]) + nodes[4:],
+     'the sweep: evaluate must come right after train'),
+    (lambda nodes: nodes + (nodes[0],), 'build_data is in the graph twice'),
+])
+def test_a_broken_graph_is_refused_with_what_is_wrong(broken, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    graph.check(broken(graph.NODES))
+
+
+def test_a_sweep_over_what_the_swept_step_does_not_take_is_refused():
+  with pytest.raises(KeyError, match='eval_scales'):
+    graph.check(sweep=graph.Sweep('train', 'evaluate', {'eval_scales': ((1.0,),)}))

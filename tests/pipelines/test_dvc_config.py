@@ -1,10 +1,12 @@
-"""dvc.yaml and params.yaml agree with the step SPECs, and DVC renders flags the steps parse.
+"""dvc.yaml (generated from the pipeline graph) and params.yaml agree with the step SPECs, DVC renders
+flags the steps parse, and each stage depends on exactly the code its command imports.
 
 The commands are resolved by DVC itself (its interpolation and the [parsing] settings of
 .dvc/config), then parsed by the step's own flag parser.
 """
 import collections
 import json
+import textwrap
 import os
 import shlex
 import shutil
@@ -17,8 +19,10 @@ from dvc.parsing.interpolate import to_str
 from dvc.repo import Repo
 from PIL import Image
 
-from pipelines.dvc import plots
-from pipelines.shared import SPECS
+from pipelines import graph
+from pipelines.dvc import config as generator
+from pipelines.dvc import imports, plots
+from pipelines.graph import SPECS
 from steps import evaluate
 from steps.flags import FLAG, cast_value, parse_flags
 from tests.conftest import REPO
@@ -186,3 +190,139 @@ def test_plots_show_renders_the_confusion_matrix_and_the_image_grids(tmp_path):
   assert collections.Counter((v['actual'], v['predicted']) for v in values) == {
       ('a', 'a'): 90, ('a', 'b'): 10, ('b', 'a'): 30, ('b', 'b'): 70}
   assert 'xy_count' in json.dumps(confusion['content'])  # DVC's confusion template counts the records
+
+
+# ----------------------------------------------------------------------------- generated from the graph
+
+def test_generated_file_is_up_to_date_and_a_hand_edit_is_caught(tmp_path, capsys):
+  assert generator.main(['--check']) == 0
+  edited = tmp_path / 'dvc.yaml'
+  edited.write_text(open(os.path.join(ROOT, 'dvc.yaml')).read().replace('    - deeplab/training.py\n', ''))
+  assert generator.main(['--check', f'--output={edited}']) == 1
+  assert f'{edited} is out of date: run python -m pipelines.dvc' in capsys.readouterr().err
+
+
+def test_a_stage_per_node_fed_as_the_graph_says(repo):
+  stages = {stage.name: stage for stage in repo.index.stages}
+  assert list(stages) == [generator.DEMO_DATA_STAGE] + [node.step for node in graph.NODES]
+  for node in graph.NODES:
+    inputs = [str(d.def_path) for d in stages[node.step].deps
+              if not hasattr(d, 'params') and not str(d.def_path).endswith('.py')]
+    expected = [generator.GIVEN_PATHS[s] if isinstance(s, graph.Given) else generator.artifact(s)
+                for s in node.inputs.values()]
+    assert sorted(inputs) == sorted(expected), node.step
+
+
+# ----------------------------------------------------------------------------- code dependencies
+
+def _write_package(root, files):
+  for path, text in files.items():
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text(textwrap.dedent(text))
+
+
+def test_the_import_closure_follows_every_kind_of_import_and_nothing_else(tmp_path):
+  _write_package(tmp_path, {
+      'app/__init__.py': '',
+      'app/main.py': '''\
+          import os
+          from app import eager, not_a_module
+          from . import sibling
+
+          def later():
+            from app.lazy import thing  # runs only when called: still a dependency
+
+          def plugin(name):
+            import importlib
+            return importlib.import_module(f'app.plugins.{name}')
+          ''',
+      'app/eager.py': 'import json\nnot_a_module = 1\n',
+      'app/sibling.py': 'from .deep.inner import value\n',
+      'app/deep/inner.py': 'value = 1\n',  # app/deep has no __init__.py: a namespace package
+      'app/lazy.py': 'thing = 1\n',
+      'app/plugins/__init__.py': '',
+      'app/plugins/one.py': '',
+      'app/plugins/sub/two.py': 'from ..one import *\n',
+      'app/unused.py': 'import app.main\n',
+      'other/registry.py': 'import importlib\n\ndef load(name):\n  return importlib.import_module(f"{__name__}s.{name}")\n',
+  })
+  assert imports.Modules(str(tmp_path)).closure(['app.main']) == [
+      'app/__init__.py', 'app/deep/inner.py', 'app/eager.py', 'app/lazy.py', 'app/main.py',
+      'app/plugins/__init__.py', 'app/plugins/one.py', 'app/plugins/sub/two.py', 'app/sibling.py']
+  _write_package(tmp_path, {'other/registrys/a.py': ''})  # `{__name__}s.` -> other.registrys
+  assert imports.Modules(str(tmp_path)).closure(['other.registry']) == ['other/registry.py', 'other/registrys/a.py']
+
+
+def test_a_dynamic_import_of_an_unknown_module_is_an_error_not_a_missing_dependency(tmp_path):
+  _write_package(tmp_path, {'app/__init__.py': '', 'app/main.py': 'import importlib\n\n'
+                            'def load(name):\n  return importlib.import_module(name)\n'})
+  with pytest.raises(ValueError, match=r'app/main.py:4: cannot tell which modules'):
+    imports.Modules(str(tmp_path)).closure(['app.main'])
+
+
+@pytest.mark.process
+def test_every_module_a_stage_imports_at_start_is_among_its_deps(repo):
+  """Python's own import of each stage's modules (in a fresh process) loads only files the static
+  closure lists."""
+  script = ('import importlib, json, os, sys\n'
+            'root, loaded = sys.argv[1], {}\n'
+            'def ours():\n'
+            '  return [n for n in sys.modules if n.split(".")[0] in ("deeplab", "steps", "pipelines")]\n'
+            'for module in sys.argv[2:]:\n'
+            '  for name in ours():\n'
+            '    del sys.modules[name]\n'
+            '  importlib.import_module(module)\n'
+            '  loaded[module] = sorted(os.path.relpath(sys.modules[n].__file__, root) for n in ours()\n'
+            '                          if sys.modules[n].__file__)  # a namespace package has none\n'
+            'print(json.dumps(loaded))\n')
+  stages = {stage.name: stage for stage in repo.index.stages}
+  modules = {stage: generator.command_modules(s.cmd) for stage, s in stages.items()}
+  result = subprocess.run([sys.executable, '-c', script, ROOT, *{m for ms in modules.values() for m in ms}],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+  loaded = json.loads(result.stdout)
+  for stage, entry_modules in modules.items():
+    deps = {str(d.def_path) for d in stages[stage].deps}
+    for module in entry_modules:
+      assert set(loaded[module]) <= deps, (stage, module, set(loaded[module]) - deps)
+  assert 'deeplab/training.py' in {str(d.def_path) for d in stages['train'].deps}
+
+
+def test_editing_a_module_reruns_only_the_stages_that_import_it(tmp_path, monkeypatch):
+  """DVC's own status after a recorded run (dvc.lock from stand-in outputs): serve's code is in no
+  stage, training code only in train's, the report only in evaluate's."""
+  project = tmp_path / 'project'
+  (project / '.dvc').mkdir(parents=True)
+  for name in ('dvc.yaml', 'params.yaml', os.path.join('.dvc', 'config')):
+    shutil.copy(os.path.join(ROOT, name), project / name)
+  with open(project / '.dvc' / 'config', 'a') as f:
+    f.write('[core]\n    no_scm = true\n')
+  for folder in ('deeplab', 'steps', 'pipelines'):
+    shutil.copytree(os.path.join(ROOT, folder), project / folder, ignore=shutil.ignore_patterns('__pycache__'))
+  monkeypatch.chdir(project)  # DVC's stage cache resolves paths from the working directory
+
+  def status_after_editing(path):
+    original = (project / path).read_text()
+    (project / path).write_text(original + '# an edit\n')
+    try:
+      with Repo(str(project)) as dvc_repo:
+        return {stage: [change['changed deps'] for change in changes]
+                for stage, changes in dvc_repo.status().items()}
+    finally:
+      (project / path).write_text(original)
+
+  with Repo(str(project)) as dvc_repo:
+    for stage in dvc_repo.index.stages:
+      for out in stage.outs:
+        path = project / str(out.def_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix:
+          path.write_text('stand-in')
+        else:  # a folder output
+          (path / 'images').mkdir(parents=True)
+          (path / 'images' / 'a.jpg').write_text('stand-in')
+    dvc_repo.commit(force=True)
+    assert dvc_repo.status() == {}
+  assert status_after_editing('deeplab/serving.py') == {}
+  assert status_after_editing('steps/serve.py') == {}
+  assert status_after_editing('deeplab/training.py') == {'train': [{'deeplab/training.py': 'modified'}]}
+  assert status_after_editing('deeplab/report.py') == {'evaluate': [{'deeplab/report.py': 'modified'}]}

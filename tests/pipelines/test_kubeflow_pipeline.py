@@ -13,7 +13,8 @@ from pipelines.kubeflow import components, pipeline
 from pipelines.kubeflow.__main__ import main as regenerate
 from pipelines.kubeflow.step_component import (COMPONENTS_PATH, REPORT_OUTPUTS, components_source, last_numbers,
                                                publish_evaluation, step_argv)
-from pipelines.shared import SPECS, SWEEP_LEARNING_RATES
+from pipelines import graph
+from pipelines.graph import SPECS, SWEEP, SWEEP_LEARNING_RATES
 from steps.flags import FLAG, FLOAT, INTEGER, STRING, parse_flags
 
 KFP_TYPES = {STRING: 'String', INTEGER: 'Integer', FLOAT: 'Float', FLAG: 'Boolean'}
@@ -147,3 +148,41 @@ def test_select_best_keeps_evaluate_rule_and_reports_a_missing_miou_as_minus_one
   assert (tmp_path / 'best').read_text() == '2'
   assert metrics.metadata == {'best_miou': 0.75, 'best_base_learning_rate': 0.1, 'miou_at_lr_0.001': -1.0,
                               'miou_at_lr_0.01': 0.5, 'miou_at_lr_0.1': 0.75, 'miou_at_lr_1.0': 0.75}
+
+
+def _producer(dag_inputs, source):
+  """The task an IR artifact input comes from, seen through a ParallelFor's own inputs."""
+  if 'componentInputArtifact' in source:  # inside the loop: the loop task's input of that name
+    source = dag_inputs[source['componentInputArtifact']]['taskOutputArtifact']
+  else:
+    source = source['taskOutputArtifact']
+  return source['producerTask'], source['outputArtifactKey']
+
+
+def test_ir_tasks_are_fed_as_the_graph_says(compiled):
+  """Each node's inputs come from the task of the node feeding it (after the sweep: select_best's
+  best point) or, for a Given, from the importer of its URI; the sweep's node and judge are the
+  ParallelFor's body."""
+  ir = yaml.safe_load(compiled)
+  root = ir['root']['dag']['tasks']
+  (loop_name, loop), = [(name, t) for name, t in root.items() if 'parameterIterator' in t]
+  body = ir['components'][loop['componentRef']['name']]['dag']['tasks']
+  assert set(body) == {step.replace('_', '-') for step in (SWEEP.node, SWEEP.judged_by)}
+  importers = {t['inputs']['parameters']['uri']['componentInputParameter']: name for name, t in root.items()
+               if t['componentRef']['name'].startswith('comp-importer')}
+  for node in graph.NODES:
+    name = node.step.replace('_', '-')
+    task = body.get(name) or root[name]
+    fed = {key: _producer(loop['inputs']['artifacts'], source)
+           for key, source in task['inputs']['artifacts'].items()}
+    expected = {}
+    for key, source in node.inputs.items():
+      if isinstance(source, graph.Given):
+        expected[key] = (importers[f'{source.name}_uri'], 'artifact')
+      elif source == SWEEP.node and name not in body:
+        expected[key] = ('select-best', 'best')
+      else:
+        expected[key] = (source.replace('_', '-'), 'output')
+    assert fed == expected, name
+  assert {_producer({}, root['select-best']['inputs']['artifacts'][key])[0]
+          for key in ('checkpoints', 'evaluations')} == {loop_name}

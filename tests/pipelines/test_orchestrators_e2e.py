@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from pipelines.shared import SWEEP_LEARNING_RATES
+from pipelines.graph import SWEEP_LEARNING_RATES
 from tests.conftest import REPO
 
 ROOT = str(REPO)

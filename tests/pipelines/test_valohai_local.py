@@ -110,6 +110,9 @@ def test_step_input_from_a_local_folder(config_path, tmp_path):
   code, run_dir, _ = run(config_path, tmp_path, 'step', 'second', '-i', f'text={tmp_path / "texts"}')
   assert code == 0
   assert (run_dir / 'second' / 'outputs' / 'text.txt').read_text() == 'from a file hello'
+  # Files of the input's own, as Valohai downloads them: a step refuses a symbolic link out of it.
+  placed = run_dir / 'second' / 'inputs' / 'text' / 'a.txt'
+  assert placed.is_file() and not placed.is_symlink() and placed.read_text() == 'from a file'
 
 
 def test_pipeline_wires_output_and_parameter_edges_and_pipeline_parameters(config_path, tmp_path):

@@ -13,7 +13,9 @@ import pytest
 import valohai_yaml
 from valohai_yaml.lint import lint_file
 
-from pipelines.shared import BASE_IMAGE, SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
+from pipelines import graph
+from pipelines.graph import SPECS, SWEEP_LEARNING_RATES, SWEEP_MODEL_VARIANTS
+from pipelines.shared import BASE_IMAGE
 from pipelines.valohai import config as generator
 from pipelines.valohai.config import dashed
 from steps import serve
@@ -69,6 +71,7 @@ def test_lint_is_clean_with_strict_warnings():
 def test_generated_file_is_up_to_date():
   with open(CONFIG_PATH) as f:
     assert f.read() == generator.render(), f'run: {generator.REGENERATE}'
+  assert generator.main(['--check']) == 0
 
 
 @pytest.mark.process
@@ -248,3 +251,23 @@ def test_the_endpoint_runs_the_serve_step_on_its_model_file(config):
   args = parse_flags(serve.SPEC, command[3:])
   assert args.model == endpoint.files[0].path and str(args.port) == str(endpoint.port)
   assert args.host == '0.0.0.0'  # reachable from outside the container
+
+
+def test_each_pipeline_is_a_part_of_the_graph_with_its_edges(config):
+  """Every pipeline node of a step is the graph's node of that step, fed by exactly the edges the
+  graph draws between the pipeline's nodes; train-evaluate-export is the whole graph."""
+  for pipeline in config.pipelines.values():
+    steps = {node.name: spec_of(node_step(config, node)).name for node in pipeline.nodes
+             if node.type != 'deployment'}
+    assert all(name == dashed(step) for name, step in steps.items()), (pipeline.name, steps)
+    nodes = [graph.NODE[step] for step in steps.values()]
+    fed = {(steps[e.source_node], steps[e.target_node], e.target_key) for e in pipeline.edges
+           if e.target_type == 'input'}
+    assert fed == set(graph.edges(nodes)), pipeline.name
+    assert nodes == list(graph.through(*[n.step for n in nodes])), pipeline.name  # upstream included
+  assert [node.name for node in config.pipelines['train-evaluate-export'].nodes] == [
+      dashed(node.step) for node in graph.NODES]
+  sweep = config.pipelines['train-sweep-evaluate'].node_map
+  task = config.tasks[sweep[dashed(graph.SWEEP.node)].task]
+  assert {v.name: tuple(v.rules['items']) for v in task.parameters} == graph.SWEEP.grid
+  assert dashed(graph.SWEEP.judged_by) in sweep
