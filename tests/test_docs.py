@@ -142,3 +142,32 @@ def test_every_doc_page_is_linked_from_the_readme():
 def test_the_readme_is_a_front_door():
   with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
     assert len(f.read().splitlines()) <= 150
+
+
+def _drawn_layout():
+  """The files the Layout drawing of docs/architecture.md names, as paths from the root."""
+  text = open(os.path.join(ROOT, 'docs', 'architecture.md'), encoding='utf-8').read()
+  block = text.split('## Layout', 1)[1].split('```', 2)[1]
+  drawn, folders = set(), []
+  for line in block.splitlines():
+    if not line.strip():
+      continue
+    indent = (len(line) - len(line.lstrip(' '))) // 2
+    # Names come first on a line, several separated by two spaces; the description follows.
+    names = re.match(r'^\s*((?:[\w.-]+/?(?:  (?=[\w.-]+\.\w+))?)+)', line).group(1).split()
+    del folders[indent:]
+    for name in names:
+      if name.endswith('/'):
+        folders.append(name.rstrip('/'))
+      else:
+        drawn.add('/'.join(folders + [name]))
+  return drawn
+
+
+def test_the_layout_drawn_in_the_architecture_page_is_the_tree():
+  drawn = _drawn_layout()
+  actual = {os.path.relpath(p, ROOT) for package in ('deeplab', 'steps', 'pipelines')
+            for p in glob.glob(os.path.join(ROOT, package, '**', '*.py'), recursive=True)}
+  actual |= {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'pipelines', '*.sh'))}
+  assert sorted(actual - drawn) == [], 'in the tree, not in the drawing'
+  assert sorted(drawn - actual) == [], 'in the drawing, not in the tree'
