@@ -8,6 +8,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import tarfile
 import sys
 import tempfile
 
@@ -137,13 +138,34 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope='session')
 def tiny_tfrecords(tmp_path_factory):
   """tfrecords.tar.gz of a small synthetic folder dataset (4 classes, ignore 255)."""
+  return synthetic_tfrecords(tmp_path_factory.mktemp('tiny'), 8, 3, (72, 88))
+
+
+@pytest.fixture
+def step_tmpdir(tmp_path, monkeypatch):
+  """The steps' temp folder (scratch and extraction), the test's own, to see what a step leaves
+  there: for steps run in this process and as processes alike."""
+  folder = tmp_path / 'tmpdir'
+  folder.mkdir()
+  monkeypatch.setenv('TMPDIR', str(folder))
+  monkeypatch.setattr(tempfile, 'tempdir', str(folder))
+  return folder
+
+
+def synthetic_tfrecords(folder, num_train, num_val, image_size, extract=False):
+  """tfrecords.tar.gz (or, with `extract`, its extracted folder) of a synthetic folder dataset
+  written under `folder`."""
   from deeplab.datasets import synthetic
-  folder = tmp_path_factory.mktemp('tiny')
-  raw = synthetic.write_dataset('folder', str(folder / 'raw'), seed=1, num_train=8, num_val=3,
-                                image_size=(72, 88))
-  run_step('build_data', '--dataset=folder', f'--raw_data={raw}',
-           f'--output={folder / "tfrecords.tar.gz"}', '--num_shards=1', '--num_workers=1')
-  return folder / 'tfrecords.tar.gz'
+  raw = synthetic.write_dataset('folder', str(folder / 'raw'), seed=1, num_train=num_train,
+                                num_val=num_val, image_size=image_size)
+  archive = folder / 'tfrecords.tar.gz'
+  run_step('build_data', '--dataset=folder', f'--raw_data={raw}', f'--output={archive}',
+           '--num_shards=1', '--num_workers=1')
+  if not extract:
+    return archive
+  with tarfile.open(archive) as tar:
+    tar.extractall(folder / 'extracted', filter='data')
+  return folder / 'extracted'
 
 
 @pytest.fixture(scope='session')
@@ -153,3 +175,11 @@ def tiny_checkpoint(tiny_tfrecords, tmp_path_factory):
   run_step('train', f'--tfrecords={tiny_tfrecords}', f'--output={folder / "checkpoint.tar.gz"}',
            '--training_number_of_steps=3', *TINY_TRAIN_FLAGS, cwd=folder)
   return folder / 'checkpoint.tar.gz'
+
+
+@pytest.fixture(scope='session')
+def tiny_model(tiny_checkpoint, tmp_path_factory):
+  """model.tar.gz of `tiny_checkpoint` in every format."""
+  out = tmp_path_factory.mktemp('tiny_model') / 'model.tar.gz'
+  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={out}')
+  return out

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import types
 
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 from deeplab import containment
 from deeplab.datasets import synthetic
 from deeplab.errors import UserError
-from tests.conftest import assert_one_error_line, run_step
+from tests.conftest import assert_one_error_line, run_step, synthetic_tfrecords
 
 
 def _outcome(result):
@@ -31,15 +30,6 @@ def _outcome(result):
 def assert_refused(status, err, *fragments):
   """Exit 1 with exactly one `error:` line holding every fragment, and no traceback."""
   return assert_one_error_line(types.SimpleNamespace(returncode=status, stderr=err), *fragments)
-
-
-@pytest.fixture
-def own_tmpdir(tmp_path, monkeypatch):
-  """A temp folder of the test's own, to see what a step leaves there."""
-  folder = tmp_path / 'tmpdir'
-  folder.mkdir()
-  monkeypatch.setattr(tempfile, 'tempdir', str(folder))
-  return folder
 
 
 @pytest.fixture
@@ -155,7 +145,7 @@ def _raw(tmp_path, layout):
 
 @pytest.mark.parametrize('layout, how', list(LAYOUT_CASES), ids=[' '.join(c) for c in LAYOUT_CASES])
 def test_a_dataset_entry_that_leads_out_of_the_dataset_is_refused(layout, how, tmp_path, outside,
-                                                                   own_tmpdir, capsys):
+                                                                   step_tmpdir, capsys):
   raw = _raw(tmp_path, layout)
   edit, fragments = LAYOUT_CASES[layout, how]
   edit(tmp_path / 'raw', outside)
@@ -163,7 +153,7 @@ def test_a_dataset_entry_that_leads_out_of_the_dataset_is_refused(layout, how, t
   status, _, err = _outcome(run_step('build_data', f'--dataset={layout}', f'--raw_data={raw}',
                                   f'--output={out}', '--num_workers=1', '--splits=train', check=False))
   assert_refused(status, err, *fragments(tmp_path / 'raw', outside))
-  assert not (tmp_path / 'out').exists() and os.listdir(own_tmpdir) == []
+  assert not (tmp_path / 'out').exists() and os.listdir(step_tmpdir) == []
 
 
 def test_skip_invalid_does_not_skip_an_entry_that_leads_out(tmp_path, outside, capsys):
@@ -218,19 +208,13 @@ def test_a_list_line_leading_out_fails_build_data_as_users_run_it(tmp_path, outs
 @pytest.fixture(scope='module')
 def tfrecords_folder(tmp_path_factory):
   """The extracted tfrecords.tar.gz of a tiny folder dataset (a folder input can hold links)."""
-  folder = tmp_path_factory.mktemp('containment_tfrecords')
-  raw = synthetic.write_dataset('folder', str(folder / 'raw'), num_train=2, num_val=1,
-                                image_size=(24, 24))
-  run_step('build_data', '--dataset=folder', f'--raw_data={raw}',
-           f'--output={folder / "tfrecords.tar.gz"}', '--num_shards=1', '--num_workers=1')
-  with tarfile.open(folder / 'tfrecords.tar.gz') as tar:
-    tar.extractall(folder / 'extracted', filter='data')
-  return folder / 'extracted'
+  return synthetic_tfrecords(tmp_path_factory.mktemp('containment_tfrecords'), 2, 1, (24, 24),
+                             extract=True)
 
 
 @pytest.mark.parametrize('how', ['absolute', 'dotdot', 'linked'])
 def test_a_shard_name_that_leads_out_of_the_tfrecords_is_refused(how, tmp_path, tfrecords_folder,
-                                                                 outside, own_tmpdir, capsys):
+                                                                 outside, step_tmpdir, capsys):
   tfrecords = tmp_path / 'tfrecords'
   shutil.copytree(tfrecords_folder, tfrecords)
   data = json.loads((tfrecords / 'dataset.json').read_text())
@@ -249,7 +233,7 @@ def test_a_shard_name_that_leads_out_of_the_tfrecords_is_refused(how, tmp_path, 
              'linked': 'leads outside'}[how]
   assert_refused(status, err, str(tfrecords / 'dataset.json'), repr(name), problem)
   assert not (tmp_path / 'out').exists() and not (tmp_path / 'logdir').exists()
-  assert stdout == '' and os.listdir(own_tmpdir) == []  # not a step trained
+  assert stdout == '' and os.listdir(step_tmpdir) == []  # not a step trained
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -316,14 +300,14 @@ def _card_naming(folder, name):
 @pytest.mark.parametrize('how', list(CHECKPOINT_CASES))
 def test_a_checkpoint_name_that_leads_out_of_the_checkpoint_is_refused(how, tmp_path,
                                                                        checkpoint_folder, outside,
-                                                                       own_tmpdir, capsys):
+                                                                       step_tmpdir, capsys):
   edit, fragments = CHECKPOINT_CASES[how]
   edit(checkpoint_folder, outside)
   out = tmp_path / 'out' / 'model.tar.gz'
   status, _, err = _outcome(run_step('export', f'--checkpoint={checkpoint_folder}',
                                   f'--output={out}', '--export_formats=frozen_graph', check=False))
   assert_refused(status, err, *fragments(checkpoint_folder, outside))
-  assert not (tmp_path / 'out').exists() and os.listdir(own_tmpdir) == []
+  assert not (tmp_path / 'out').exists() and os.listdir(step_tmpdir) == []
 
 
 def test_an_index_naming_a_missing_checkpoint_is_named(tmp_path, checkpoint_folder, capsys):

@@ -13,9 +13,8 @@ from PIL import Image
 from deeplab import config
 from deeplab.config import (BuildConfig, EvalConfig, ExportConfig, ModelConfig, TrainConfig,
                             MAX_CLASSES, MAX_IMAGE_SIDE)
-from deeplab.datasets import synthetic
 from deeplab.errors import UserError
-from tests.conftest import run_step
+from tests.conftest import run_step, synthetic_tfrecords
 from tests.deeplab.test_containment import _outcome, assert_refused
 
 
@@ -205,15 +204,10 @@ def one_example_tfrecords(tmp_path_factory):
   """Extracted TFRecords of a folder dataset (4 classes) whose train split is one example, and
   how many of that example's label pixels hold class 3."""
   folder = tmp_path_factory.mktemp('one_example')
-  raw = synthetic.write_dataset('folder', str(folder / 'raw'), num_train=1, num_val=1,
-                                image_size=(40, 40))
-  run_step('build_data', '--dataset=folder', f'--raw_data={raw}',
-           f'--output={folder / "tfrecords.tar.gz"}', '--num_shards=1', '--num_workers=1')
-  with tarfile.open(folder / 'tfrecords.tar.gz') as tar:
-    tar.extractall(folder / 'tfrecords', filter='data')
+  tfrecords = synthetic_tfrecords(folder, 1, 1, (40, 40), extract=True)
   class_3 = int((np.asarray(Image.open(folder / 'raw' / 'masks' / 'train_00000.png')) == 3).sum())
   assert class_3 > 0  # the synthetic example holds every class
-  return folder / 'tfrecords', class_3
+  return tfrecords, class_3
 
 
 def _edited_manifest(template, folder, **values):

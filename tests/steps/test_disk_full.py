@@ -8,7 +8,6 @@ import errno
 import os
 import subprocess
 import tarfile
-import tempfile
 
 import numpy as np
 import pytest
@@ -17,22 +16,6 @@ from PIL import Image
 from deeplab.errors import UserError
 from steps import files
 from tests.conftest import TINY_TRAIN_FLAGS, assert_one_error_line, run_step
-
-
-@pytest.fixture
-def temp_folder(tmp_path, monkeypatch):
-  """The steps' temp folder (scratch and extraction), the test's own, to see what is left there."""
-  folder = tmp_path / 'tmp'
-  folder.mkdir()
-  monkeypatch.setattr(tempfile, 'tempdir', str(folder))
-  return folder
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tiny_checkpoint, tmp_path_factory):
-  out = tmp_path_factory.mktemp('tiny_model') / 'model.tar.gz'
-  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={out}')
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -77,13 +60,13 @@ def inputs(tmp_path, raw_folder, tiny_tfrecords, tiny_checkpoint, tiny_model, no
           'model': tiny_model, 'images': noisy_images, 'work': tmp_path / 'work'}
 
 
-def _nothing_left(output_folder, temp_folder=None):
+def _nothing_left(output_folder, step_tmpdir=None):
   """Nothing in the output's folder; no scratch or extraction folder of ours in the temp folder
   (TensorFlow's autograph leaves its own generated files there until the process ends)."""
   assert not os.path.exists(output_folder) or os.listdir(output_folder) == [], \
       os.listdir(output_folder)
-  if temp_folder is not None:
-    ours = [name for name in os.listdir(temp_folder) if name.startswith('deeplab-')]
+  if step_tmpdir is not None:
+    ours = [name for name in os.listdir(step_tmpdir) if name.startswith('deeplab-')]
     assert ours == [], ours
 
 
@@ -110,7 +93,7 @@ def small_disk(tmp_path):
 
 @pytest.mark.process
 @pytest.mark.parametrize('step', STEPS)
-def test_an_output_on_a_full_disk_is_one_line_and_leaves_nothing(step, small_disk, temp_folder,
+def test_an_output_on_a_full_disk_is_one_line_and_leaves_nothing(step, small_disk, step_tmpdir,
                                                                  inputs):
   out = small_disk / OUTPUT_NAMES[step]
   result = run_step(step, *_step_flags(step, out, inputs), check=False)
@@ -119,7 +102,7 @@ def test_an_output_on_a_full_disk_is_one_line_and_leaves_nothing(step, small_dis
     assert line == f'error: no space left on device writing {small_disk / "tensorboard"}'
   else:
     assert line == f'error: no space left on device writing {out}'
-  _nothing_left(small_disk, temp_folder)
+  _nothing_left(small_disk, step_tmpdir)
 
 
 @pytest.mark.process
@@ -147,28 +130,28 @@ def _temp_folder_line(folder, what):
           'free space there or set TMPDIR to a larger folder)')
 
 
-def test_build_data_short_of_temp_space_names_the_temp_folder(tmp_path, temp_folder, inputs,
+def test_build_data_short_of_temp_space_names_the_temp_folder(tmp_path, step_tmpdir, inputs,
                                                               monkeypatch):
   from deeplab.datasets import tfrecord
   monkeypatch.setattr(tfrecord.RecordWriter, 'write', _failing(errno.ENOSPC))
   out = tmp_path / 'out' / 'tfrecords.tar.gz'
   result = run_step('build_data', *_step_flags('build_data', out, inputs), check=False)
-  assert assert_one_error_line(result) == _temp_folder_line(temp_folder, 'the TFRecords')
-  _nothing_left(out.parent, temp_folder)
+  assert assert_one_error_line(result) == _temp_folder_line(step_tmpdir, 'the TFRecords')
+  _nothing_left(out.parent, step_tmpdir)
 
 
 @pytest.mark.parametrize('code, reason', [(errno.EDQUOT, 'disk quota exceeded'),
                                           (errno.EROFS, 'read-only file system')])
-def test_a_quota_or_a_read_only_file_system_is_named_like_a_full_disk(tmp_path, temp_folder, inputs,
+def test_a_quota_or_a_read_only_file_system_is_named_like_a_full_disk(tmp_path, step_tmpdir, inputs,
                                                                       monkeypatch, code, reason):
   monkeypatch.setattr(os, 'fsync', _failing(code))  # the artifact's last write before its rename
   out = tmp_path / 'out' / 'tfrecords.tar.gz'
   result = run_step('build_data', *_step_flags('build_data', out, inputs), check=False)
   assert assert_one_error_line(result) == f'error: {reason} writing {out}'
-  _nothing_left(out.parent, temp_folder)
+  _nothing_left(out.parent, step_tmpdir)
 
 
-def test_train_short_of_space_in_its_work_folder_names_the_file(tmp_path, temp_folder, inputs,
+def test_train_short_of_space_in_its_work_folder_names_the_file(tmp_path, step_tmpdir, inputs,
                                                                 monkeypatch):
   """TensorFlow's saver reports ENOSPC as its own error, the path in the message (with a temp
   suffix, dropped)."""
@@ -185,10 +168,10 @@ def test_train_short_of_space_in_its_work_folder_names_the_file(tmp_path, temp_f
   line = assert_one_error_line(result)
   assert line.startswith(f'error: no space left on device writing {inputs["work"]}{os.sep}')
   assert line.endswith('model.ckpt-1.data-00000-of-00001'), line
-  _nothing_left(out.parent, temp_folder)
+  _nothing_left(out.parent, step_tmpdir)
 
 
-def test_evaluate_short_of_space_names_the_report_file_and_moves_nothing_in(tmp_path, temp_folder,
+def test_evaluate_short_of_space_names_the_report_file_and_moves_nothing_in(tmp_path, step_tmpdir,
                                                                             inputs, monkeypatch):
   """Every output of evaluate is written aside: a failure in the last of them (the report) leaves
   none, the TensorBoard events (written first) included."""
@@ -205,10 +188,10 @@ def test_evaluate_short_of_space_names_the_report_file_and_moves_nothing_in(tmp_
   (first,) = written
   assert assert_one_error_line(result) == (f'error: no space left on device writing '
                                            f'{out_dir / "report" / os.path.basename(first)}')
-  _nothing_left(out_dir, temp_folder)
+  _nothing_left(out_dir, step_tmpdir)
 
 
-def test_export_short_of_temp_space_in_tensorflow_names_the_temp_folder(tmp_path, temp_folder,
+def test_export_short_of_temp_space_in_tensorflow_names_the_temp_folder(tmp_path, step_tmpdir,
                                                                         inputs, monkeypatch):
   from deeplab.compat import tf
   from deeplab.export import frozen_graph
@@ -219,21 +202,21 @@ def test_export_short_of_temp_space_in_tensorflow_names_the_temp_folder(tmp_path
   monkeypatch.setattr(frozen_graph, 'write_frozen_graph', full)
   out = tmp_path / 'out' / 'model.tar.gz'
   result = run_step('export', *_step_flags('export', out, inputs), check=False)
-  assert assert_one_error_line(result) == _temp_folder_line(temp_folder, 'the model')
-  _nothing_left(out.parent, temp_folder)
+  assert assert_one_error_line(result) == _temp_folder_line(step_tmpdir, 'the model')
+  _nothing_left(out.parent, step_tmpdir)
 
 
-def test_predict_short_of_temp_space_in_a_worker_thread_names_the_temp_folder(tmp_path, temp_folder,
+def test_predict_short_of_temp_space_in_a_worker_thread_names_the_temp_folder(tmp_path, step_tmpdir,
                                                                               inputs, monkeypatch):
   from deeplab import visualize
   monkeypatch.setattr(visualize, 'write_overlay', _failing(errno.ENOSPC))
   out = tmp_path / 'out' / 'predictions.tar.gz'
   result = run_step('predict', *_step_flags('predict', out, inputs), check=False)
-  assert assert_one_error_line(result) == _temp_folder_line(temp_folder, 'the predictions')
-  _nothing_left(out.parent, temp_folder)
+  assert assert_one_error_line(result) == _temp_folder_line(step_tmpdir, 'the predictions')
+  _nothing_left(out.parent, step_tmpdir)
 
 
-def test_a_full_disk_while_extracting_is_not_called_an_unreadable_archive(tmp_path, temp_folder,
+def test_a_full_disk_while_extracting_is_not_called_an_unreadable_archive(tmp_path, step_tmpdir,
                                                                           raw_folder, monkeypatch):
   archive = tmp_path / 'raw.tar'
   with tarfile.open(archive, 'w') as tar:
@@ -243,9 +226,9 @@ def test_a_full_disk_while_extracting_is_not_called_an_unreadable_archive(tmp_pa
   result = run_step('build_data', '--dataset=folder', f'--raw_data={archive}',
                                f'--output={out}', check=False)
   assert assert_one_error_line(result) == (
-      f'error: no space left on device writing {temp_folder} (the temp folder, extracting '
+      f'error: no space left on device writing {step_tmpdir} (the temp folder, extracting '
       f'{archive}; free space there or set TMPDIR to a larger folder)')
-  _nothing_left(out.parent, temp_folder)
+  _nothing_left(out.parent, step_tmpdir)
 
 
 # ----------------------------------------------------------------------------- the mechanism

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import tarfile
 import time
 import zipfile
@@ -32,23 +31,6 @@ def _png(array):
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format='PNG')
   return buffer.getvalue()
-
-
-@pytest.fixture
-def tmpdir_env(tmp_path, monkeypatch):
-  """A TMPDIR of the test's own, to see what a step leaves in its temp folder."""
-  folder = tmp_path / 'tmpdir'
-  folder.mkdir()
-  monkeypatch.setenv('TMPDIR', str(folder))  # for steps run as processes
-  monkeypatch.setattr(tempfile, 'tempdir', str(folder))  # for steps run in this one
-  return folder
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tiny_checkpoint, tmp_path_factory):
-  out = tmp_path_factory.mktemp('tiny_model') / 'model.tar.gz'
-  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={out}')
-  return out
 
 
 # ----------------------------------------------------------------------------- archives
@@ -85,7 +67,7 @@ def _hardlink_tar(path, outside_file):
 
 @pytest.mark.parametrize('step, flag', [('predict', 'images'), ('build_data', 'raw_data'),
                                         ('export', 'checkpoint')])
-def test_a_symlink_chain_cannot_write_outside(tmp_path, tmpdir_env, tiny_model, step, flag):
+def test_a_symlink_chain_cannot_write_outside(tmp_path, step_tmpdir, tiny_model, step, flag):
   target = tmp_path / 'victim' / 'planted.png'
   archive = _symlink_chain_tar(tmp_path / 'chain.tar', target)
   extra = {'predict': [f'--model={tiny_model}'], 'build_data': [], 'export': []}[step]
@@ -93,10 +75,10 @@ def test_a_symlink_chain_cannot_write_outside(tmp_path, tmpdir_env, tiny_model, 
                     check=False)
   assert_one_error_line(result, str(archive), "'l1'", 'is a symbolic link', 'refusing to extract')
   assert not target.exists() and not (tmp_path / 'out').exists()
-  assert os.listdir(tmpdir_env) == []
+  assert os.listdir(step_tmpdir) == []
 
 
-def test_a_hardlink_cannot_bring_an_outside_file_in(tmp_path, tmpdir_env, tiny_model):
+def test_a_hardlink_cannot_bring_an_outside_file_in(tmp_path, step_tmpdir, tiny_model):
   secret = tmp_path / 'secret.png'
   secret.write_bytes(_png(np.full((8, 8, 3), 200, np.uint8)))
   archive = _hardlink_tar(tmp_path / 'images.tar', secret)
@@ -104,7 +86,7 @@ def test_a_hardlink_cannot_bring_an_outside_file_in(tmp_path, tmpdir_env, tiny_m
   result = run_step('predict', f'--model={tiny_model}', f'--images={archive}', f'--output={out}',
                     check=False)
   assert_one_error_line(result, str(archive), 'stolen.png', 'is a hard link')
-  assert not out.exists() and os.listdir(tmpdir_env) == []
+  assert not out.exists() and os.listdir(step_tmpdir) == []
 
 
 def _gzip_bomb(path, expanded_bytes):
@@ -132,7 +114,7 @@ def _zip_bomb(path, expanded_bytes):
 
 
 @pytest.mark.parametrize('make', [_gzip_bomb, _zip_bomb], ids=['tar.gz', 'zip'])
-def test_an_archive_bomb_is_stopped_before_it_fills_the_disk(tmp_path, tmpdir_env, monkeypatch, make):
+def test_an_archive_bomb_is_stopped_before_it_fills_the_disk(tmp_path, step_tmpdir, monkeypatch, make):
   bomb = make(tmp_path / 'bomb', 1 << 30)
   assert os.path.getsize(bomb) < 2 << 20  # 1 GB behind about 1 MB
   limit = 64 << 20
@@ -140,7 +122,7 @@ def test_an_archive_bomb_is_stopped_before_it_fills_the_disk(tmp_path, tmpdir_en
                     env={archives.MAX_EXTRACT_ENV: str(limit)}, check=False)
   assert_one_error_line(result, str(bomb), f'expands to more than {limit} bytes',
                          archives.MAX_EXTRACT_ENV)
-  assert os.listdir(tmpdir_env) == [] and not (tmp_path / 'out.tar.gz').exists()
+  assert os.listdir(step_tmpdir) == [] and not (tmp_path / 'out.tar.gz').exists()
 
 
 def _damaged_zip(path):
@@ -162,12 +144,12 @@ def _truncated_tar_gz(path):
 
 
 @pytest.mark.parametrize('make', [_damaged_zip, _truncated_tar_gz], ids=['zip', 'tar.gz'])
-def test_a_damaged_archive_is_one_line(tmp_path, tmpdir_env, make):
+def test_a_damaged_archive_is_one_line(tmp_path, step_tmpdir, make):
   damaged = make(tmp_path / 'damaged')
   result = run_step('build_data', f'--raw_data={damaged}', f'--output={tmp_path / "o.tar.gz"}',
                     check=False)
   assert_one_error_line(result, str(damaged), 'not a readable archive')
-  assert os.listdir(tmpdir_env) == [] and not (tmp_path / 'o.tar.gz').exists()
+  assert os.listdir(step_tmpdir) == [] and not (tmp_path / 'o.tar.gz').exists()
 
 
 def test_the_wrong_artifact_kind_names_the_users_file(tmp_path, tiny_tfrecords):
@@ -372,34 +354,34 @@ def _images_folder(folder, count, size=(96, 128)):
 
 
 @pytest.mark.process
-def test_sigterm_removes_partial_outputs_and_staging_folders(tmp_path, tmpdir_env, tiny_model):
+def test_sigterm_removes_partial_outputs_and_staging_folders(tmp_path, step_tmpdir, tiny_model):
   images = _images_folder(tmp_path / 'images', 400)
   out_dir = tmp_path / 'out'
   process = subprocess.Popen(
       [sys.executable, '-m', 'steps.predict', f'--model={tiny_model}', f'--images={images}',
        f'--output={out_dir / "predictions.tar.gz"}'],
-      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', TMPDIR=str(tmpdir_env)),
+      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', TMPDIR=str(step_tmpdir)),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 120
   while time.monotonic() < deadline and not any(
-      (tmpdir_env / name / 'labels').exists() for name in os.listdir(tmpdir_env)):
+      (step_tmpdir / name / 'labels').exists() for name in os.listdir(step_tmpdir)):
     time.sleep(0.1)  # until predictions are being written into the staging folder
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
   assert [l for l in stderr.splitlines() if l.startswith('error:')] == [
       'error: interrupted (SIGTERM); partial outputs removed']
-  assert os.listdir(tmpdir_env) == []
+  assert os.listdir(step_tmpdir) == []
   assert not out_dir.exists() or os.listdir(out_dir) == []
 
 
 @pytest.mark.process
-def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tmp_path, tmpdir_env, tiny_checkpoint):
+def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tmp_path, step_tmpdir, tiny_checkpoint):
   out = tmp_path / 'model.tar.gz'
   host, dead = files._HOST, _dead_pid()
   partial = tmp_path / f'.model.tar.gz.{host}.{dead}.abc123.partial'
   partial.write_bytes(b'half an artifact')
-  staging = tmpdir_env / f'deeplab-model-{host}.{dead}-xyz'
+  staging = step_tmpdir / f'deeplab-model-{host}.{dead}-xyz'
   staging.mkdir()
   alive = tmp_path / f'.model.tar.gz.{host}.{os.getppid()}.live01.partial'  # a run still going
   alive.write_bytes(b'')
