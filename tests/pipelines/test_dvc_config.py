@@ -156,15 +156,21 @@ def test_evaluate_stage_declares_the_files_the_step_writes_beside_metrics(repo):
   assert any(f'plots confusion {folder}/{evaluate.CONFUSION_FILE}' in command for command in stage.cmd)
 
 
-@pytest.mark.process
-def test_plots_show_renders_the_confusion_matrix_and_the_image_grids(tmp_path):
-  """`dvc plots show --json` over dvc.yaml with the files an evaluation leaves."""
+def _dvc_project(tmp_path):
+  """A DVC project (no git) in tmp_path with this repository's dvc.yaml, params.yaml and config."""
   project = tmp_path / 'project'
   (project / '.dvc').mkdir(parents=True)
   for name in ('dvc.yaml', 'params.yaml', os.path.join('.dvc', 'config')):
     shutil.copy(os.path.join(ROOT, name), project / name)
   with open(project / '.dvc' / 'config', 'a') as f:
     f.write('[core]\n    no_scm = true\n')
+  return project
+
+
+@pytest.mark.process
+def test_plots_show_renders_the_confusion_matrix_and_the_image_grids(tmp_path):
+  """`dvc plots show --json` over dvc.yaml with the files an evaluation leaves."""
+  project = _dvc_project(tmp_path)
   artifacts_folder = project / 'artifacts'
   (artifacts_folder / evaluate.REPORT_FOLDER).mkdir(parents=True)
   for grid in ('worst_images.png', 'best_images.png'):
@@ -290,12 +296,7 @@ def test_every_module_a_stage_imports_at_start_is_among_its_deps(repo):
 def test_editing_a_module_reruns_only_the_stages_that_import_it(tmp_path, monkeypatch):
   """DVC's own status after a recorded run (dvc.lock from stand-in outputs): serve's code is in no
   stage, training code only in train's, the report only in evaluate's."""
-  project = tmp_path / 'project'
-  (project / '.dvc').mkdir(parents=True)
-  for name in ('dvc.yaml', 'params.yaml', os.path.join('.dvc', 'config')):
-    shutil.copy(os.path.join(ROOT, name), project / name)
-  with open(project / '.dvc' / 'config', 'a') as f:
-    f.write('[core]\n    no_scm = true\n')
+  project = _dvc_project(tmp_path)
   for folder in ('deeplab', 'steps', 'pipelines'):
     shutil.copytree(os.path.join(ROOT, folder), project / folder, ignore=shutil.ignore_patterns('__pycache__'))
   monkeypatch.chdir(project)  # DVC's stage cache resolves paths from the working directory
