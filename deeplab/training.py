@@ -29,7 +29,7 @@ from deeplab.compat import tf
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
-from deeplab.nets import batch_norm
+from deeplab.nets import batch_norm, layers
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
           [loss / replicas, total_loss, squared_norm, stop_request]))
       return apply, totals
 
-    with batch_norm.synchronized_across_replicas(train_config.sync_batch_norm):
+    with batch_norm.synchronized_across_replicas(train_config.sync_batch_norm), \
+         layers.native_dilations(compute_dtype):
       applies, totals = strategy.extended.call_for_each_replica(replica_step)
   loss, total_loss, squared_norm, stop_requested = tf.unstack(
       strategy.experimental_local_results(totals)[0])
