@@ -10,10 +10,10 @@ import argparse
 import time
 
 from bench import (build_data, distributed, harness, inference, predict, predict_memory,
-                   serve_memory, shard_check, train_input, train_memory, train_resnet)
+                   serve_memory, shard_check, train_input, train_memory, train_resnet, train_step)
 
-BENCHMARKS = (train_input, build_data, shard_check, predict_memory, serve_memory, inference, predict,
-              train_resnet, train_memory, distributed)
+BENCHMARKS = (train_input, train_step, build_data, shard_check, predict_memory, serve_memory,
+              inference, predict, train_resnet, train_memory, distributed)
 
 
 def main():
@@ -38,6 +38,10 @@ def main():
       measurements.append(measurement)
     seconds[module.__name__.split('.')[-1]] = round(time.perf_counter() - module_started)
   print()
+  cpu, extensions = train_resnet.cpu_description()
+  limit = train_resnet.onednn_isa_limit()
+  print(f'CPU: {cpu}; vector extensions: {" ".join(extensions) or "none listed"}'
+        + (f'; oneDNN limited to {limit} (ONEDNN_MAX_CPU_ISA)' if limit else ''))
   print(harness.table(measurements, load_before, harness.load_average()))
   print(f'{time.perf_counter() - started:.0f} s in all; seconds per benchmark: '
         + ', '.join(f'{name} {value}' for name, value in seconds.items()))

@@ -120,6 +120,17 @@ def step_metric(stdout: str, key: str) -> float:
   return next(m[key] for m in metrics if key in m)
 
 
+def judged(measurement: Measurement, contender: str, at_least: float,
+           applies: bool = True) -> Measurement:
+  """`measurement` with its target followed by 'met' or 'missed' (the median ratio of `contender`
+  against `at_least`), or by "not this CPU's target" where it does not apply."""
+  if not applies:
+    verdict = "not this CPU's target"
+  else:
+    verdict = 'met' if statistics.median(measurement.ratios(contender)) >= at_least else 'missed'
+  return dataclasses.replace(measurement, target=f'{measurement.target}: {verdict}')
+
+
 def load_average() -> float:
   return os.getloadavg()[0]
 

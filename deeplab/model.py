@@ -16,6 +16,7 @@ from typing import Optional
 
 from deeplab.compat import slim, tf
 from deeplab.config import ModelConfig, TrainConfig
+from deeplab.nets import layers
 from deeplab.nets.mobilenet_v3 import hard_sigmoid
 from deeplab.nets.registry import BACKBONES
 from deeplab.nets.batch_norm import batch_norm
@@ -127,7 +128,7 @@ def aspp(features, config: ModelConfig, is_training: bool, weight_decay: float):
     if config.aspp_with_separable_conv:
       branches.append(_separable_conv(features, depth, rate, scope, weight_decay))
     else:
-      branches.append(slim.conv2d(features, depth, 3, rate=rate, scope=scope))
+      branches.append(layers.atrous_conv2d(features, depth, 3, rate, scope=scope))
   net = tf.concat(branches, axis=3)
   if config.aspp_with_concat_projection:
     net = slim.conv2d(net, depth, 1, scope='concat_projection')

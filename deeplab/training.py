@@ -29,7 +29,7 @@ from deeplab.compat import tf
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.datasets.manifest import Manifest
 from deeplab.errors import UserError, tf_error_summary
-from deeplab.nets import batch_norm
+from deeplab.nets import batch_norm, layers
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +124,32 @@ def gradient_multiplier(variable_name: str, train_config: TrainConfig) -> float:
   return bias
 
 
+# What run_training fetches with every step: the new step count, the loss (the divergence guard),
+# the stop requests of the workers and the count of label pixels outside the classes. Cheap: the
+# step computes the loss anyway.
+STEP_FETCHES = ('train_op', 'loss', 'stop_requested', 'out_of_range_label_pixels')
+# Fetched on log steps only: the regularization term of total_loss and the gradient norm each
+# cost a pass over every weight or gradient, which the step itself does not need.
+LOG_FETCHES = ('total_loss', 'gradient_norm', 'learning_rate')
+
+
 def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, images, labels,
-                      ignore_label: int, label_histogram=None, *, strategy=None):
+                      ignore_label: int, label_histogram=None, *, strategy=None,
+                      out_of_range=None):
   """The training ops over a batch, replicated by `strategy` (default: this one device).
 
   `images` float32 [B, H, W, 3] and `labels` int32 [B, H, W] are this process's share of the
   global batch; each of its replicas trains on B / (its replica count) of them, and the update is
   the one a single device would make from the whole global batch: the mean of the replicas' loss
   gradients plus the regularization gradient. `label_histogram` (pixels per class of the
-  training split) feeds the label_weight_rule.
+  training split) feeds the label_weight_rule. `out_of_range`: the input pipeline's counts of
+  label pixels outside the classes, per example (default: counted here from `labels`).
   Returns a dict: train_op (runs one step and yields the new step count), loss, total_loss,
-  gradient_norm, learning_rate, global_step, and stop_request: a float placeholder (default 0) that
-  a worker feeds 1 to ask for a stop; `stop_requested` (fetched with train_op) is then positive on
-  every worker.
+  gradient_norm, learning_rate, global_step, out_of_range_label_pixels (of this batch), and
+  stop_request: a float placeholder (default 0) that a worker feeds 1 to ask for a stop;
+  `stop_requested` (fetched with train_op) is then positive on every worker.
+  Fetching train_op alone runs the step and nothing else; every other value costs only what it
+  adds (STEP_FETCHES, LOG_FETCHES).
   """
   default = tf.distribute.get_strategy()
   strategy = strategy or default
@@ -183,15 +196,19 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
                           else gradient, variable))
       squared_norm = tf.square(tf.linalg.global_norm([g for g, _ in gradients if g is not None]))
       apply = optimizer.apply_gradients(gradients, global_step=global_step)
-      # Per step, one all-reduce of the numbers logged and of the stop requests.
-      totals = distribute.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(
-          [loss / replicas, total_loss, squared_norm, stop_request]))
-      return apply, totals
+      # Two all-reduces: what every step fetches (the loss and the stop requests), and what log
+      # steps add; fetching the first does not compute the second.
+      every_step = distribute.all_reduce(tf.distribute.ReduceOp.SUM,
+                                         tf.stack([loss / replicas, stop_request]))
+      logged = distribute.all_reduce(tf.distribute.ReduceOp.SUM,
+                                     tf.stack([total_loss, squared_norm]))
+      return apply, every_step, logged
 
-    with batch_norm.synchronized_across_replicas(train_config.sync_batch_norm):
-      applies, totals = strategy.extended.call_for_each_replica(replica_step)
-  loss, total_loss, squared_norm, stop_requested = tf.unstack(
-      strategy.experimental_local_results(totals)[0])
+    with batch_norm.synchronized_across_replicas(train_config.sync_batch_norm), \
+         layers.native_dilations(compute_dtype):
+      applies, every_step, logged = strategy.extended.call_for_each_replica(replica_step)
+  loss, stop_requested = tf.unstack(strategy.experimental_local_results(every_step)[0])
+  total_loss, squared_norm = tf.unstack(strategy.experimental_local_results(logged)[0])
   # The norm of the replicas' gradients taken together (the sum of their squared norms, one
   # number all-reduced, not every gradient): for one replica the gradient's norm, finite exactly
   # when the summed gradient is. With float16 loss scaling an overflowing step is skipped, not a
@@ -208,9 +225,12 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   tf.compat.v1.summary.scalar('loss', loss)
   tf.compat.v1.summary.scalar('total_loss', total_loss)
   tf.compat.v1.summary.scalar('learning_rate', learning_rate)
+  if out_of_range is None:
+    out_of_range = model_input.out_of_range_pixels(labels, model_config.num_classes, ignore_label)
   return {'train_op': step_after_update, 'loss': loss, 'total_loss': total_loss,
           'gradient_norm': gradient_norm, 'learning_rate': learning_rate, 'global_step': global_step,
-          'stop_request': stop_request, 'stop_requested': stop_requested}
+          'stop_request': stop_request, 'stop_requested': stop_requested,
+          'out_of_range_label_pixels': tf.reduce_sum(out_of_range)}
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manifest, work_dir: str,
@@ -256,8 +276,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, manifest: Manife
     images, labels, out_of_range = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     strategy = distribute.strategy_for(devices, cluster)
     ops = build_train_graph(model_config, train_config, images, labels, manifest.ignore_label,
-                            manifest.label_histogram(train_config.train_split), strategy=strategy)
-    ops['out_of_range_label_pixels'] = tf.reduce_sum(out_of_range)
+                            manifest.label_histogram(train_config.train_split), strategy=strategy,
+                            out_of_range=out_of_range)
     config = distribute.session_config(devices)
     if cluster:
       ops['copy_from_chief'] = distribute.copy_from_chief(strategy, tf.compat.v1.global_variables())
@@ -316,9 +336,11 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
                  cluster: Optional[distribute.Cluster] = None) -> Optional[str]:
   """Runs the training ops in `session` (default: a local one) until the total step; see `train`.
 
-  A non-finite loss or gradient norm stops the run with TrainingDiverged at that step, and a
-  checkpoint is saved only when every variable is finite, so the work folder never holds a
-  diverged checkpoint and a restart resumes from the last finite one. work_dir None (a worker
+  A non-finite loss stops the run with TrainingDiverged at that step, as does a non-finite total
+  loss or gradient norm on a log step (they are computed on log steps only; a step whose gradient
+  is not finite makes the weights so, and the next step's loss with them), and a checkpoint is
+  saved only when every variable is finite, so the work folder never holds a diverged checkpoint
+  and a restart resumes from the last finite one. work_dir None (a worker
   that is not the chief) restores and saves nothing: ops['copy_from_chief'] gives it the chief's
   weights after initialisation, and it returns None. Each step's ops['out_of_range_label_pixels']
   (fetched with the step, from the input pipeline) is summed into that metric of the reports.
@@ -347,14 +369,13 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
     step = int(session.run(ops['global_step']))
     last_saved = step if work_dir and ckpt.latest_prefix(work_dir) else None
     window_start, window_steps = time.perf_counter(), 0
-    learning_rate = train_config.base_learning_rate
     stop_requested = False
     out_of_range_pixels = 0
     while step < total:
-      fetches = {name: ops[name] for name in ('train_op', 'loss', 'total_loss', 'gradient_norm',
-                                              'learning_rate', 'stop_requested',
-                                              'out_of_range_label_pixels')}
+      # Every worker's steps are the same (log steps follow the step count), so all of them fetch
+      # the log steps' values, and run their all-reduce, together.
       log_now = (step + 1) % train_config.log_steps == 0 or step + 1 == total
+      fetches = {name: ops[name] for name in STEP_FETCHES + (LOG_FETCHES if log_now else ())}
       if log_now and work_dir:
         fetches['summaries'] = summaries
       try:
@@ -369,10 +390,10 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
         raise UserError(f'step {step + 1} did not finish on all {len(cluster.workers)} workers '
                         f'({tf_error_summary(e)}): a worker stopped or is unreachable; start the '
                         'job again to resume from the last checkpoint') from None
-      step, learning_rate = int(results['train_op']), float(results['learning_rate'])
+      step = int(results['train_op'])
       out_of_range_pixels += int(results['out_of_range_label_pixels'])
       for what in ('loss', 'total_loss', 'gradient_norm'):
-        if not math.isfinite(results[what]):
+        if what in results and not math.isfinite(results[what]):
           raise TrainingDiverged(step, what.replace('_', ' '), float(results[what]),
                                  train_config.base_learning_rate)
       window_steps += 1
@@ -382,7 +403,8 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
         elapsed = time.perf_counter() - window_start
         report({'step': step, 'loss': float(results['loss']),
                 'total_loss': float(results['total_loss']),
-                'gradient_norm': float(results['gradient_norm']), 'learning_rate': learning_rate,
+                'gradient_norm': float(results['gradient_norm']),
+                'learning_rate': float(results['learning_rate']),
                 'images_per_sec': window_steps * train_config.train_batch_size / max(elapsed, 1e-9),
                 'out_of_range_label_pixels': out_of_range_pixels})
         window_start, window_steps = time.perf_counter(), 0

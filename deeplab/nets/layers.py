@@ -1,14 +1,23 @@
-"""What the backbones share: layer defaults, fixed-padding convolutions and the dense block stacker.
+"""What the backbones share: layer defaults, fixed-padding and atrous convolutions and the dense
+block stacker.
 
 A backbone is a root (its first layers, which subsample by a fixed `input_stride`) followed by a
 list of `Block`s of `Unit`s that `stack_blocks_dense` builds for a target output stride.
 """
 import contextlib
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+from tensorflow.core.framework import attr_value_pb2
 
 from deeplab.compat import slim, tf
 from deeplab.nets.batch_norm import batch_norm
+
+# Set by `native_dilations`: a module value, not a thread-local, because MirroredStrategy builds
+# each replica's graph in a thread of its own.
+_native_dilations = False
 
 
 def backbone_arg_scope(weights_initializer, activation_fn, is_training, weight_decay,
@@ -40,13 +49,93 @@ def pad_for_kernel(net, kernel_size, rate=1):
   return tf.pad(net, [[0, 0], [before, after], [before, after], [0, 0]])
 
 
+@functools.lru_cache(maxsize=None)
+def conv2d_trains_dilated(dtype_name: str = 'float32') -> bool:
+  """Whether this runtime's Conv2D, with its input and filter gradients, runs dilated in `dtype_name`
+  and agrees with the space-to-batch form (on the CPU).
+
+  TensorFlow's own CPU kernels refuse a dilated input gradient; oneDNN's (TensorFlow's default on
+  x86) have all three. Agreement is checked, not only that the kernels run: oneDNN's dilated
+  depthwise gradients run and are wrong, so an error is not the only way a kernel can fail.
+  """
+  dtype = tf.as_dtype(dtype_name)
+  rng = np.random.default_rng(0)
+  with tf.Graph().as_default() as graph:
+    images = tf.compat.v1.placeholder(dtype, [2, 7, 7, 3])  # not foldable: run by the session
+    weights = tf.constant(rng.standard_normal([3, 3, 3, 4]), dtype)
+    results = []
+    for native in (True, False):
+      if native:
+        outputs = tf.nn.conv2d(images, weights, 1, 'SAME', dilations=2)
+      else:
+        outputs = tf.compat.v1.nn.atrous_conv2d(images, weights, 2, 'SAME')
+      loss = tf.reduce_sum(tf.square(tf.nn.relu(outputs + 0.5)))
+      results.append([outputs, *tf.gradients(loss, [images, weights])])
+    native_ops = {t.op.type for t in results[0]}
+    if native_ops != {'Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'}:
+      return False
+    config = tf.compat.v1.ConfigProto(device_count={'GPU': 0})
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
+      try:
+        native, space_to_batch = session.run(
+            results, {images: rng.standard_normal([2, 7, 7, 3]).astype(dtype.as_numpy_dtype)})
+      except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        return False
+  tolerance = 1e-4 if dtype == tf.float32 else 5e-2
+  return all(np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                         rtol=tolerance, atol=tolerance * np.abs(np.asarray(b, np.float32)).max())
+             for a, b in zip(native, space_to_batch))
+
+
+@contextlib.contextmanager
+def native_dilations(dtype=tf.float32):
+  """Atrous convolutions built within (`atrous_conv2d`) are single dilated Conv2D ops, where
+  `conv2d_trains_dilated(dtype)`; else, and outside, space-to-batch around a plain Conv2D.
+
+  For training graphs: the space-to-batch form moves every dilated layer's input and output
+  gradient through SpaceToBatchND / BatchToSpaceND, and convolves many tiny images. Inference
+  graphs keep that form, which every runtime (TFLite included) runs; the exporter dilates them
+  where it can (deeplab/export/rewrites.py).
+  """
+  global _native_dilations
+  previous = _native_dilations
+  _native_dilations = conv2d_trains_dilated(tf.as_dtype(dtype).name)
+  try:
+    yield
+  finally:
+    _native_dilations = previous
+
+
+def atrous_conv2d(net, depth, kernel_size, rate=1, scope=None, **kwargs):
+  """slim.conv2d at stride 1 with SAME padding, dilated by `rate`: [N, H, W, C] -> [N, H, W, depth].
+
+  Within `native_dilations` (where the runtime trains them) the convolution is one Conv2D op
+  with the dilation as its attribute. slim.conv2d, given a rate, always builds the space-to-batch
+  form, so the layer is built at rate 1 and its Conv2D dilated afterwards: the same variables,
+  regularizers, batch norm and names, and at stride 1 with SAME padding the same output shape,
+  which is why only the attribute changes. Gradients, built later, read the attribute.
+  """
+  if rate == 1 or not _native_dilations:
+    return slim.conv2d(net, depth, kernel_size, stride=1, rate=rate, padding='SAME', scope=scope,
+                       **kwargs)
+  graph = tf.compat.v1.get_default_graph()
+  built_before = len(graph.get_operations())
+  net = slim.conv2d(net, depth, kernel_size, stride=1, rate=1, padding='SAME', scope=scope,
+                    **kwargs)
+  (convolution,) = [op for op in graph.get_operations()[built_before:] if op.type == 'Conv2D']
+  convolution._set_attr('dilations', attr_value_pb2.AttrValue(  # pylint: disable=protected-access
+      list=attr_value_pb2.AttrValue.ListValue(i=[1, rate, rate, 1])))
+  return net
+
+
 def conv2d_same(net, depth, kernel_size, stride, rate=1, scope=None):
   """A conv whose output is [N, ceil(H / stride), ceil(W / stride), depth] for any H, W.
 
-  Stride 1 uses SAME padding; a strided conv pads explicitly (`pad_for_kernel`) and convolves VALID.
+  Stride 1 uses SAME padding (`atrous_conv2d`); a strided conv pads explicitly (`pad_for_kernel`)
+  and convolves VALID.
   """
   if stride == 1:
-    return slim.conv2d(net, depth, kernel_size, stride=1, rate=rate, padding='SAME', scope=scope)
+    return atrous_conv2d(net, depth, kernel_size, rate, scope=scope)
   return slim.conv2d(pad_for_kernel(net, kernel_size, rate), depth, kernel_size, stride=stride,
                      rate=rate, padding='VALID', scope=scope)
 
