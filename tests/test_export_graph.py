@@ -23,17 +23,20 @@ TINY = ModelConfig(num_classes=4, depth_multiplier=0.25, output_stride=8, atrous
                    decoder_output_stride=4)
 
 
-def _tiny_checkpoint(folder, config):
-  """A random checkpoint whose batch norms are far from the identity (random gamma, beta and
-  moving statistics), so that a wrong fold changes the labels."""
+def _tiny_checkpoint(folder, config, far_from_identity=True, seed=0):
+  """A random checkpoint, the same for the same seed. Its batch norms far from the identity
+  (random gamma, beta and moving statistics), so that a wrong fold changes the probabilities (the
+  labels are then nearly one class whatever the image: every ReLU6 saturates); else as
+  initialised (the identity), which leaves the labels following the image."""
   from deeplab import model
   prefix = str(folder / 'model.ckpt')
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(seed)
     model.logits(tf.compat.v1.placeholder(tf.float32, [1, 65, 65, 3]), config)
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
-      for variable in tf.compat.v1.global_variables():
+      for variable in tf.compat.v1.global_variables() if far_from_identity else ():
         name, shape = variable.op.name, variable.shape.as_list()
         if name.endswith(('/gamma', '/moving_variance')):
           variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)

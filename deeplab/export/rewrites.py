@@ -349,7 +349,8 @@ def _dilate_in_place(graph_def, batch_to_space, nodes, ops) -> None:
   if rates is None or crop_rates is None or rates.tolist() != crop_rates.tolist():
     return
   weights = _constant(convolution.input[1], nodes)
-  if weights is None or not _pads_same(space_to_batch, weights.shape[:2], rates, nodes):
+  if weights is None or not _pads_same(space_to_batch, batch_to_space, weights.shape[:2], rates,
+                                       nodes):
     return
   convolution.input[0] = space_to_batch.input[0]
   convolution.attr['padding'].s = b'SAME'
@@ -360,11 +361,19 @@ def _dilate_in_place(graph_def, batch_to_space, nodes, ops) -> None:
         reader.input[index] = last.name
 
 
-def _pads_same(space_to_batch, kernel_size, rates, nodes) -> bool:
+def _pads_same(space_to_batch, batch_to_space, kernel_size, rates, nodes) -> bool:
   """Whether `space_to_batch` pads as the dilated convolution with SAME padding would. tf.nn's
-  atrous convolutions pad by constant base paddings ([[top, bottom], [left, right]]) plus what
-  makes the size a multiple of the rate (cropped again after the batch-to-space); the base
-  paddings are the one 2x2 constant the paddings are computed from."""
+  atrous convolutions pad by base paddings ([[top, bottom], [left, right]]) plus what makes the
+  size a multiple of the rate, cropped again by `batch_to_space`. For an input of any size the
+  base paddings are the one 2x2 constant the paddings are computed from; for a static size the
+  paddings and crops are constants themselves."""
+  totals = [(int(size) - 1) * int(rate) for size, rate in zip(kernel_size, rates)]
+  same = [[total // 2, total - total // 2] for total in totals]
+  paddings = _constant(space_to_batch.input[2], nodes)
+  if paddings is not None:
+    crops = _constant(batch_to_space.input[2], nodes)
+    return (crops is not None and crops.shape == paddings.shape == (2, 2) and not crops[:, 0].any()
+            and (paddings - np.stack([np.zeros(2, crops.dtype), crops[:, 1]], 1)).tolist() == same)
   pending, seen, found = [space_to_batch.input[2]], set(), []
   while pending:
     node = nodes[_producer(pending.pop())]
@@ -377,10 +386,7 @@ def _pads_same(space_to_batch, kernel_size, rates, nodes) -> bool:
         found.append(value.tolist())
     elif node.op != 'Shape':  # the input's size: where the extra padding comes from
       pending.extend(node.input)
-  if len(found) != 1:
-    return False
-  totals = [(int(size) - 1) * int(rate) for size, rate in zip(kernel_size, rates)]
-  return found[0] == [[total // 2, total - total // 2] for total in totals]
+  return found == [same]
 
 
 def _add_constant(graph_def, nodes, name: str, value: np.ndarray) -> str:
