@@ -10,10 +10,11 @@ import argparse
 import time
 
 from bench import (build_data, distributed, harness, inference, predict, predict_memory,
-                   serve_memory, shard_check, train_input, train_memory, train_resnet, train_step)
+                   serve_memory, shard_check, tflite_sizes, train_input, train_memory, train_resnet,
+                   train_step)
 
 BENCHMARKS = (train_input, train_step, build_data, shard_check, predict_memory, serve_memory,
-              inference, predict, train_resnet, train_memory, distributed)
+              inference, predict, tflite_sizes, train_resnet, train_memory, distributed)
 
 
 def main():

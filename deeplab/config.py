@@ -419,8 +419,6 @@ class EvalConfig(Settings):
     _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)
 
 
-# The formats an export can hold, in order of preference when a model holds several: the frozen
-# graph is the reference computation (any size, multi-scale), TFLite the approximation.
 # The export formats, in order of preference (deeplab/inference.py FORMATS: the one table of them).
 MODEL_FORMATS = tuple(FORMATS)
 # TFLite weights: float32 as trained, or full-integer quantisation calibrated on sample images.
@@ -440,9 +438,9 @@ class ExportConfig(Settings):
   export_formats: Tuple[str, ...] = setting(
       MODEL_FORMATS, 'formats to write: frozen_graph (the model-zoo TF1 graph), saved_model (TF '
       'Serving), tflite (phones and edge devices)', choices=MODEL_FORMATS)
-  tflite_input_size: Tuple[int, ...] = setting((), 'TFLite fixed input height,width (empty = the '
-                                               'training crop size)', min=1,
-                                               max=MAX_IMAGE_SIDE)
+  tflite_input_size: Tuple[int, ...] = setting((), 'TFLite fixed input height,width (empty = any '
+                                               'size: the input is resized to each image\'s)',
+                                               min=1, max=MAX_IMAGE_SIDE)
   tflite_quantize: str = setting('none', 'TFLite weights: none (float32) or int8 (full-integer, '
                                  'calibrated on training images of --tfrecords)',
                                  choices=TFLITE_QUANTIZATIONS)
@@ -474,7 +472,8 @@ class PredictConfig(Settings):
       'labels scaled back up (nearest), which bounds the memory one large photo takes; 0 = always '
       'full size', min=0)
   model_format: str = setting('auto', 'the format to run when the model holds several (auto: '
-                              'frozen_graph, else saved_model, else tflite)',
+                              'tflite if it takes any input size, else frozen_graph, else '
+                              'saved_model, else a fixed-size tflite)',
                               choices=('auto',) + MODEL_FORMATS)
   max_image_pixels: int = setting(
       50000000, 'larger images are refused from their header, before they are decoded (serve: '

@@ -17,8 +17,10 @@ The exported files' contract (the model zoo's, for the frozen graph):
 The SavedModel (TensorFlow Serving) is the frozen graph behind two signatures: `serving_default`
 (images uint8 [1, H, W, 3]) and `encoded_image` (image_bytes string [1], one JPEG/PNG file); both
 give semantic_predictions int32 [1, H, W] and semantic_probabilities float32 [1, H, W, C]. The
-TFLite model has a fixed input size: uint8 RGB [1, H, W, 3] in, labels int32 [1, H, W] and logits
-[1, H, W, num_classes] out (float32, or int8 with full-integer quantisation).
+TFLite model takes any input size (input [1, -1, -1, 3]: the interpreter's input is resized to
+the image's), or a fixed one: uint8 RGB [1, H, W, 3] in, labels int32 [1, H, W] then
+semantic_logits [1, H, W, num_classes] out, or semantic_probabilities when the export averages
+scales or flips or pads to a crop size (float32, or int8 with full-integer quantisation).
 
 This module imports neither TensorFlow nor numpy until a model is loaded (the settings schema reads
 `FORMATS` for --help, which imports neither).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import threading
 from typing import Callable, Optional, Tuple
 
 from deeplab.errors import UserError
@@ -142,38 +145,66 @@ class SavedModelPredictor(_SessionPredictor):
 class TFLitePredictor:
   """A loaded TFLite model: `predict(image uint8 [H, W, 3])` -> labels int32 [H, W].
 
-  The image is resized to the model's fixed input size (bilinear) and the labels back (nearest).
-  Runs on LiteRT (`ai_edge_litert`), the maintained interpreter: tf.lite.Interpreter is deprecated.
-  An interpreter is not thread-safe: one predict at a time.
+  A model of any input size (what deeplab/export/tflite.py writes unless given a size) runs on
+  the image as it is: the interpreter's input is resized whenever an image's size differs from
+  the one before (a few milliseconds, against tens for the inference), so one set of buffers is
+  kept, sized for the last image. A model of a fixed size gets the image resized to it (bilinear)
+  and the labels back (nearest); `input_size` is that size, or None.
+
+  Runs on LiteRT (`ai_edge_litert`, the maintained interpreter: tf.lite.Interpreter is
+  deprecated), XNNPACK on every core this process may use (the interpreter's default is one).
+  predict may be called from several threads: an interpreter is not thread-safe, so predict holds
+  a lock. One image already keeps every core busy, and an interpreter per thread would hold its
+  own copy of the packed weights and of the buffers for nothing.
   """
   format = TFLITE_FORMAT
 
   def __init__(self, path: str):
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
-    self._interpreter = Interpreter(model_path=path)
-    self._interpreter.allocate_tensors()
+    try:
+      self._interpreter = Interpreter(model_path=path, num_threads=_usable_cores())
+    except ValueError as e:
+      raise UserError(f'{path}: not a TFLite model LiteRT can load ({e}); expected the '
+                      'model.tflite of the export step') from None
     image_input = self._interpreter.get_input_details()[0]
     labels_output = self._interpreter.get_output_details()[0]
     if image_input['dtype'] != np.uint8 or len(image_input['shape']) != 4 or \
         len(labels_output['shape']) != 3:
-      raise UserError(f'{path}: input {image_input["dtype"].__name__} {list(image_input["shape"])}, '
-                      f'first output {list(labels_output["shape"])}; expected uint8 [1, H, W, 3] '
-                      'in and labels [1, H, W] first out, as deeplab/export/tflite.py writes')
-    self.input_size = tuple(int(v) for v in image_input['shape'][1:3])
+      raise UserError(f'{path}: input {image_input["dtype"].__name__} '
+                      f'{list(image_input["shape_signature"])}, first output '
+                      f'{list(labels_output["shape_signature"])}; expected uint8 [1, H, W, 3] in '
+                      'and labels [1, H, W] first out, as deeplab/export/tflite.py writes')
+    signature = image_input['shape_signature'][1:3]
+    self.input_size = None if min(signature) < 1 else tuple(int(v) for v in signature)
     self._input_index = image_input['index']
     self._labels_index = labels_output['index']
+    self._allocated_size = None  # the image size the interpreter's buffers are planned for
+    self._lock = threading.Lock()
 
   def predict(self, image):
-    size = image.shape[:2]
-    fitted = image if size == self.input_size else resize_image(image, self.input_size)
-    self._interpreter.set_tensor(self._input_index, fitted[None])
-    self._interpreter.invoke()
-    labels = self._interpreter.get_tensor(self._labels_index)[0].astype('int32')
-    return labels if size == self.input_size else resize_labels(labels, size)
+    import numpy as np
+    size = tuple(image.shape[:2])
+    fitted_size = self.input_size or size
+    fitted = image if size == fitted_size else resize_image(image, fitted_size)
+    with self._lock:
+      if self._allocated_size != fitted_size:
+        if self.input_size is None:
+          self._interpreter.resize_tensor_input(self._input_index, [1, *fitted_size, 3])
+        self._interpreter.allocate_tensors()
+        self._allocated_size = fitted_size
+      self._interpreter.set_tensor(self._input_index, fitted[None])
+      self._interpreter.invoke()
+      labels = self._interpreter.get_tensor(self._labels_index)[0].astype(np.int32, copy=False)
+    return labels if size == fitted_size else resize_labels(labels, size)
 
   def close(self):
     self._interpreter = None
+
+
+def _usable_cores() -> int:
+  """The CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
 def _head(path: str) -> bytes:
@@ -198,6 +229,27 @@ def _tflite_file(path: str) -> Optional[str]:
   return path if _head(path)[4:8] == b'TFL3' else None
 
 
+def _tflite_takes_any_size(path: str) -> bool:
+  """Whether the TFLite model's first input has a free height and width, read from the file's
+  tensor table without an interpreter; False for a file that cannot be read so (its loader then
+  says what is wrong, if it is the model chosen)."""
+  import mmap
+  import struct
+  from ai_edge_litert import schema_py_generated as schema
+  with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    try:
+      graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+      tensor = graph.Tensors(graph.Inputs(0))
+      signature = [] if tensor.ShapeSignatureIsNone() else tensor.ShapeSignatureAsNumpy().tolist()
+    except (struct.error, IndexError, ValueError, TypeError, AttributeError):
+      return False
+  return len(signature) == 4 and min(signature[1:3]) < 0
+
+
+def _any(path: str) -> bool:
+  return True
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFormat:
   """One export format: where it lies in model.tar.gz, how to recognise and load it, who writes it."""
@@ -206,18 +258,24 @@ class ModelFormat:
   detect: Callable[[str], Optional[str]]  # a file's path -> the model's path (it or its folder), or None
   loader: type  # loader(model path) -> an object with predict(image) -> labels, format, close()
   writer: str  # the module of deeplab/export/ whose write(job, path) writes it
+  # Whether `--model_format=auto` takes a model (its path) in this format's turn; a model it
+  # refuses is taken only when no format after it is present.
+  preferred: Callable[[str], bool] = _any
 
   def write(self, job, path: str) -> None:
     importlib.import_module(f'deeplab.export.{self.writer}').write(job, path)
 
 
-# In order of preference: what `--model_format=auto` loads first.
+# In order of preference: what `--model_format=auto` loads first. TFLite runs the network about
+# twice as fast as TensorFlow here (docs/benchmarks.md), but a model of a fixed input size would
+# resize every image to that size: it comes last.
 FORMATS = {format.name: format for format in (
+    ModelFormat(TFLITE_FORMAT, TFLITE_FILE, _tflite_file, TFLitePredictor, 'tflite',
+                _tflite_takes_any_size),
     ModelFormat(FROZEN_GRAPH_FORMAT, FROZEN_GRAPH, _frozen_graph_file, FrozenGraphPredictor,
                 'frozen_graph'),
     ModelFormat(SAVED_MODEL_FORMAT, SAVED_MODEL_DIR, _saved_model_folder, SavedModelPredictor,
                 'saved_model'),
-    ModelFormat(TFLITE_FORMAT, TFLITE_FILE, _tflite_file, TFLitePredictor, 'tflite'),
 )}
 
 
@@ -255,13 +313,16 @@ def find_models(path: str) -> dict:
 
 def find_model(path: str, model_format: Optional[str] = None) -> Tuple[str, str]:
   """(format, path) of the one model to load from `path`: of `model_format` if given, else of the
-  first format in FORMATS that `path` holds. Two models of that format are an error."""
+  first format in FORMATS that `path` holds and whose `preferred` test takes its model (else of
+  the first format `path` holds). Two models of that format are an error."""
   if model_format is not None and model_format not in FORMATS:
     raise UserError(f'model format {model_format!r}: expected one of {", ".join(FORMATS)}')
   if not os.path.exists(path):
     raise UserError(f'{path}: no such file or folder')
   found = find_models(path)
-  for name in [model_format] if model_format else FORMATS:
+  order = [model_format] if model_format else sorted(
+      FORMATS, key=lambda name: bool(found[name]) and not FORMATS[name].preferred(found[name][0]))
+  for name in order:
     if len(found[name]) > 1:
       raise UserError(f'{path}: {len(found[name])} {name} models ({", ".join(found[name])}); '
                       'name the file to load')

@@ -254,7 +254,10 @@ def pad_with_mean_pixel(images, min_size):
   size = _spatial_size(images)
   padding = tf.maximum(tf.constant(min_size, tf.int32) - size, 0)
   paddings = [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]]
-  return tf.pad(images - MEAN_PIXEL, paddings) + MEAN_PIXEL
+  padded = tf.pad(images - MEAN_PIXEL, paddings) + MEAN_PIXEL
+  # Padding by computed amounts leaves every dimension unknown to shape inference, the TFLite
+  # converter's too, which needs the channel count: a reshape to the same shape restates it.
+  return tf.reshape(padded, tf.concat([tf.shape(padded)[:3], tf.shape(images)[3:]], 0))
 
 
 def predict_labels(images, config: ModelConfig, scales=(1.0,), add_flipped_images=False,

@@ -134,7 +134,7 @@ def export(
     inference_scales: str = '1.0',
     add_flipped_images: bool = False,
     export_crop_size: str = '',
-    export_formats: str = 'frozen_graph,saved_model,tflite',
+    export_formats: str = 'tflite,frozen_graph,saved_model',
     tflite_input_size: str = '',
     tflite_quantize: str = 'none',
     calibration_images: int = 100,

@@ -41,8 +41,9 @@ def _extract(archive, folder):
 @pytest.fixture(scope='module')
 def tiny_export(tiny_tfrecords, tiny_checkpoint, tmp_path_factory):
   """The export step's model folder of the tiny checkpoint (frozen graph, saved_model/1/ and a
-  float model.tflite of the default size); int8/model.tflite beside it, written by the library and
-  calibrated on the tiny dataset's images. Returns (model folder, int8 TFLite path, the images)."""
+  float model.tflite of any input size, the defaults); int8/model.tflite beside it, written by the
+  library and calibrated on the tiny dataset's images. Returns (model folder, int8 TFLite path,
+  the images)."""
   root = tmp_path_factory.mktemp('tiny_export')
   run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={root / "model.tar.gz"}')
   model_dir = _extract(root / 'model.tar.gz', root / 'model')
@@ -51,10 +52,9 @@ def tiny_export(tiny_tfrecords, tiny_checkpoint, tmp_path_factory):
   prefix = checkpoint.resolve_checkpoint_path(str(checkpoint_dir))
   images = [np.asarray(Image.open(path).convert('RGB'))
             for path in sorted((tiny_tfrecords.parent / 'raw' / 'images').glob('*.jpg'))]
-  size = tflite.default_tflite_size(checkpoint.ModelCard.read(str(model_dir)))
   (root / 'int8').mkdir()
   int8_path = root / 'int8' / inference.TFLITE_FILE
-  tflite.write_tflite(card.model, prefix, str(int8_path), size, 'int8', images)
+  tflite.write_tflite(card.model, prefix, str(int8_path), None, 'int8', images)
   return model_dir, int8_path, images
 
 
@@ -65,20 +65,37 @@ def frozen_model(tiny_export):
   model.close()
 
 
+@pytest.fixture(scope='module')
+def served_model(tiny_export):
+  """The model serve and predict run from the export by default (--model_format=auto)."""
+  model = inference.load_model(str(tiny_export[0]))
+  yield model
+  model.close()
+
+
 def _read_graph_def(path):
   graph_def = tf.compat.v1.GraphDef()
   graph_def.ParseFromString(path.read_bytes())
   return graph_def
 
 
-def _test_images(images, size, count=6):
-  """`count` uint8 images of `size`: crops of the dataset's images, then uniform noise."""
+# (height, width) of the images the exports are compared on: the dataset's own (72x88), crops
+# and noise, odd and even, wide and tall.
+TEST_SIZES = ((72, 88), (72, 88), (65, 65), (49, 70), (33, 70), (90, 41))
+
+
+def _test_images(images, sizes=TEST_SIZES):
+  """uint8 images of `sizes`: crops of the dataset's images where one is large enough (a
+  different image each time), else uniform noise."""
   rng = np.random.default_rng(0)
-  height, width = size
-  crops = [image[:height, :width] for image in images if image.shape[0] >= height
-           and image.shape[1] >= width][:count - 2]
-  noise = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count - len(crops))]
-  return crops + noise
+  result = []
+  for index, (height, width) in enumerate(sizes):
+    image = images[index % len(images)]
+    if image.shape[0] >= height and image.shape[1] >= width:
+      result.append(image[:height, :width])
+    else:
+      result.append(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+  return result
 
 
 def _frozen_probabilities(model_dir, image):
@@ -102,15 +119,17 @@ def _png_bytes(array):
 # ----------------------------------------------------------------------------------- the exports
 
 
-def test_tiny_exports_agree_with_the_frozen_graph(tiny_export):
+def test_tiny_exports_agree_with_the_frozen_graph(tiny_export, served_model):
   model_dir, int8_path, images = tiny_export
-  frozen = inference.load_model(str(model_dir))
-  assert frozen.format == inference.FROZEN_GRAPH_FORMAT  # preferred when a folder holds all three
+  # The TFLite model of any input size is preferred when a folder holds all three.
+  assert served_model.format == inference.TFLITE_FORMAT and served_model.input_size is None
+  frozen = inference.load_model(str(model_dir), inference.FROZEN_GRAPH_FORMAT)
   float_tflite = inference.load_model(str(model_dir), inference.TFLITE_FORMAT)
-  assert float_tflite.input_size == (65, 65)  # the training crop recorded in model.json
   models = {'frozen': frozen, 'saved_model': inference.load_model(str(model_dir), 'saved_model'),
             'tflite': float_tflite, 'int8': inference.load_model(str(int8_path))}
-  test_images = _test_images(images, float_tflite.input_size)
+  test_images = _test_images(images)
+  for image in test_images:
+    assert float_tflite.predict(image).shape == image.shape[:2]  # at the image's own size
   agreements = agreement.compare_formats(models, test_images, num_classes=4, reference='frozen')
   int8_against_float = agreement.compare_formats(
       {'tflite': float_tflite, 'int8': models['int8']}, test_images, 4, reference='tflite')
@@ -118,7 +137,7 @@ def test_tiny_exports_agree_with_the_frozen_graph(tiny_export):
   print('int8 TFLite against float TFLite:', int8_against_float)
   assert agreements['saved_model']['pixel_agreement'] == 1.0
   assert agreements['tflite']['pixel_agreement'] >= 0.999
-  assert agreements['tflite']['num_pixels'] == 6 * 65 * 65
+  assert agreements['tflite']['num_pixels'] == sum(h * w for h, w in TEST_SIZES)
   assert int8_against_float['int8']['miou'] >= 0.5
   for model in models.values():
     model.close()
@@ -169,23 +188,26 @@ def test_tensorflow_2s_own_loader_runs_both_signatures(tiny_export, frozen_model
   np.testing.assert_array_equal(by_bytes, by_array)
 
 
-def test_tflite_logits_follow_the_frozen_probabilities(tiny_export):
+def test_tflite_logits_follow_the_frozen_probabilities_at_any_size(tiny_export):
   from ai_edge_litert.interpreter import Interpreter
   model_dir, _, images = tiny_export
   interpreter = Interpreter(model_path=str(model_dir / inference.TFLITE_FILE))
-  interpreter.allocate_tensors()
   (image_input,) = interpreter.get_input_details()
   labels_output, logits_output = interpreter.get_output_details()
-  assert image_input['dtype'] == np.uint8 and list(image_input['shape']) == [1, 65, 65, 3]
-  assert labels_output['dtype'] == np.int32 and list(labels_output['shape']) == [1, 65, 65]
-  assert logits_output['dtype'] == np.float32 and list(logits_output['shape']) == [1, 65, 65, 4]
-  image = _test_images(images, (65, 65))[0]
-  interpreter.set_tensor(image_input['index'], image[None])
-  interpreter.invoke()
-  logits = interpreter.get_tensor(logits_output['index'])[0]
-  softmax = np.exp(logits - logits.max(axis=2, keepdims=True))
-  softmax /= softmax.sum(axis=2, keepdims=True)
-  np.testing.assert_allclose(softmax, _frozen_probabilities(model_dir, image), atol=1e-4)
+  assert image_input['dtype'] == np.uint8 and list(image_input['shape_signature']) == [1, -1, -1, 3]
+  assert labels_output['dtype'] == np.int32 and logits_output['dtype'] == np.float32
+  for image in _test_images(images, [(65, 65), (49, 70)]):
+    height, width = image.shape[:2]
+    interpreter.resize_tensor_input(image_input['index'], [1, height, width, 3])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(image_input['index'], image[None])
+    interpreter.invoke()
+    assert list(interpreter.get_tensor(labels_output['index']).shape) == [1, height, width]
+    logits = interpreter.get_tensor(logits_output['index'])[0]
+    assert logits.shape == (height, width, 4)
+    softmax = np.exp(logits - logits.max(axis=2, keepdims=True))
+    softmax /= softmax.sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(softmax, _frozen_probabilities(model_dir, image), atol=1e-4)
 
 
 def test_int8_tflite_takes_raw_pixels_and_gives_integer_logits(tiny_export):
@@ -208,7 +230,7 @@ def test_exports_are_byte_for_byte_reproducible(tiny_export, tiny_checkpoint, tm
   checkpoint_dir = _extract(tiny_checkpoint, tmp_path / 'checkpoint')
   tflite.write_tflite(checkpoint.ModelCard.read(str(checkpoint_dir)).model,
                       checkpoint.resolve_checkpoint_path(str(checkpoint_dir)),
-                      str(tmp_path / 'again.tflite'), (65, 65))
+                      str(tmp_path / 'again.tflite'))
   assert (tmp_path / 'again.tflite').read_bytes() == (model_dir / inference.TFLITE_FILE).read_bytes()
 
 
@@ -251,12 +273,13 @@ def test_the_loader_recognises_formats_by_content(tiny_export, tmp_path):
 
 def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   """Google's trained DeepLabv3 MobileNetV2 weights (from the TFLite fixture, as a checkpoint),
-  exported as SavedModel and as TFLite at the fixture's 257 x 257: the published golden mask on
-  every pixel, and the frozen graph's labels on the demo photos (resized to 257 x 257)."""
+  exported as SavedModel, as TFLite of any input size (float and int8) and of the fixture's
+  257 x 257: the published golden mask on every pixel, and the frozen graph's labels on the demo
+  photos at their own sizes (the fixed-size model resizes them to 257 x 257 and back)."""
   from deeplab.config import ExportConfig, ModelConfig
   from tests.reference_model import TFLITE_CONFIG, write_reference_checkpoint
   reference = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
-  photos = [np.asarray(Image.open(path).convert('RGB').resize((257, 257), Image.BILINEAR))
+  photos = [np.asarray(Image.open(path).convert('RGB'))
             for path in sorted(require_fixtures('photos').glob('image*.jpg'))]
   prefix = str(tmp_path / 'model.ckpt')
   write_reference_checkpoint(str(reference), prefix)
@@ -264,23 +287,28 @@ def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   graph_def = freeze.freeze(config, prefix, ExportConfig())
   frozen_graph.write_frozen_graph(graph_def, str(tmp_path / inference.FROZEN_GRAPH))
   saved_model_writer.write_saved_model(graph_def, str(tmp_path / inference.SAVED_MODEL_DIR))
-  tflite.write_tflite(config, prefix, str(tmp_path / 'float.tflite'), (257, 257))
-  tflite.write_tflite(config, prefix, str(tmp_path / 'int8.tflite'), (257, 257), 'int8', photos)
+  tflite.write_tflite(config, prefix, str(tmp_path / 'float.tflite'))
+  tflite.write_tflite(config, prefix, str(tmp_path / 'int8.tflite'), None, 'int8', photos)
+  tflite.write_tflite(config, prefix, str(tmp_path / 'fixed.tflite'), (257, 257))
   models = {'frozen': inference.load_model(str(tmp_path), 'frozen_graph'),
             'saved_model': inference.load_model(str(tmp_path), 'saved_model'),
             'tflite': inference.load_model(str(tmp_path / 'float.tflite')),
-            'int8': inference.load_model(str(tmp_path / 'int8.tflite'))}
+            'int8': inference.load_model(str(tmp_path / 'int8.tflite')),
+            'fixed': inference.load_model(str(tmp_path / 'fixed.tflite'))}
+  assert models['fixed'].input_size == (257, 257) and models['tflite'].input_size is None
   horse = np.asarray(Image.open(reference.parent / 'segmentation_input_rotation0.jpg').convert('RGB'))
   golden = np.asarray(Image.open(reference.parent / 'segmentation_golden_rotation0.png')) // 10
-  for name in ('saved_model', 'tflite'):
+  for name in ('frozen', 'saved_model', 'tflite', 'fixed'):
     assert (models[name].predict(horse) == golden).mean() == 1.0, name
+  for photo in photos:
+    np.testing.assert_array_equal(models['tflite'].predict(photo), models['frozen'].predict(photo))
   agreements = agreement.compare_formats(models, [horse] + photos, num_classes=21, reference='frozen')
   int8_against_float = agreement.compare_formats(
       {'tflite': models['tflite'], 'int8': models['int8']}, [horse] + photos, 21, 'tflite')['int8']
   print('Google DeepLabv3, agreement with the frozen graph:', agreements)
   print('Google DeepLabv3, int8 TFLite against float:', int8_against_float)
   assert agreements['saved_model']['pixel_agreement'] == 1.0
-  assert agreements['tflite']['pixel_agreement'] >= 0.999
+  assert agreements['tflite']['pixel_agreement'] == 1.0
   assert int8_against_float['miou'] >= 0.8
   for model in models.values():
     model.close()
@@ -398,14 +426,14 @@ def _assert_json_error(response, status):
   return message['error']
 
 
-def test_a_jpeg_gives_classes_and_the_label_map_of_the_frozen_graph(server, tiny_export, frozen_model):
+def test_a_jpeg_gives_classes_and_the_label_map_of_the_served_model(server, tiny_export, served_model):
   image = tiny_export[2][0]
   jpeg = _jpeg_bytes(image)
   status, headers, body = server.request('POST', '/predict?include=labels', jpeg,
                                          {'Content-Type': 'image/jpeg'})
   assert status == 200 and headers['content-type'] == 'application/json'
   result = json.loads(body)
-  expected = frozen_model.predict(_decoded(jpeg))
+  expected = served_model.predict(_decoded(jpeg))
   assert (result['width'], result['height']) == (image.shape[1], image.shape[0])
   np.testing.assert_array_equal(_png_array(base64.b64decode(result['labels_png'])), expected)
   counts = np.bincount(expected.ravel(), minlength=4)
@@ -415,9 +443,9 @@ def test_a_jpeg_gives_classes_and_the_label_map_of_the_frozen_graph(server, tiny
       for i in np.flatnonzero(counts)]
 
 
-def test_a_png_as_a_multipart_file_gives_a_label_map_or_an_overlay(server, tiny_export, frozen_model):
+def test_a_png_as_a_multipart_file_gives_a_label_map_or_an_overlay(server, tiny_export, served_model):
   image = tiny_export[2][1]
-  expected = frozen_model.predict(image)
+  expected = served_model.predict(image)
   body, headers = _multipart('image', 'photo.png', _png_bytes(image), 'image/png')
   status, response_headers, labels = server.request('POST', '/predict?format=labels', body, headers)
   assert status == 200 and response_headers['content-type'] == 'image/png'
@@ -443,7 +471,7 @@ def test_health_model_and_the_url_prefixes(server):
   assert status == 200 and json.loads(body) == {'status': 'ok'}
   status, _, body = server.request('GET', '/model')
   description = json.loads(body)
-  assert description['served_format'] == 'frozen_graph'
+  assert description['served_format'] == 'tflite'
   assert description['dataset']['class_names'][1] == 'red_striped'
   assert description['dataset']['colormap'][1] == [128, 0, 0]
   assert description['model']['model_variant'] == 'mobilenet_v2'
@@ -481,12 +509,12 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, tiny_
   assert server.process.poll() is None
 
 
-def test_concurrent_clients_get_the_frozen_graphs_labels(server, tiny_export, frozen_model):
+def test_concurrent_clients_get_the_served_models_labels(server, tiny_export, served_model):
   rng = np.random.default_rng(1)
   images = [tiny_export[2][i] for i in range(3)] + \
       [rng.integers(0, 256, (40 + 7 * i, 56 - 5 * i, 3), dtype=np.uint8) for i in range(3)]
   pngs = [_png_bytes(image) for image in images]
-  expected = [frozen_model.predict(image) for image in images]
+  expected = [served_model.predict(image) for image in images]
 
   def client(number):
     for request in range(20):

@@ -1,6 +1,7 @@
 """The lean inference graph (rewrites.lean_inference_graph), and as FrozenGraphPredictor loads it
 (rewrites.dilated_for_this_runtime), gives the labels of the graph as built."""
 import collections
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,17 +23,20 @@ TINY = ModelConfig(num_classes=4, depth_multiplier=0.25, output_stride=8, atrous
                    decoder_output_stride=4)
 
 
-def _tiny_checkpoint(folder, config):
-  """A random checkpoint whose batch norms are far from the identity (random gamma, beta and
-  moving statistics), so that a wrong fold changes the labels."""
+def _tiny_checkpoint(folder, config, far_from_identity=True, seed=0):
+  """A random checkpoint, the same for the same seed. Its batch norms far from the identity
+  (random gamma, beta and moving statistics), so that a wrong fold changes the probabilities (the
+  labels are then nearly one class whatever the image: every ReLU6 saturates); else as
+  initialised (the identity), which leaves the labels following the image."""
   from deeplab import model
   prefix = str(folder / 'model.ckpt')
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(seed)
     model.logits(tf.compat.v1.placeholder(tf.float32, [1, 65, 65, 3]), config)
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
-      for variable in tf.compat.v1.global_variables():
+      for variable in tf.compat.v1.global_variables() if far_from_identity else ():
         name, shape = variable.op.name, variable.shape.as_list()
         if name.endswith(('/gamma', '/moving_variance')):
           variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
@@ -59,9 +63,9 @@ def _ops(graph_def):
 
 def _as_loaded(graph_def):
   """The graph as FrozenGraphPredictor runs it (rewrites.dilated_for_this_runtime): on a TensorFlow whose
-  depthwise kernel takes dilations (oneDNN, as here), without any space-to-batch."""
+  convolution kernels take dilations (oneDNN, as here), without any space-to-batch."""
   loaded = rewrites.dilated_for_this_runtime(graph_def)
-  if rewrites._depthwise_takes_dilations():
+  if all(map(rewrites.takes_dilations, ('Conv2D', 'DepthwiseConv2dNative'))):
     assert not {'SpaceToBatchND', 'BatchToSpaceND'} & set(_ops(loaded))
   return loaded
 
@@ -72,17 +76,41 @@ def _images(sizes, seed=1):
                      .resize((w, h), Image.BILINEAR)) for h, w in sizes]
 
 
-@pytest.mark.parametrize('export_config', [ExportConfig(),
-                                           ExportConfig(inference_scales=(0.75, 1.0),
-                                                        add_flipped_images=True)],
-                         ids=['single_scale', 'multi_scale_flipped'])
-def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, export_config):
-  prefix = _tiny_checkpoint(tmp_path, TINY)
-  built = freeze.freeze(TINY, prefix, export_config, lean=False)
-  lean = freeze.freeze(TINY, prefix, export_config)
+# The image pooling branch folded into concat_projection's bias (what `_fold_image_pooling` does
+# to each scale and flip), and where it must not be: a plain 3x3 ASPP (atrous Conv2D, no
+# decoder), and an image pooling over windows (not one vector per image).
+PLAIN_ASPP = dataclasses.replace(TINY, aspp_with_separable_conv=False, decoder_output_stride=0)
+WINDOWED_POOLING = dataclasses.replace(TINY, image_pooling_crop_size=(33, 33),
+                                       image_pooling_stride=(2, 2))
+
+
+def _pooling_broadcasts(graph_def):
+  """The ResizeBilinear nodes that read the image pooling branch."""
+  return [node for node in graph_def.node
+          if node.op == 'ResizeBilinear' and 'image_pooling' in node.input[0]]
+
+
+@pytest.mark.parametrize('config, export_config, folded', [
+    (TINY, ExportConfig(), True),
+    (TINY, ExportConfig(inference_scales=(0.75, 1.0), add_flipped_images=True), True),
+    (PLAIN_ASPP, ExportConfig(), True),
+    (WINDOWED_POOLING, ExportConfig(), False),
+], ids=['single_scale', 'multi_scale_flipped', 'plain_aspp', 'windowed_pooling'])
+def test_the_lean_graph_gives_the_labels_of_the_graph_as_built(tmp_path, config, export_config,
+                                                               folded):
+  prefix = _tiny_checkpoint(tmp_path, config)
+  built = freeze.freeze(config, prefix, export_config, lean=False)
+  lean = freeze.freeze(config, prefix, export_config)
   assert _ops(built)['FusedBatchNormV3'] > 20
   assert not any(op.startswith('FusedBatchNorm') for op in _ops(lean))
   assert _ops(lean)['SpaceToBatchND'] > 5  # atrous convolutions: kept portable in the file
+  # Their bias and activation run before the batch-to-space, where the runtime fuses them.
+  nodes = {node.name: node for node in lean.node}
+  assert {nodes[node.input[0]].op for node in lean.node if node.op == 'BatchToSpaceND'} <= \
+      {'BiasAdd', 'Relu', 'Relu6'}
+  variants = len(export_config.inference_scales) * (2 if export_config.add_flipped_images else 1)
+  assert len(_pooling_broadcasts(built)) == variants
+  assert len(_pooling_broadcasts(lean)) == (0 if folded else variants)
   loaded = _as_loaded(lean)
   for image in _images([(65, 65), (97, 130), (40, 71)]):
     built_labels, built_probabilities = _run(built, image)
@@ -137,7 +165,7 @@ def test_a_tensorflow_whose_depthwise_kernel_takes_no_dilations_runs_the_file_as
   image = _images([(97, 130)])[0]
   np.save(tmp_path / 'image.npy', image)
   script = ('import sys, numpy as np; from deeplab import inference; from deeplab.export import rewrites; '
-            'print(rewrites._depthwise_takes_dilations()); '
+            'print(rewrites.takes_dilations("DepthwiseConv2dNative")); '
             'np.save(sys.argv[3], inference.FrozenGraphPredictor(sys.argv[1]).predict(np.load(sys.argv[2])))')
   completed = subprocess.run(
       [sys.executable, '-c', script, path, str(tmp_path / 'image.npy'), str(tmp_path / 'labels.npy')],
