@@ -14,7 +14,7 @@ from deeplab.datasets.manifest import DatasetInfo
 from deeplab.errors import UserError
 from deeplab.export import agreement, freeze, frozen_graph, tflite
 from tests.conftest import assert_one_error_line, run_step
-from tests.test_export_graph import TINY, _images, _tiny_checkpoint
+from tests.deeplab.export.test_rewrites import TINY, _images, _tiny_checkpoint
 
 FIXED_SIZE = (33, 41)
 # Sizes in the order predict sees them: the interpreter's input is resized at each change, and
