@@ -97,8 +97,10 @@ def test_native_dilations_train_like_space_to_batch(tmp_path):
       results[False], results[True]
   for expected, actual in zip(space_to_batch_steps, native_steps):
     assert actual['train_op'] == expected['train_op']
+    # float32 sums in another order (oneDNN picks its algorithm per run and thread count): a few
+    # 1e-4 apart after several steps, as measured; a wrong dilation is off by far more.
     for name in ('loss', 'total_loss', 'gradient_norm'):
-      assert actual[name] == pytest.approx(expected[name], rel=1e-4), name
+      assert actual[name] == pytest.approx(expected[name], rel=1e-3), name
   assert native_weights.keys() == space_to_batch_weights.keys()
   moved = 0
   for name, expected in space_to_batch_weights.items():
