@@ -139,11 +139,11 @@ def _interleaved_steps(contenders, rounds, steps, batch):
   return values
 
 
-def _kernels(session, fetches, feed=None):
+def _kernels(session, fetches):
   """The names of the kernels one traced run of `fetches` executes."""
   from deeplab.compat import tf
   metadata = tf.compat.v1.RunMetadata()
-  session.run(fetches, feed, options=tf.compat.v1.RunOptions(
+  session.run(fetches, options=tf.compat.v1.RunOptions(
       trace_level=tf.compat.v1.RunOptions.FULL_TRACE), run_metadata=metadata)
   return {node.node_name for device in metadata.step_stats.dev_stats for node in device.node_stats}
 
@@ -171,7 +171,7 @@ def measure(args):
   # Never reached: the bench stops the trainers itself.
   settings = dict(train_batch_size=args.batch, train_crop_size=(args.crop, args.crop),
                   training_number_of_steps=10 ** 9)
-  contenders, trainers = {}, []
+  contenders = {}
   with contextlib.ExitStack() as cleanup:
     graph = tf.Graph()
     with graph.as_default():
@@ -186,9 +186,9 @@ def measure(args):
       todays = tf.compat.v1.Session(config=distribute.session_config(['/cpu:0']))
 
     contenders['bare_train_op'] = lambda: bare.run(ops['train_op'])
-    trainers.append(SteppedTrainer(training, graph, ops, train_config, session=todays))
-    cleanup.callback(trainers[-1].close)
-    contenders['todays_step'] = trainers[-1].step
+    todays_trainer = SteppedTrainer(training, graph, ops, train_config, session=todays)
+    cleanup.callback(todays_trainer.close)
+    contenders['todays_step'] = todays_trainer.step
     old_folder = cleanup.enter_context(tempfile.TemporaryDirectory())
     old = _import_trainer_at(OLD_COMMIT, old_folder)
     if old:
@@ -199,9 +199,9 @@ def measure(args):
         old_ops = old_training.build_train_graph(
             old_config.ModelConfig(num_classes=NUM_CLASSES), old_train_config,
             tf.constant(images), tf.constant(labels), IGNORE_LABEL)
-      trainers.append(SteppedTrainer(old_training, old_graph, old_ops, old_train_config))
-      cleanup.callback(trainers[-1].close)
-      contenders[f'step_at_{OLD_COMMIT}'] = trainers[-1].step
+      old_trainer = SteppedTrainer(old_training, old_graph, old_ops, old_train_config)
+      cleanup.callback(old_trainer.close)
+      contenders[f'step_at_{OLD_COMMIT}'] = old_trainer.step
     values = _interleaved_steps(contenders, args.rounds, args.steps, args.batch)
 
   model = f'MobileNetV2 DeepLabv3 {args.crop}x{args.crop} batch {args.batch}'
