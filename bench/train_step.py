@@ -16,8 +16,10 @@ round (bench/harness.py), each `--steps` steps a round (the default, the trainer
   or the commit is missing).
 
 Both trainers run in a thread of their own and are paused between steps by their own
-`should_stop` callback, which every run_training calls once a step: a round runs exactly
-`--steps` iterations of their real loop, without a session restart or copied code.
+`should_stop` callback, which every run_training calls once a step: a step is exactly one
+iteration of their real loop, without a session restart or copied code. Within a round the
+contenders take their steps in turn (A, B, C, A, B, C, ...), so that each contender's round is
+paired closely in time with the others' (bench/harness.py's rounds, at the grain of a step).
 Targets: the guards cost at most 3% (todays_step >= 0.97 x bare_train_op), and today's step is
 no slower than 28bc9e4's (>= 1.0). A traced run of each fetch set also counts the kernels a step
 runs beyond the bare train op, on log steps and on the others (the noise-free side of the cost).
@@ -106,12 +108,9 @@ class SteppedTrainer:
     if self._error:
       raise self._error
 
-  def images_per_sec(self, steps, batch):
-    started = time.perf_counter()
-    for _ in range(steps):
-      self._resume.release()
-      self._wait()
-    return steps * batch / (time.perf_counter() - started)
+  def step(self):
+    self._resume.release()
+    self._wait()
 
   def close(self):
     self._stop = True
@@ -120,11 +119,31 @@ class SteppedTrainer:
     self._folder.cleanup()
 
 
-def _kernels(session, fetches, feed=None):
+def _interleaved_steps(contenders, rounds, steps, batch):
+  """Images/s of each contender per round of `steps` steps, its steps taken in turn with the
+  others' (A, B, C, A, B, C, ...; the order rotated each round): a step of one lies a few hundred
+  milliseconds from a step of each other, so load that comes and goes hits all of them alike."""
+  names = list(contenders)
+  values = {name: [] for name in names}
+  for round_index in range(rounds):
+    shift = round_index % len(names)
+    order = names[shift:] + names[:shift]
+    seconds = dict.fromkeys(names, 0.0)
+    for _ in range(steps):
+      for name in order:
+        started = time.perf_counter()
+        contenders[name]()
+        seconds[name] += time.perf_counter() - started
+    for name in names:
+      values[name].append(steps * batch / seconds[name])
+  return values
+
+
+def _kernels(session, fetches):
   """The names of the kernels one traced run of `fetches` executes."""
   from deeplab.compat import tf
   metadata = tf.compat.v1.RunMetadata()
-  session.run(fetches, feed, options=tf.compat.v1.RunOptions(
+  session.run(fetches, options=tf.compat.v1.RunOptions(
       trace_level=tf.compat.v1.RunOptions.FULL_TRACE), run_metadata=metadata)
   return {node.node_name for device in metadata.step_stats.dev_stats for node in device.node_stats}
 
@@ -152,7 +171,7 @@ def measure(args):
   # Never reached: the bench stops the trainers itself.
   settings = dict(train_batch_size=args.batch, train_crop_size=(args.crop, args.crop),
                   training_number_of_steps=10 ** 9)
-  contenders, trainers = {}, []
+  contenders = {}
   with contextlib.ExitStack() as cleanup:
     graph = tf.Graph()
     with graph.as_default():
@@ -166,16 +185,10 @@ def measure(args):
       extra_every_step, extra_log_step = _extra_kernels(bare, ops)
       todays = tf.compat.v1.Session(config=distribute.session_config(['/cpu:0']))
 
-    def bare_images_per_sec():
-      started = time.perf_counter()
-      for _ in range(args.steps):
-        bare.run(ops['train_op'])
-      return args.steps * args.batch / (time.perf_counter() - started)
-
-    contenders['bare_train_op'] = bare_images_per_sec
-    trainers.append(SteppedTrainer(training, graph, ops, train_config, session=todays))
-    cleanup.callback(trainers[-1].close)
-    contenders['todays_step'] = trainers[-1].images_per_sec
+    contenders['bare_train_op'] = lambda: bare.run(ops['train_op'])
+    todays_trainer = SteppedTrainer(training, graph, ops, train_config, session=todays)
+    cleanup.callback(todays_trainer.close)
+    contenders['todays_step'] = todays_trainer.step
     old_folder = cleanup.enter_context(tempfile.TemporaryDirectory())
     old = _import_trainer_at(OLD_COMMIT, old_folder)
     if old:
@@ -186,12 +199,10 @@ def measure(args):
         old_ops = old_training.build_train_graph(
             old_config.ModelConfig(num_classes=NUM_CLASSES), old_train_config,
             tf.constant(images), tf.constant(labels), IGNORE_LABEL)
-      trainers.append(SteppedTrainer(old_training, old_graph, old_ops, old_train_config))
-      cleanup.callback(trainers[-1].close)
-      contenders[f'step_at_{OLD_COMMIT}'] = trainers[-1].images_per_sec
-    values = harness.interleave(
-        {name: (lambda run=run: run(args.steps, args.batch)) if name != 'bare_train_op' else run
-         for name, run in contenders.items()}, args.rounds)
+      old_trainer = SteppedTrainer(old_training, old_graph, old_ops, old_train_config)
+      cleanup.callback(old_trainer.close)
+      contenders[f'step_at_{OLD_COMMIT}'] = old_trainer.step
+    values = _interleaved_steps(contenders, args.rounds, args.steps, args.batch)
 
   model = f'MobileNetV2 DeepLabv3 {args.crop}x{args.crop} batch {args.batch}'
   guards = harness.Measurement(

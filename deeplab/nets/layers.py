@@ -56,7 +56,9 @@ def conv2d_trains_dilated(dtype_name: str = 'float32') -> bool:
 
   TensorFlow's own CPU kernels refuse a dilated input gradient; oneDNN's (TensorFlow's default on
   x86) have all three. Agreement is checked, not only that the kernels run: oneDNN's dilated
-  depthwise gradients run and are wrong, so an error is not the only way a kernel can fail.
+  depthwise gradients run and are wrong, so an error is not the only way a kernel can fail. The
+  probe never touches a GPU (cuDNN has all three kernels): a CPU answer of no keeps GPU training
+  in the space-to-batch form too, slower but right.
   """
   dtype = tf.as_dtype(dtype_name)
   rng = np.random.default_rng(0)
