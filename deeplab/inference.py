@@ -259,7 +259,7 @@ class ModelFormat:
   loader: type  # loader(model path) -> an object with predict(image) -> labels, format, close()
   writer: str  # the module of deeplab/export/ whose write(job, path) writes it
   # Whether `--model_format=auto` takes a model (its path) in this format's turn; a model it
-  # refuses is taken only when no format after it is present.
+  # refuses is taken only when no other format is present.
   preferred: Callable[[str], bool] = _any
 
   def write(self, job, path: str) -> None:
