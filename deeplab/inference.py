@@ -20,7 +20,8 @@ give semantic_predictions int32 [1, H, W] and semantic_probabilities float32 [1,
 TFLite model takes any input size (input [1, -1, -1, 3]: the interpreter's input is resized to
 the image's), or a fixed one: uint8 RGB [1, H, W, 3] in, labels int32 [1, H, W] then
 semantic_logits [1, H, W, num_classes] out, or semantic_probabilities when the export averages
-scales or flips or pads to a crop size (float32, or int8 with full-integer quantisation).
+scales or flips or pads to a crop size or the model has a resize range (float32, or int8 with
+full-integer quantisation).
 
 This module imports neither TensorFlow nor numpy until a model is loaded (the settings schema reads
 `FORMATS` for --help, which imports neither).
