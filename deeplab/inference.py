@@ -20,7 +20,8 @@ give semantic_predictions int32 [1, H, W] and semantic_probabilities float32 [1,
 TFLite model takes any input size (input [1, -1, -1, 3]: the interpreter's input is resized to
 the image's), or a fixed one: uint8 RGB [1, H, W, 3] in, labels int32 [1, H, W] then
 semantic_logits [1, H, W, num_classes] out, or semantic_probabilities when the export averages
-scales or flips or pads to a crop size (float32, or int8 with full-integer quantisation).
+scales or flips or pads to a crop size or the model has a resize range (float32, or int8 with
+full-integer quantisation).
 
 This module imports neither TensorFlow nor numpy until a model is loaded (the settings schema reads
 `FORMATS` for --help, which imports neither).
@@ -259,7 +260,7 @@ class ModelFormat:
   loader: type  # loader(model path) -> an object with predict(image) -> labels, format, close()
   writer: str  # the module of deeplab/export/ whose write(job, path) writes it
   # Whether `--model_format=auto` takes a model (its path) in this format's turn; a model it
-  # refuses is taken only when no format after it is present.
+  # refuses is taken only when no other format is present.
   preferred: Callable[[str], bool] = _any
 
   def write(self, job, path: str) -> None:

@@ -15,7 +15,6 @@ from deeplab.export.freeze import frozen_graph_def
 from deeplab.export.rewrites import lean_inference_graph, native_dilations
 from deeplab.inference import (IMAGES_INPUT, LOGITS_OUTPUT, PREDICTIONS_OUTPUT,
                                PROBABILITIES_OUTPUT, resize_image)
-from deeplab.preprocess import resize_to_range
 
 # int8 calibration runs each image at its own size (a model of any input size), scaled down to at
 # most this many pixels (aspect kept): the value ranges it measures do not depend on the size,
@@ -23,35 +22,29 @@ from deeplab.preprocess import resize_to_range
 CALIBRATION_MAX_PIXELS = 513 * 513
 
 
-def _one_scale(options: ExportConfig) -> bool:
-  """Whether the export predicts at one scale, unflipped and uncropped."""
+def _logits_suffice(config: ModelConfig, options: ExportConfig) -> bool:
+  """Whether the frozen graph's labels are the argmax of the logits resized to the image: at one
+  scale, unflipped, uncropped, and without a resize range (the frozen graph resizes the
+  probabilities back from the model's range, and the argmax of resized probabilities is not that
+  of resized logits)."""
   return (tuple(options.inference_scales) == (1.0,) and not options.add_flipped_images
-          and not options.export_crop_size)
+          and not options.export_crop_size
+          and not (config.min_resize_value or config.max_resize_value))
 
 
 def _labels_and_scores(images, config: ModelConfig, options: ExportConfig):
   """(labels int32 [1, H, W], scores float32 [1, H, W, num_classes]) of images float32
-  [1, H, W, 3] in [0, 255]: `model.predict_labels`, as the frozen graph, with the export's
-  inference scales, flips and crop size. At one scale (`_one_scale`) the scores are the logits
-  rather than their softmax (the argmax is the same); else the averaged probabilities.
-
-  A static size lets the converter fold the resizing arithmetic. Without a resize range the
-  images go in as they are (no slice and reshape of the input for the interpreter to run on
-  every call).
+  [1, H, W, 3] in [0, 255]: what the frozen graph computes (`model.predict_labels` with the
+  export's scales, flips and crop size). When the logits suffice (`_logits_suffice`) the scores
+  are the logits resized to the image, without the softmax and its resizes; else the
+  probabilities. A static size lets the converter fold the resizing arithmetic.
   """
-  if not _one_scale(options):
+  if not _logits_suffice(config, options):
     return model.predict_labels(images, config, options.inference_scales,
                                 options.add_flipped_images, options.export_crop_size)
   size = images.shape[1:3].as_list() if images.shape[1:3].is_fully_defined() else \
       tf.shape(images)[1:3]
-  if not (config.min_resize_value or config.max_resize_value):
-    logits = model.resize_bilinear(model.logits(model.preprocess(images), config), size)
-  else:
-    resized = resize_to_range(images[0], config.min_resize_value,
-                              config.max_resize_value)[tf.newaxis]
-    scores = model.resize_bilinear(model.logits(model.preprocess(resized), config),
-                                   tf.shape(resized)[1:3])
-    logits = model.resize_bilinear(scores, size)
+  logits = model.resize_bilinear(model.logits(model.preprocess(images), config), size)
   return tf.argmax(logits, axis=3, output_type=tf.int32), logits
 
 
@@ -90,8 +83,8 @@ def write_tflite(config: ModelConfig, checkpoint_prefix: str, path: str,
 
   Input uint8 RGB [1, H, W, 3] (preprocessing inside, as in the frozen graph); outputs in this order:
   labels int32 [1, H, W], then logits [1, H, W, num_classes] (`semantic_logits`), or with the
-  inference scales, flips or crop size of `options` (the export's) the averaged probabilities
-  (`semantic_probabilities`): the frozen graph's computation. The graph converted is its lean form
+  inference scales, flips or crop size of `options` (the export's) or a resize range in `config`
+  the probabilities (`semantic_probabilities`): the frozen graph's computation. The graph converted is its lean form
   (`lean_inference_graph`: batch norm and image pooling folded) with native dilated convolutions,
   which TFLite's kernels take (XNNPACK runs them on any input size; the converter's own rewrite
   of space-to-batch convolutions needs a static size). quantize='none' keeps float32 weights and
@@ -111,7 +104,8 @@ def write_tflite(config: ModelConfig, checkpoint_prefix: str, path: str,
     shape = [1, height, width, 3]
   int8 = quantize == 'int8'
 
-  outputs = (PREDICTIONS_OUTPUT, LOGITS_OUTPUT if _one_scale(options) else PROBABILITIES_OUTPUT)
+  outputs = (PREDICTIONS_OUTPUT,
+             LOGITS_OUTPUT if _logits_suffice(config, options) else PROBABILITIES_OUTPUT)
 
   def build_outputs():
     # The int8 converter quantises a float input into uint8 itself; the float model casts in-graph.

@@ -3,6 +3,7 @@ interpreter whose input follows each image's size, safe to call from several thr
 by --model_format=auto only when it takes any size (deeplab/inference.py TFLitePredictor,
 find_model; deeplab/export/tflite.py)."""
 import concurrent.futures
+import dataclasses
 import shutil
 
 import numpy as np
@@ -132,22 +133,26 @@ def test_predict_with_a_broken_tflite_model_says_so_in_one_line(tmp_path):
   assert not output.parent.exists() or not any(output.parent.iterdir())
 
 
-def test_the_exports_inference_options_are_the_tflite_models_too(tmp_path):
-  """With scales, flips and a crop size the frozen graph averages probabilities: so does the
-  TFLite model predict and serve would run in its place."""
-  prefix = _tiny_checkpoint(tmp_path, TINY, far_from_identity=False)
-  options = ExportConfig(inference_scales=(0.75, 1.0), add_flipped_images=True,
-                         export_crop_size=(65, 65))
-  frozen_graph.write_frozen_graph(freeze.freeze(TINY, prefix, options),
+@pytest.mark.parametrize('config, options', [
+    (TINY, ExportConfig(inference_scales=(0.75, 1.0), add_flipped_images=True,
+                        export_crop_size=(65, 65))),
+    (dataclasses.replace(TINY, min_resize_value=50, max_resize_value=100), ExportConfig()),
+], ids=['scales_flips_crop', 'resize_range'])
+def test_the_tflite_model_computes_what_the_frozen_graph_does(tmp_path, config, options):
+  """With scales, flips and a crop size the frozen graph averages probabilities, and with a
+  resize range it resizes probabilities back to the image: so does the TFLite model predict and
+  serve run in its place (the argmax of resized logits would differ)."""
+  prefix = _tiny_checkpoint(tmp_path, config, far_from_identity=False)
+  frozen_graph.write_frozen_graph(freeze.freeze(config, prefix, options),
                                   str(tmp_path / inference.FROZEN_GRAPH))
-  tflite.write_tflite(TINY, prefix, str(tmp_path / 'model.tflite'), options=options)
+  tflite.write_tflite(config, prefix, str(tmp_path / 'model.tflite'), options=options)
   frozen = inference.FrozenGraphPredictor(str(tmp_path / inference.FROZEN_GRAPH))
   model = inference.TFLitePredictor(str(tmp_path / 'model.tflite'))
   from ai_edge_litert.interpreter import Interpreter
   outputs = Interpreter(model_path=str(tmp_path / 'model.tflite')).get_output_details()
   assert [output['name'] for output in outputs] == [inference.PREDICTIONS_OUTPUT,
                                                      inference.PROBABILITIES_OUTPUT]
-  images = _images([(40, 71), (97, 130)])
+  images = _images([(40, 71), (97, 130), (200, 90)])
   agreements = agreement.compare_formats({'frozen': frozen, 'tflite': model}, images, 4, 'frozen')
   assert agreements['tflite']['pixel_agreement'] >= 0.999, agreements
   frozen.close()
