@@ -61,3 +61,19 @@ def write_reference_checkpoint(tflite_path, prefix):
       session.run(assignments)
       tf.compat.v1.train.Saver(variables).save(session, prefix, write_meta_graph=False)
   return [v.op.name for v in variables]
+
+
+def reference_checkpoint_and_photos(folder):
+  """(ModelConfig, checkpoint prefix, fixture photos RGB uint8, Google's .tflite path) of Google's
+  DeepLabv3 weights written as a checkpoint in `folder`; skips the test when the shared fixtures are
+  absent."""
+  from PIL import Image
+
+  from deeplab.config import ModelConfig
+  from tests.conftest import require_fixtures
+  reference = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
+  photos = [np.asarray(Image.open(path).convert('RGB'))
+            for path in sorted(require_fixtures('photos').glob('image*.jpg'))]
+  prefix = str(folder / 'model.ckpt')
+  write_reference_checkpoint(str(reference), prefix)
+  return ModelConfig(**TFLITE_CONFIG), prefix, photos, reference

@@ -25,7 +25,7 @@ from deeplab.export import saved_model as saved_model_writer
 from deeplab.compat import tf
 from deeplab.config import ServeConfig
 from deeplab.errors import UserError
-from tests.conftest import REPO, require_fixtures, run_step
+from tests.conftest import REPO, run_step
 
 SERVER_START_SECONDS = 120
 REQUEST_SECONDS = 60
@@ -276,14 +276,9 @@ def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   exported as SavedModel, as TFLite of any input size (float and int8) and of the fixture's
   257 x 257: the published golden mask on every pixel, and the frozen graph's labels on the demo
   photos at their own sizes (the fixed-size model resizes them to 257 x 257 and back)."""
-  from deeplab.config import ExportConfig, ModelConfig
-  from tests.reference_model import TFLITE_CONFIG, write_reference_checkpoint
-  reference = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
-  photos = [np.asarray(Image.open(path).convert('RGB'))
-            for path in sorted(require_fixtures('photos').glob('image*.jpg'))]
-  prefix = str(tmp_path / 'model.ckpt')
-  write_reference_checkpoint(str(reference), prefix)
-  config = ModelConfig(**TFLITE_CONFIG)
+  from deeplab.config import ExportConfig
+  from tests.reference_model import reference_checkpoint_and_photos
+  config, prefix, photos, reference = reference_checkpoint_and_photos(tmp_path)
   graph_def = freeze.freeze(config, prefix, ExportConfig())
   frozen_graph.write_frozen_graph(graph_def, str(tmp_path / inference.FROZEN_GRAPH))
   saved_model_writer.write_saved_model(graph_def, str(tmp_path / inference.SAVED_MODEL_DIR))

@@ -14,7 +14,7 @@ from deeplab import inference
 from deeplab.export import freeze, frozen_graph, rewrites
 from deeplab.compat import tf
 from deeplab.config import ExportConfig, ModelConfig
-from tests.conftest import REPO, require_fixtures
+from tests.conftest import REPO
 
 # Every folding case: plain and depthwise convolutions, atrous depthwise (SpaceToBatchND ->
 # depthwise -> BatchToSpaceND -> batch norm) in the backbone at output stride 8 and in the ASPP,
@@ -135,13 +135,8 @@ def test_single_scale_labels_skip_the_softmax_and_a_static_size_keeps_them(tmp_p
 
 
 def test_google_weights_keep_the_golden_mask_and_the_photos_labels(tmp_path):
-  from tests.reference_model import TFLITE_CONFIG, write_reference_checkpoint
-  reference = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
-  photos = [np.asarray(Image.open(path).convert('RGB'))
-            for path in sorted(require_fixtures('photos').glob('image*.jpg'))]
-  prefix = str(tmp_path / 'model.ckpt')
-  write_reference_checkpoint(str(reference), prefix)
-  config = ModelConfig(**TFLITE_CONFIG)
+  from tests.reference_model import reference_checkpoint_and_photos
+  config, prefix, photos, reference = reference_checkpoint_and_photos(tmp_path)
   built = freeze.freeze(config, prefix, ExportConfig(), lean=False)
   lean = freeze.freeze(config, prefix, ExportConfig())
   assert _ops(built)['FusedBatchNormV3'] == 54
