@@ -1,8 +1,10 @@
 """The exporter: a checkpoint -> the formats of deeplab/inference.py `FORMATS`.
 
     freeze.py        the inference graph of a checkpoint, variables frozen in (the frozen graph)
-    rewrites.py      graph rewrites that keep the labels: batch norm folding (in the file), native
-                     dilated convolutions (at load time, where the runtime has the kernel)
+    rewrites.py      graph rewrites that keep the labels: batch norm and image pooling folding, the
+                     bias and activation of atrous convolutions fused (in the file); native
+                     dilated convolutions (at load time where the runtime has the kernel, and in
+                     the graph the TFLite writer converts)
     frozen_graph.py  one writer module per format, each with `write(job, path)`
     saved_model.py
     tflite.py
