@@ -41,8 +41,8 @@ def _contender(variant, devices, precision, args):
                               distribute.strategy_for(devices, None))
     session = tf.compat.v1.Session(config=distribute.session_config(devices))
     session.run(tf.compat.v1.global_variables_initializer())
-    session.run(ops['train_op'])  # kernel set-up and Grappler's rewrite: not part of a step
-  return lambda: _images_per_sec(session, ops['train_op'], args.train_steps, args.batch)
+    session.run(ops['step'])  # kernel set-up and Grappler's rewrite: not part of a step
+  return lambda: _images_per_sec(session, ops['step'], args.train_steps, args.batch)
 
 
 def measure(args):

@@ -190,13 +190,13 @@ def measure(args):
       names = (SESSION_SETTINGS if form == 'dilated' else
                {'train_step_space_to_batch': SESSION_SETTINGS['train_step_default']})
       for name, settings in names.items():
-        session = _warm(_session(settings), ops['train_op'])
+        session = _warm(_session(settings), ops['step'])
         contenders[name] = (lambda session=session, ops=ops: _gflops(
-            session, ops['train_op'], 3 * forward_flops, args.train_steps))
+            session, ops['step'], 3 * forward_flops, args.train_steps))
       # Where the time goes, traced with one op at a time, so that kernel times add up to the
       # step instead of overlapping.
-      with _warm(_session(SESSION_SETTINGS['train_step_one_op_pool']), ops['train_op']) as traced:
-        seconds[form] = _seconds_by_op_type(traced, ops['train_op'])
+      with _warm(_session(SESSION_SETTINGS['train_step_one_op_pool']), ops['step']) as traced:
+        seconds[form] = _seconds_by_op_type(traced, ops['step'])
   values = harness.interleave(contenders, args.rounds)
   for form, by_type in seconds.items():
     total = sum(by_type.values())

@@ -8,7 +8,7 @@ Model: DeepLabv3 MobileNetV2 (depth multiplier 1, output stride 16), a fixed in-
 round (bench/harness.py), each `--steps` steps a round (the default, the trainer's default
 --log_steps, puts one log step in every round):
 
-- bare_train_op: `session.run(ops['train_op'])` of today's training graph, nothing else fetched.
+- bare_train_op: `session.run(ops['step'])` of today's training graph, nothing else fetched.
 - todays_step: `deeplab.training.run_training` on the same graph, with everything it does per
   step (fetches, the divergence checks, reports and summaries on log steps) into a scratch folder.
 - step_at_28bc9e4: `run_training` of commit 28bc9e4 on its own graph of the same model and batch,
@@ -153,7 +153,7 @@ def _extra_kernels(session, ops):
   step), as run_training fetches them."""
   from deeplab import training
   from deeplab.compat import tf
-  bare = _kernels(session, ops['train_op'])
+  bare = _kernels(session, ops['step'])
   every_step = {name: ops[name] for name in training.STEP_FETCHES}
   log_step = dict(every_step, **{name: ops[name] for name in training.LOG_FETCHES},
                   summaries=tf.compat.v1.summary.merge_all())
@@ -181,11 +181,11 @@ def measure(args):
       bare = tf.compat.v1.Session(config=distribute.session_config(['/cpu:0']))
       cleanup.callback(bare.close)
       bare.run(tf.compat.v1.global_variables_initializer())
-      bare.run(ops['train_op'])
+      bare.run(ops['step'])
       extra_every_step, extra_log_step = _extra_kernels(bare, ops)
       todays = tf.compat.v1.Session(config=distribute.session_config(['/cpu:0']))
 
-    contenders['bare_train_op'] = lambda: bare.run(ops['train_op'])
+    contenders['bare_train_op'] = lambda: bare.run(ops['step'])
     todays_trainer = SteppedTrainer(training, graph, ops, train_config, session=todays)
     cleanup.callback(todays_trainer.close)
     contenders['todays_step'] = todays_trainer.step

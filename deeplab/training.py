@@ -124,10 +124,11 @@ def gradient_multiplier(variable_name: str, train_config: TrainConfig) -> float:
   return bias
 
 
-# What run_training fetches with every step: the new step count, the loss (the divergence guard),
+# What run_training fetches with every step: `step` (fetching it runs one training step and gives
+# the step count after it), the loss (the divergence guard),
 # the stop requests of the workers and the count of label pixels outside the classes. Cheap: the
 # step computes the loss anyway.
-STEP_FETCHES = ('train_op', 'loss', 'stop_requested', 'out_of_range_label_pixels')
+STEP_FETCHES = ('step', 'loss', 'stop_requested', 'out_of_range_label_pixels')
 # Fetched on log steps only: the regularization term of total_loss and the gradient norm each
 # cost a pass over every weight or gradient, which the step itself does not need.
 LOG_FETCHES = ('total_loss', 'gradient_norm', 'learning_rate')
@@ -144,11 +145,11 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   gradients plus the regularization gradient. `label_histogram` (pixels per class of the
   training split) feeds the label_weight_rule. `out_of_range`: the input pipeline's counts of
   label pixels outside the classes, per example (default: counted here from `labels`).
-  Returns a dict: train_op (runs one step and yields the new step count), loss, total_loss,
+  Returns a dict: step (runs one training step and yields the step count after it), loss, total_loss,
   gradient_norm, learning_rate, global_step, out_of_range_label_pixels (of this batch), and
   stop_request: a float placeholder (default 0) that a worker feeds 1 to ask for a stop;
-  `stop_requested` (fetched with train_op) is then positive on every worker.
-  Fetching train_op alone runs the step and nothing else; every other value costs only what it
+  `stop_requested` (fetched with step) is then positive on every worker.
+  Fetching step alone runs the step and nothing else; every other value costs only what it
   adds (STEP_FETCHES, LOG_FETCHES).
   """
   default = tf.distribute.get_strategy()
@@ -188,7 +189,8 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
       regularization = ([tf.cast(r, tf.float32)
                          for r in tf.compat.v1.losses.get_regularization_losses()]
                         if replica == 0 else [])
-      total_loss = tf.add_n([loss / replicas] + regularization, name='total_loss')
+      # Not named 'total_loss': the summary of that name below would then be tagged 'total_loss_1'.
+      total_loss = tf.add_n([loss / replicas] + regularization, name='loss_and_regularization')
       gradients = []
       for gradient, variable in optimizer.compute_gradients(total_loss):
         factor = gradient_multiplier(variable.op.name, train_config)
@@ -227,7 +229,7 @@ def build_train_graph(model_config: ModelConfig, train_config: TrainConfig, imag
   tf.compat.v1.summary.scalar('learning_rate', learning_rate)
   if out_of_range is None:
     out_of_range = model_input.out_of_range_pixels(labels, model_config.num_classes, ignore_label)
-  return {'train_op': step_after_update, 'loss': loss, 'total_loss': total_loss,
+  return {'step': step_after_update, 'loss': loss, 'total_loss': total_loss,
           'gradient_norm': gradient_norm, 'learning_rate': learning_rate, 'global_step': global_step,
           'stop_request': stop_request, 'stop_requested': stop_requested,
           'out_of_range_label_pixels': tf.reduce_sum(out_of_range)}
@@ -390,7 +392,7 @@ def run_training(ops, train_config: TrainConfig, work_dir: Optional[str], initia
         raise UserError(f'step {step + 1} did not finish on all {len(cluster.workers)} workers '
                         f'({tf_error_summary(e)}): a worker stopped or is unreachable; start the '
                         'job again to resume from the last checkpoint') from None
-      step = int(results['train_op'])
+      step = int(results['step'])
       out_of_range_pixels += int(results['out_of_range_label_pixels'])
       for what in ('loss', 'total_loss', 'gradient_norm'):
         if what in results and not math.isfinite(results[what]):

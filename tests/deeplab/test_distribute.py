@@ -65,7 +65,7 @@ def _train_steps(session, ops, steps, variables):
   the later steps still show a wrong update."""
   losses, first = [], None
   for _ in range(steps):
-    losses.append(float(session.run([ops['train_op'], ops['total_loss']])[1]))
+    losses.append(float(session.run([ops['step'], ops['total_loss']])[1]))
     # One run for all: each new fetch of a session prunes and optimises the graph again.
     first = first or session.run(variables)
   return losses, first

@@ -288,7 +288,7 @@ def test_last_layer_gradient_multiplier_and_doubled_biases(monkeypatch, multipli
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
       before, gradients = session.run([variables, raw])
-      session.run(ops['train_op'])
+      session.run(ops['step'])
       after = session.run(variables)
   factors = {'backbone/weights': 1.0, 'logits/semantic/weights': multiplier,
              'logits/semantic/biases': 2.0 * multiplier}

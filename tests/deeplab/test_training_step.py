@@ -33,7 +33,7 @@ def test_only_log_steps_pay_for_the_gradient_norm_and_the_regularization():
         tf.constant(labels, tf.int32), ignore_label=255)
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
-      bare = _kernel_types(session, ops['train_op'])
+      bare = _kernel_types(session, ops['step'])
       every_step = _kernel_types(session, {name: ops[name] for name in training.STEP_FETCHES})
       log_step = _kernel_types(session, {name: ops[name] for name in
                                          training.STEP_FETCHES + training.LOG_FETCHES})

@@ -156,3 +156,13 @@ def test_a_missing_initial_checkpoint_is_one_line(tmp_path, tiny_tfrecords):
   assert result.error_line() == (f'error: --tf_initial_checkpoint: {tmp_path / "nope"} is neither a '
                                  'checkpoint prefix, a folder nor an archive')
   assert not (tmp_path / 'c.tar.gz').exists()
+
+
+def test_the_checkpoints_training_curves_are_named_as_the_trainer_logs_them(tiny_checkpoint, tmp_path):
+  """The summaries' tags are the trainer's names (an op of the same name once made it 'total_loss_1')."""
+  from deeplab import report
+  with tarfile.open(tiny_checkpoint) as tar:
+    tar.extractall(tmp_path, filter='data')
+  curves = report.read_event_scalars(str(tmp_path))
+  assert set(curves) == {'loss', 'total_loss', 'learning_rate'}
+  assert [step for step, _ in curves['total_loss']] == [1, 2, 3]

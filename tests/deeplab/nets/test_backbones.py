@@ -221,7 +221,7 @@ def test_trains_a_step(variant, first_conv):
                     if v.op.name == f'{first_conv}/BatchNorm/moving_mean']
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
-      steps_and_losses = [session.run([ops['train_op'], ops['total_loss']]) for _ in range(2)]
+      steps_and_losses = [session.run([ops['step'], ops['total_loss']]) for _ in range(2)]
       moved = session.run(moving_mean)
   assert [step for step, _ in steps_and_losses] == [1, 2]
   assert all(np.isfinite(loss) for _, loss in steps_and_losses)
