@@ -158,3 +158,73 @@ def test_merge_refuses_a_shard_with_a_damaged_file(runs, tmp_path, step_tmpdir):
   assert_one_error_line(result, 'differs from the sha256', 'damaged')
   assert not (tmp_path / 'run' / 'out').exists()
   assert not list(step_tmpdir.iterdir())
+
+
+def _labels(archive):
+  with tarfile.open(archive) as tar:
+    return {m.name: tar.extractfile(m).read() for m in tar.getmembers()
+            if m.name.startswith('labels/') and m.isfile()}
+
+
+def test_a_list_file_of_relative_paths_and_mounted_urls(runs, tiny_model, tmp_path):
+  """Relative entries resolve in the list file's folder, URLs in their mount; the outputs are
+  those of the same images read from a folder. A folder holding only the list (as an
+  orchestrator delivers a file input) works the same."""
+  listed = tmp_path / 'listed'
+  listed.mkdir()
+  shutil.copytree(runs['images'] / 'sub', listed / 'sub')
+  (listed / 'list.txt').write_text('# photos\nsub/img0.jpg\n\n  ./sub/img3.png  \n'
+                                   'gs://bucket/photos/img1.png\n')
+  mount = f'--images_mount=gs://bucket/photos/={runs["images"]}'
+  out = tmp_path / 'list.tar.gz'
+  run_step('predict', f'--model={tiny_model}', f'--images={listed / "list.txt"}', mount,
+           f'--output={out}')
+  whole = _labels(runs['whole'])
+  assert _labels(out) == {'labels/sub/img0.png': whole['labels/sub/img0.png'],
+                          'labels/sub/img3.png': whole['labels/sub/img3.png'],
+                          'labels/bucket/photos/img1.png': whole['labels/img1.png']}
+  manifest = manifest_of(out)
+  assert manifest['images']['bucket/photos/img1']['source'] == 'gs://bucket/photos/img1.png'
+  assert manifest['images']['sub/img3']['source'] == './sub/img3.png'
+  delivered = tmp_path / 'delivered'
+  delivered.mkdir()
+  (delivered / 'images.txt').write_text('gs://bucket/photos/img1.png\n')
+  run_step('predict', f'--model={tiny_model}', f'--images={delivered}', mount,
+           f'--output={tmp_path / "delivered.tar.gz"}')
+  assert _labels(tmp_path / 'delivered.tar.gz') == {
+      'labels/bucket/photos/img1.png': whole['labels/img1.png']}
+
+
+@pytest.mark.parametrize('entry, fragments', [
+    ('../outside.jpg', ("'..' component",)),
+    ('/etc/hostname.jpg', ('absolute path',)),
+    ('link.jpg', ('leads outside', 'symbolic link')),
+    ('s3://other/img1.png', ('no --images_mount maps this URL', 'downloads nothing')),
+    ('gs://bucket/../img1.png', ("'..' component",)),
+    ('https://example.com/img1.png', ('no --images_mount maps this URL',)),
+    ('gs://bucket/img1.bmp', ('not a .jpg/.jpeg/.png file',)),
+    ('gs://bucket/missing.jpg', ('missing.jpg does not exist',)),
+    ('gs://bucket/sub/img0.jpg', ('as line 2 is', 'list each image once')),
+])
+def test_a_bad_list_entry_is_one_line_with_its_line_number(runs, tiny_model, tmp_path, entry,
+                                                           fragments):
+  listed = tmp_path / 'listed'
+  listed.mkdir()
+  (tmp_path / 'outside.jpg').write_bytes((runs['images'] / 'sub' / 'img0.jpg').read_bytes())
+  (listed / 'link.jpg').symlink_to(tmp_path / 'outside.jpg')
+  (listed / 'list.txt').write_text(f'# two good entries, then the bad one\n'
+                                   f'gs://bucket/sub/img0.jpg\ngs://bucket/img1.png\n{entry}\n')
+  out = tmp_path / 'out' / 'p.tar.gz'
+  result = run_step('predict', f'--model={tiny_model}', f'--images={listed / "list.txt"}',
+                    f'--images_mount=gs://bucket/={runs["images"]}', f'--output={out}',
+                    check=False)
+  assert_one_error_line(result, f'{listed / "list.txt"}, line 4', *fragments)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_a_mount_without_a_list_file_is_refused(runs, tiny_model, tmp_path):
+  result = run_step('predict', f'--model={tiny_model}', f'--images={runs["images"]}',
+                    f'--images_mount=gs://bucket/={runs["images"]}',
+                    f'--output={tmp_path / "p.tar.gz"}', check=False)
+  assert_one_error_line(result, '--images_mount is given', 'not a list file')
+  assert not list(tmp_path.iterdir())
