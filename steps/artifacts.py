@@ -226,6 +226,14 @@ class Predictions(Artifact):
     return PREDICTIONS_JSON
 
   @classmethod
+  def shard_filename(cls, shard_index: int, num_shards: int) -> str:
+    """The file name of a shard's artifact in an outputs folder: each its own, since an
+    orchestrator gathering the shards into one input folder keeps one file of a name."""
+    if num_shards == 1:
+      return cls.filename
+    return f'predictions-{shard_index:05d}-of-{num_shards:05d}.tar.gz'
+
+  @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Predictions':
     folder = cls._open_folder(stack, path)
     with open(os.path.join(folder, PREDICTIONS_JSON)) as f:

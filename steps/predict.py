@@ -37,7 +37,9 @@ SPEC = StepSpec(
         Path('images', 'JPEG/PNG images: a folder, an archive, or a .txt file listing image paths '
                      '(relative to its folder) or object-store URLs (see --images_mount)'),
     ),
-    outputs=(Path('output', 'label PNGs + overlays', filename=artifacts.Predictions.filename),),
+    outputs=(Path('output', 'label PNGs + overlays (a shard of several: '
+                 'predictions-<shard_index>-of-<num_shards>.tar.gz, five digits each)',
+                 filename=artifacts.Predictions.filename),),
     parameters=parameters_from(PredictConfig),
 )
 
@@ -172,12 +174,13 @@ def _read_ahead(workers, read, items, budget):
 
 def main(argv=None):
   args = parse_flags(SPEC, argv)
+  config = PredictConfig.from_flags(args)
   model_path = locations.input_location('model', args.model)
   images_path = locations.input_location('images', args.images)
-  out_path = locations.output_location('output', args.output,
-                                      artifacts.Predictions.filename,
-                                      {'model': model_path, 'images': images_path})
-  config = PredictConfig.from_flags(args)
+  out_path = locations.output_location(
+      'output', args.output, artifacts.Predictions.shard_filename(config.shard_index,
+                                                                  config.num_shards),
+      {'model': model_path, 'images': images_path})
   import numpy as np
   from deeplab import visualize
   from deeplab.images import PixelBudget, image_pixels, predict_bounded, read_image
