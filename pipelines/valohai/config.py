@@ -32,8 +32,6 @@ from pipelines.graph import BATCH, SPECS, SWEEP
 from pipelines.shared import BASE_IMAGE, ROOT, write_or_check
 from steps import serve
 
-# Every step valohai.yaml has: the graph's and batch prediction's.
-STEP_SPECS = {**SPECS, **graph.BATCH_SPECS}
 # Installs the requirements into the plain base image; the project image has them already.
 SETUP_COMMAND = 'sh pipelines/install_requirements.sh cuda'
 TF_CONFIG_COMMAND = 'python -m pipelines.valohai.tf_config'
@@ -53,9 +51,14 @@ BUILD_DATA_VARIANTS = (
 # The three demo photos of the original DeepLab README: predict's default images, the graph's IMAGES.
 DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master/research/deeplab/'
                     f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
-STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
+# The model batch-predict segments with by default (the graph's MODEL): a datum alias, which you point
+# at an export's model.tar.gz in the Valohai project (the file's page: Add alias), or give the input
+# when starting the pipeline.
+MODEL_ALIAS = 'datum://deeplab-model'
+STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES), 'model': MODEL_ALIAS}}
 # The step a pipeline node runs when it is not the node's own: the graph's Givens come from default
-# inputs (RAW_DATA the VOC tar of build-data-pascal-voc, IMAGES the demo photos of predict).
+# inputs (RAW_DATA the VOC tar of build-data-pascal-voc, IMAGES the demo photos of predict, MODEL
+# MODEL_ALIAS).
 NODE_STEPS = {'build_data': BUILD_DATA_VARIANTS[0][0]}
 
 # The endpoint serving the exported model, and the deployment the pipeline publishes it to: create
@@ -75,6 +78,11 @@ BATCH_PIPELINE = 'batch-predict'
 PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
 
 
+def step_spec(step: str):
+  """The SPEC of a step valohai.yaml has: one of the graph's or of batch prediction's."""
+  return SPECS[step] if step in SPECS else graph.BATCH_SPECS[step]
+
+
 def dashed(name: str) -> str:
   """A step's name as Valohai spells it (build_data -> build-data)."""
   return name.replace('_', '-')
@@ -82,7 +90,7 @@ def dashed(name: str) -> str:
 
 def output_filename(step: str) -> str:
   """The file name of a step's one artifact (e.g. checkpoint.tar.gz)."""
-  (output,) = STEP_SPECS[step].outputs
+  (output,) = step_spec(step).outputs
   return output.filename
 
 
@@ -114,7 +122,7 @@ def step_command(step: str, image: str = BASE_IMAGE):
   execution failed by its last command, which fails too when setup did (the step cannot import what
   was not installed).
   """
-  spec = STEP_SPECS[step]
+  spec = step_spec(step)
   required = [input_flag(path) for path in spec.inputs if not path.optional]
   # The fan-out's node is given the outputs folder: it names its file after its shard.
   outputs = [f'--{output.name}={VALOHAI_ROOT}/outputs/{"" if step == BATCH.node else output.filename}'
@@ -153,7 +161,7 @@ def parameter_entry(param, default=None) -> dict:
 def step_entry(step: str, image: str, name: str = '', default_overrides: dict = None,
                input_defaults: dict = None) -> dict:
   """The Valohai step running steps/<step>.py; a variant step has its own name and defaults."""
-  spec = STEP_SPECS[step]
+  spec = step_spec(step)
   default_overrides = default_overrides or {}
   input_defaults = dict(STEP_INPUT_DEFAULTS.get(step, {}), **(input_defaults or {}))
   inputs = []
@@ -299,7 +307,7 @@ def batch_pipeline() -> dict:
 
 
 def config(image: str = BASE_IMAGE) -> list:
-  entries = [step_entry(step, image) for step in STEP_SPECS]
+  entries = [step_entry(step, image) for step in [*SPECS, *graph.BATCH_SPECS]]
   entries[1:1] = [step_entry('build_data', image, name, {'dataset': dataset}, {'raw_data': url})
                   for name, dataset, url in BUILD_DATA_VARIANTS]
   return entries + [endpoint(image), sweep_task(), distributed_train_task(), batch_task(),

@@ -81,6 +81,8 @@ def _place(source: str, folder: str) -> None:
     except OSError as e:
       raise RunError(f'cannot download {source}: {e}') from None
     return
+  if '://' in source:  # datum://, s3://, ...: Valohai's stores, out of reach here
+    raise RunError(f'input {source}: only Valohai fetches it; give a local path or an http(s) URL with -i')
   source = os.path.abspath(source)
   if not os.path.exists(source):
     raise RunError(f'input {source} does not exist')
