@@ -205,6 +205,36 @@ def image_set_sha256(names) -> str:
   return hashlib.sha256(''.join(f'{name}\n' for name in sorted(names)).encode()).hexdigest()
 
 
+def _check_manifest(manifest, source: str) -> None:
+  """Refuses a predictions.json that predict could not have written, before anything is read by
+  it: image names are paths inside the artifact (deeplab/containment.py), numbers in bounds."""
+  from deeplab import containment, visualize
+  from deeplab.config import MAX_SHARDS
+
+  def expect(ok, what):
+    if not ok:
+      raise UserError(f'{source}: expected {what}; is it the output of the predict step?')
+
+  def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+  expect(isinstance(manifest, dict) and all(isinstance(manifest.get(key), dict) for key in (
+      'images', 'image_set', 'model', 'settings')), 'an object with images, image_set, model, settings')
+  num_shards, shard_index = manifest.get('num_shards'), manifest.get('shard_index')
+  expect(is_int(num_shards) and is_int(shard_index) and 1 <= num_shards <= MAX_SHARDS
+         and 0 <= shard_index < num_shards, f'num_shards 1 to {MAX_SHARDS} and shard_index 0 to num_shards - 1')
+  expect(manifest['settings'].get('overlay_format') in visualize.OVERLAY_SUFFIXES,
+         f'settings.overlay_format one of {", ".join(visualize.OVERLAY_SUFFIXES)}')
+  image_set = manifest['image_set']
+  expect(is_int(image_set.get('count')) and isinstance(image_set.get('sha256'), str),
+         'image_set with a count and a sha256')
+  for name, entry in manifest['images'].items():
+    containment.check_name(name, source)
+    expect(isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in (
+        'source', 'image_sha256', 'labels_sha256', 'overlay_sha256')),
+        f'images[{name!r}] with source, image_sha256, labels_sha256, overlay_sha256')
+
+
 class Predictions(Artifact):
   """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.jpg` (or
   `.png`: the overlay_format setting), added one image at a time (`add` may be called from several
@@ -236,16 +266,12 @@ class Predictions(Artifact):
   @classmethod
   def open(cls, stack: contextlib.ExitStack, path: str) -> 'Predictions':
     folder = cls._open_folder(stack, path)
-    with open(os.path.join(folder, PREDICTIONS_JSON)) as f:
+    with open(os.path.join(folder, PREDICTIONS_JSON), 'rb') as f:
       try:
-        manifest = json.load(f)
+        manifest = json.loads(f.read().decode('utf-8'))
       except ValueError as e:
         raise UserError(f'{path}: {PREDICTIONS_JSON} is not JSON ({e})') from None
-    missing = [key for key in ('images', 'image_set', 'model', 'settings', 'num_shards',
-                               'shard_index') if key not in manifest]
-    if missing:
-      raise UserError(f'{path}: {PREDICTIONS_JSON} lacks {", ".join(missing)}; expected the '
-                      'output of the predict step')
+    _check_manifest(manifest, f'{path}: {PREDICTIONS_JSON}')
     return cls(folder, manifest)
 
   @classmethod

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 
+from deeplab import containment
 from deeplab.errors import UserError
 from steps import artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parse_flags
@@ -100,7 +101,7 @@ def main(argv=None):
     for path, shard in shards.items():
       for name, entry in shard.manifest['images'].items():
         for relative, expected in shard.files(name):
-          source = os.path.join(shard.folder, relative)
+          source = containment.resolve(shard.folder, relative, path)  # no link out of it
           if not os.path.isfile(source) or artifacts.file_sha256(source) != expected:
             raise UserError(f'{path}: {relative} is missing or differs from the sha256 in '
                             f'{artifacts.PREDICTIONS_JSON}; the shard is damaged, run it again')

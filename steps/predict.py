@@ -1,4 +1,9 @@
-"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays, JPEG or PNG).
+"""predict: model + images -> predictions.tar.gz (label PNGs + colour overlays, JPEG or PNG, and
+predictions.json, the manifest: steps/artifacts.py Predictions).
+
+Images come from a folder, an archive or a list file of paths and mounted object-store URLs. With
+--num_shards N the run segments only the images whose name hashes to --shard_index (shard_of in
+steps/artifacts.py); merge_predictions joins the N artifacts (docs/batch_prediction.md).
 
 The model runs on the main thread, one image at a time, while a small thread pool decodes the
 next images and blends and encodes the previous ones (PIL, zlib and numpy release the GIL): the
@@ -6,7 +11,7 @@ step runs at about the model's speed with JPEG overlays (PNG ones cost several t
 Each image's outputs depend on that image alone, and the archive is written sorted, so the bytes
 do not depend on the threads' timing.
 
-Memory: every image's size is read from its header before any is decoded, and one larger than
+Memory: every image's size (of this shard) is read from its header before any is decoded, and one larger than
 --max_image_pixels (after the reduced decoding a JPEG allows) stops the step with an error naming
 it, before the model is loaded: a batch is all or nothing. The images decoded ahead, being inferred
 and being encoded hold at most --max_image_pixels pixels together (a pixel budget), so a large

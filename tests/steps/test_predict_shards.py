@@ -228,3 +228,33 @@ def test_a_mount_without_a_list_file_is_refused(runs, tiny_model, tmp_path):
                     f'--output={tmp_path / "p.tar.gz"}', check=False)
   assert_one_error_line(result, '--images_mount is given', 'not a list file')
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('change, fragments', [
+    (lambda m: m['images'].update({'../../escaped': next(iter(m['images'].values()))}),
+     ("entry '../../escaped'", "'..' component")),
+    (lambda m: m.update(shard_index=5), ('num_shards 1 to 10000 and shard_index 0 to',)),
+    (lambda m: m.update(images=[]), ('an object with images',)),
+])
+def test_merge_refuses_a_manifest_predict_could_not_have_written(runs, tmp_path, step_tmpdir,
+                                                                 change, fragments):
+  shard = tmp_path / 'given' / 'hostile'
+  with tarfile.open(_shard(runs, 0)) as tar:
+    tar.extractall(shard, filter='data')
+  manifest = json.loads((shard / artifacts.PREDICTIONS_JSON).read_text())
+  change(manifest)
+  (shard / artifacts.PREDICTIONS_JSON).write_text(json.dumps(manifest))
+  for index in (1, 2):
+    shutil.copy(_shard(runs, index), tmp_path / 'given')
+  result = run_step('merge_predictions', f'--shards={tmp_path / "given"}',
+                    f'--output={tmp_path / "out" / "merged.tar.gz"}', check=False)
+  assert_one_error_line(result, f'{shard}: {artifacts.PREDICTIONS_JSON}', *fragments)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['given', 'tmpdir']
+  assert not list(step_tmpdir.iterdir())
+
+
+def test_merge_needs_a_folder_of_shards(runs, tmp_path):
+  result = run_step('merge_predictions', f'--shards={_shard(runs, 0)}',
+                    f'--output={tmp_path / "merged.tar.gz"}', check=False)
+  assert_one_error_line(result, 'expected a folder holding the shard artifacts')
+  assert not list(tmp_path.iterdir())
