@@ -145,6 +145,10 @@ def list_images(stack: contextlib.ExitStack, images_path: str, config: PredictCo
   """Every image of --images (a folder, an archive or a list file), sorted by name."""
   list_path = image_list_in(images_path)
   if list_path:
+    for prefix, folder in config.mounts():
+      if not os.path.isdir(folder):
+        raise UserError(f'--images_mount={prefix}={folder}: {folder} is not a folder; expected '
+                        f'the folder the store is mounted at')
     images = read_image_list(list_path, config.mounts())
   else:
     if config.images_mount:

@@ -104,3 +104,15 @@ deeplab_batch_pipeline(model_uri={str(batch["model"])!r}, images_uri={str(batch[
     assert f.read() == batch['whole'].read_bytes()
   shards = [d for d, _, files in os.walk(root) if os.path.basename(d) == 'predict' and 'output' in files]
   assert len(shards) == BATCH.shards
+
+
+def test_the_local_runner_refuses_two_files_of_one_name_for_one_input(tmp_path):
+  """As Valohai would keep one of them: the shards' files must be named apart."""
+  from pipelines.valohai import local
+  for shard in ('a', 'b'):
+    (tmp_path / shard).mkdir()
+    (tmp_path / shard / 'predictions.tar.gz').write_text(shard)
+  local._place(str(tmp_path / 'a' / 'predictions.tar.gz'), str(tmp_path / 'inputs'))
+  with pytest.raises(local.RunError, match='two files named predictions.tar.gz'):
+    local._place(str(tmp_path / 'b' / 'predictions.tar.gz'), str(tmp_path / 'inputs'))
+  assert (tmp_path / 'inputs' / 'predictions.tar.gz').read_text() == 'a'

@@ -222,6 +222,15 @@ def test_a_bad_list_entry_is_one_line_with_its_line_number(runs, tiny_model, tmp
   assert not (tmp_path / 'out').exists()
 
 
+def test_a_mount_that_is_not_a_folder_is_refused(runs, tiny_model, tmp_path):
+  (tmp_path / 'list.txt').write_text('gs://bucket/img1.png\n')
+  result = run_step('predict', f'--model={tiny_model}', f'--images={tmp_path / "list.txt"}',
+                    f'--images_mount=gs://bucket/={tmp_path / "absent"}',
+                    f'--output={tmp_path / "out" / "p.tar.gz"}', check=False)
+  assert_one_error_line(result, f'{tmp_path / "absent"} is not a folder')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['list.txt']
+
+
 def test_a_mount_without_a_list_file_is_refused(runs, tiny_model, tmp_path):
   result = run_step('predict', f'--model={tiny_model}', f'--images={runs["images"]}',
                     f'--images_mount=gs://bucket/={runs["images"]}',
