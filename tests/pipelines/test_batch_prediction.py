@@ -1,6 +1,7 @@
 """Batch prediction on the orchestrators: the Valohai batch-predict pipeline and the Kubeflow batch
 pipeline are generated from the batch graph, and each, run locally (the local Valohai runner,
 kfp.local), merges its shards into the predictions of one unsharded predict run, byte for byte."""
+import fnmatch
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pipelines import graph
 from pipelines.graph import BATCH
 from pipelines.kubeflow import batch as kubeflow_batch
 from pipelines.valohai import config as valohai_config
+from pipelines.valohai import local
+from pipelines.valohai.local import task_points
 from steps import artifacts
 
 
@@ -49,13 +52,11 @@ def test_valohai_batch_pipeline_is_a_task_node_over_the_shards_then_a_merge():
   assert (predict.type, merge.type, merge.step) == ('task', 'execution', 'merge-predictions')
   task = config.tasks[predict.task]
   assert task.step == 'predict'
-  from pipelines.valohai.local import task_points
   assert task_points(task) == [{'num_shards': BATCH.shards, 'shard_index': i}
                                for i in range(BATCH.shards)]
   (edge,) = pipeline.edges
   assert edge.target == 'merge-predictions.input.shards'
   # Every shard's file, with its own name (Valohai keeps one file of a name in an input folder).
-  import fnmatch
   names = {artifacts.Predictions.shard_filename(i, BATCH.shards) for i in range(BATCH.shards)}
   assert len(names) == BATCH.shards and all(fnmatch.fnmatch(n, edge.source_key) for n in names)
   assert valohai_config.main(['--check']) == 0
@@ -108,7 +109,6 @@ deeplab_batch_pipeline(model_uri={str(batch["model"])!r}, images_uri={str(batch[
 
 def test_the_local_runner_refuses_two_files_of_one_name_for_one_input(tmp_path):
   """As Valohai would keep one of them: the shards' files must be named apart."""
-  from pipelines.valohai import local
   for shard in ('a', 'b'):
     (tmp_path / shard).mkdir()
     (tmp_path / shard / 'predictions.tar.gz').write_text(shard)
