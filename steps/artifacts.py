@@ -222,7 +222,8 @@ def _check_manifest(manifest, source: str) -> None:
       'images', 'image_set', 'model', 'settings')), 'an object with images, image_set, model, settings')
   num_shards, shard_index = manifest.get('num_shards'), manifest.get('shard_index')
   expect(is_int(num_shards) and is_int(shard_index) and 1 <= num_shards <= MAX_SHARDS
-         and 0 <= shard_index < num_shards, f'num_shards 1 to {MAX_SHARDS} and shard_index 0 to num_shards - 1')
+         and 0 <= shard_index < num_shards,
+         f'num_shards 1 to {MAX_SHARDS} and shard_index 0 to num_shards - 1')
   expect(manifest['settings'].get('overlay_format') in visualize.OVERLAY_SUFFIXES,
          f'settings.overlay_format one of {", ".join(visualize.OVERLAY_SUFFIXES)}')
   image_set = manifest['image_set']

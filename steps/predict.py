@@ -11,11 +11,11 @@ step runs at about the model's speed with JPEG overlays (PNG ones cost several t
 Each image's outputs depend on that image alone, and the archive is written sorted, so the bytes
 do not depend on the threads' timing.
 
-Memory: every image's size (of this shard) is read from its header before any is decoded, and one larger than
---max_image_pixels (after the reduced decoding a JPEG allows) stops the step with an error naming
-it, before the model is loaded: a batch is all or nothing. The images decoded ahead, being inferred
-and being encoded hold at most --max_image_pixels pixels together (a pixel budget), so a large
-photo goes through alone and small ones several at a time.
+Memory: every image's size (of this shard) is read from its header before any is decoded, and one
+larger than --max_image_pixels (after the reduced decoding a JPEG allows) stops the step with an
+error naming it, before the model is loaded: a batch is all or nothing. The images decoded
+ahead, being inferred and being encoded hold at most --max_image_pixels pixels together (a pixel
+budget), so a large photo goes through alone and small ones several at a time.
 """
 import collections
 import concurrent.futures
@@ -26,8 +26,8 @@ import re
 import time
 from typing import NamedTuple
 
-from deeplab.config import InferenceConfig, PredictConfig, settings_of
 from deeplab import containment
+from deeplab.config import InferenceConfig, PredictConfig, settings_of
 from deeplab.errors import UserError
 from steps import archives, artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
