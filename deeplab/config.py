@@ -4,8 +4,9 @@
     TrainConfig    the training run
     EvalConfig     evaluation
     ExportConfig   the exported model (formats, inference graph)
-    PredictConfig  prediction with an exported model
-    ServeConfig    the online endpoint (PredictConfig + the server)
+    InferenceConfig  what prediction with an exported model computes (predict and serve)
+    PredictConfig  batch prediction (InferenceConfig + which images: shards, mounts)
+    ServeConfig    the online endpoint (InferenceConfig + the server)
     BuildConfig    building TFRecords from a raw dataset
 
 Each field is declared with `setting(...)`: its default, help text, bounds and choices. Everything
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
 from typing import Any, Optional, Tuple
 
@@ -190,6 +192,12 @@ MAX_MULTI_GRID = 16
 # - image scales (evaluation, export, scale augmentation): 8 (published: at most 2); pixels grow
 #   with the square of a scale.
 MAX_SCALE = 8.0
+# - predict shards: 10000 (ten million images at a thousand per machine); merge_predictions
+#   opens every shard artifact at once.
+MAX_SHARDS = 10000
+# - object-store mounts of a predict run: 16; URL prefixes a mapping may name: scheme://bucket/...
+MAX_MOUNTS = 16
+MOUNT_PREFIX = re.compile(r'[a-z][a-z0-9+.-]*://[^/=\s]+/([^=\s]*/)?')
 
 
 # ----------------------------------------------------------------------------- the model
@@ -460,8 +468,9 @@ class ExportConfig(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictConfig(Settings):
-  """Prediction with an exported model, in batch (predict) and online (serve)."""
+class InferenceConfig(Settings):
+  """Prediction with an exported model, in batch (predict) and online (serve): every field changes
+  the outputs, so predict records them all in its manifest."""
   overlay_alpha: float = setting(0.5, 'opacity of the colour mask over the image', min=0, max=1)
   overlay_format: str = setting(
       'jpeg', 'overlay pictures: jpeg (quality 90 with full colour resolution, so class edges do '
@@ -484,7 +493,39 @@ class PredictConfig(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
-class ServeConfig(PredictConfig):
+class PredictConfig(InferenceConfig):
+  """Batch prediction: the inference settings plus which images this run segments."""
+  num_shards: int = setting(1, 'split the images into this many shards, one predict run each '
+                            '(merge them with merge_predictions); an image\'s shard is the first 8 '
+                            'bytes of the sha256 of its name, big-endian, modulo num_shards',
+                            min=1, max=MAX_SHARDS)
+  shard_index: int = setting(0, 'the shard this run segments, 0 to num_shards - 1', min=0,
+                             max=MAX_SHARDS - 1)
+  images_mount: Tuple[str, ...] = setting(
+      (), 'for --images as a list file: PREFIX=FOLDER maps the object-store URLs starting with '
+      'PREFIX (e.g. gs://bucket/) to the folder the orchestrator mounts it at (e.g. /gcs/bucket/); '
+      f'at most {MAX_MOUNTS}; a URL no mapping covers is refused, nothing is downloaded')
+
+  def validate(self):
+    if self.shard_index >= self.num_shards:
+      raise UserError(f'--shard_index={self.shard_index}: expected 0 to {self.num_shards - 1} '
+                      f'(--num_shards={self.num_shards})')
+    if len(self.images_mount) > MAX_MOUNTS:
+      raise UserError(f'--images_mount: {len(self.images_mount)} mappings; at most {MAX_MOUNTS}')
+    for mount in self.images_mount:
+      prefix, sep, folder = mount.partition('=')
+      if not (sep and MOUNT_PREFIX.fullmatch(prefix) and folder):
+        raise UserError(f'--images_mount={mount}: expected PREFIX=FOLDER with PREFIX a URL '
+                        'prefix such as gs://bucket/ or s3://bucket/photos/ (ending in /)')
+
+  def mounts(self) -> Tuple[Tuple[str, str], ...]:
+    """(URL prefix, folder) of each --images_mount, longest prefix first (the most specific wins)."""
+    pairs = (mount.partition('=')[::2] for mount in self.images_mount)
+    return tuple(sorted(pairs, key=lambda pair: -len(pair[0])))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(InferenceConfig):
   """The online endpoint: prediction settings plus the server's."""
   host: str = setting('127.0.0.1', 'address to listen on (0.0.0.0 to accept other machines, as in '
                       'a container)')

@@ -6,6 +6,11 @@ and dvc.yaml (pipelines/dvc/config.py) are generated from it.
                     |           '----> export -> predict <- images
                     '-----------------------^ (tfrecords: int8 calibration, format agreement)
 
+Batch prediction is a graph of its own (BATCH_NODES): predict fanned out over shards of an image set
+(BATCH, a FanOut), then merge_predictions joining the shards into one artifact.
+
+    model, images -> predict (shard 0 .. N-1 of N, at once) -> merge_predictions
+
 A node runs one step (`python -m steps.<step>`) and is named after it; each step writes one artifact,
 its SPEC's output. An input is fed either by an upstream node's artifact or by a `Given`: data the
 pipeline does not make, which each orchestrator brings in its own way (DVC from the demo's synthetic
@@ -16,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Tuple, Union
 
-from steps import build_data, evaluate, export, predict, train
+from steps import build_data, evaluate, export, merge_predictions, predict, train
 
 # The steps of the graph in pipeline order, by module name.
 SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, predict.SPEC)}
+# The steps only batch prediction runs.
+BATCH_SPECS = {merge_predictions.SPEC.name: merge_predictions.SPEC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Given:
 
 RAW_DATA = Given('raw_data')
 IMAGES = Given('images')
+MODEL = Given('model')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +82,26 @@ SWEEP = Sweep('train', 'evaluate', {'base_learning_rate': SWEEP_LEARNING_RATES,
                                     'model_variant': SWEEP_MODEL_VARIANTS})
 
 
+@dataclasses.dataclass(frozen=True)
+class FanOut:
+  """`node` runs `shards` times at once, as shard `shard_index` = 0 .. shards - 1 of `num_shards` =
+  `shards` (its parameters), and `merged_by` (fed by it through `into`) joins all their artifacts.
+  `shards` is the generated files' default; each orchestrator lets a run choose another count
+  (docs/batch_prediction.md)."""
+  node: str
+  merged_by: str
+  into: str
+  shards: int
+
+
+BATCH_NODES = (
+    Node('predict', {'model': MODEL, 'images': IMAGES}),
+    Node('merge_predictions', {'shards': 'predict'}),
+)
+# Three shards: the smallest fan-out whose merge has a middle shard to lose (the tests' gap).
+BATCH = FanOut('predict', 'merge_predictions', 'shards', 3)
+
+
 def edges(nodes=NODES):
   """(source node, target node, input name) for every input fed by another node of `nodes`."""
   names = {node.step for node in nodes}
@@ -93,13 +121,12 @@ def through(*last: str) -> tuple:
   return tuple(node for node in NODES if node.step in wanted)
 
 
-def check(nodes=NODES, sweep=SWEEP) -> None:
-  """Raises ValueError unless every node runs a step of SPECS once, feeds only inputs its step has
-  (every required one) from earlier nodes' artifacts or a Given, and the sweep's nodes run
-  back to back with the judge fed by the swept node."""
+def check_nodes(nodes) -> None:
+  """Raises ValueError unless every node runs a step of SPECS or BATCH_SPECS once and feeds only
+  inputs its step has (every required one) from earlier nodes' artifacts or a Given."""
   seen = []
   for node in nodes:
-    spec = SPECS[node.step]
+    spec = {**SPECS, **BATCH_SPECS}[node.step]
     if node.step in seen:
       raise ValueError(f'{node.step} is in the graph twice')
     declared = {path.name: path for path in spec.inputs}
@@ -112,6 +139,11 @@ def check(nodes=NODES, sweep=SWEEP) -> None:
     if missing:
       raise ValueError(f'{node.step}: nothing feeds {", ".join(missing)}')
     seen.append(node.step)
+
+
+def check(nodes=NODES, sweep=SWEEP) -> None:
+  """check_nodes, and the sweep's nodes run back to back with the judge fed by the swept node."""
+  check_nodes(nodes)
   order = [node.step for node in nodes]
   if order.index(sweep.judged_by) != order.index(sweep.node) + 1 or \
       sweep.node not in nodes[order.index(sweep.judged_by)].inputs.values():
@@ -122,4 +154,16 @@ def check(nodes=NODES, sweep=SWEEP) -> None:
       raise ValueError(f'the sweep: no values of {parameter}')
 
 
+def check_batch(nodes=BATCH_NODES, fan_out=BATCH) -> None:
+  """check_nodes, and the fan-out's node takes the shard parameters and feeds its merger."""
+  check_nodes(nodes)
+  spec = SPECS[fan_out.node]
+  spec.parameter('num_shards'), spec.parameter('shard_index')  # KeyError: not a sharded step
+  if {node.step: node for node in nodes}[fan_out.merged_by].inputs.get(fan_out.into) != fan_out.node:
+    raise ValueError(f'the fan-out: {fan_out.merged_by}.{fan_out.into} must read {fan_out.node}')
+  if not 1 <= fan_out.shards <= spec.parameter('num_shards').max:
+    raise ValueError(f'the fan-out: {fan_out.shards} shards is out of num_shards\' bounds')
+
+
 check()
+check_batch()

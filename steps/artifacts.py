@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
+import threading
 from typing import TYPE_CHECKING, ClassVar
 
 from deeplab.errors import UserError
 from steps.archives import open_input
-from steps.files import scratch_dir, write_tarball
+from steps.files import dump_json, scratch_dir, write_tarball
 
 if TYPE_CHECKING:
   from deeplab.checkpoint import ModelCard
@@ -37,7 +40,8 @@ def _markers():
   from deeplab.inference import FORMATS
   return ([(model_format.filename.split(os.sep)[0], 'an exported model')
            for model_format in FORMATS.values()]
-          + [(MODEL_JSON, 'a checkpoint'), (MANIFEST_NAME, 'TFRecords (dataset.json)')])
+          + [(MODEL_JSON, 'a checkpoint'), (MANIFEST_NAME, 'TFRecords (dataset.json)'),
+             (PREDICTIONS_JSON, 'predictions')])
 
 
 class Artifact:
@@ -167,26 +171,142 @@ class Model(Artifact):
     return inference.load_model(path, found)
 
 
+PREDICTIONS_JSON = 'predictions.json'
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def folder_sha256(folder: str) -> str:
+  """One digest of every file under `folder`: their relative paths and sha256s, sorted, so it
+  does not depend on how the folder was packed or unpacked."""
+  lines = sorted(f'{os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/")} '
+                 f'{file_sha256(os.path.join(d, f))}\n'
+                 for d, _, files in os.walk(folder) for f in files)
+  return hashlib.sha256(''.join(lines).encode()).hexdigest()
+
+
+def shard_of(name: str, num_shards: int) -> int:
+  """The shard an image belongs to: the first 8 bytes of the sha256 of its name (UTF-8, `/`
+  separators), big-endian, modulo `num_shards`. A hash rather than a position in the sorted list:
+  an image's shard depends on its name alone (adding images moves no other), and shards come out
+  balanced whatever the names look like."""
+  return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], 'big') % num_shards
+
+
+def image_set_sha256(names) -> str:
+  """The identity of the whole image set a run was given (every shard's names): each shard records
+  it, so a merge tells a missing image from one that was never there."""
+  return hashlib.sha256(''.join(f'{name}\n' for name in sorted(names)).encode()).hexdigest()
+
+
+def _check_manifest(manifest, source: str) -> None:
+  """Refuses a predictions.json that predict could not have written, before anything is read by
+  it: image names are paths inside the artifact (deeplab/containment.py), numbers in bounds."""
+  from deeplab import containment, visualize
+  from deeplab.config import MAX_SHARDS
+
+  def expect(ok, what):
+    if not ok:
+      raise UserError(f'{source}: expected {what}; is it the output of the predict step?')
+
+  def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+  expect(isinstance(manifest, dict) and all(isinstance(manifest.get(key), dict) for key in (
+      'images', 'image_set', 'model', 'settings')), 'an object with images, image_set, model, settings')
+  num_shards, shard_index = manifest.get('num_shards'), manifest.get('shard_index')
+  expect(is_int(num_shards) and is_int(shard_index) and 1 <= num_shards <= MAX_SHARDS
+         and 0 <= shard_index < num_shards,
+         f'num_shards 1 to {MAX_SHARDS} and shard_index 0 to num_shards - 1')
+  expect(manifest['settings'].get('overlay_format') in visualize.OVERLAY_SUFFIXES,
+         f'settings.overlay_format one of {", ".join(visualize.OVERLAY_SUFFIXES)}')
+  image_set = manifest['image_set']
+  expect(is_int(image_set.get('count')) and isinstance(image_set.get('sha256'), str),
+         'image_set with a count and a sha256')
+  for name, entry in manifest['images'].items():
+    containment.check_name(name, source)
+    expect(isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in (
+        'source', 'image_sha256', 'labels_sha256', 'overlay_sha256')),
+        f'images[{name!r}] with source, image_sha256, labels_sha256, overlay_sha256')
+
+
 class Predictions(Artifact):
   """predictions.tar.gz of predict: `labels/<name>.png` (class ids) + `overlays/<name>.jpg` (or
-  `.png`: `overlay_format`), added one image at a time; `add` may be called from several threads."""
+  `.png`: the overlay_format setting), added one image at a time (`add` may be called from several
+  threads), and predictions.json, the manifest: which images (`images`: name -> source, sha256 of
+  the source bytes, of the label map and of the overlay), out of which set (`image_set`: count and
+  `image_set_sha256`), the model (`model`: `folder_sha256` of the model artifact and the format
+  run), the inference `settings`, and `num_shards`, `shard_index`. A run of one shard and the merge
+  of all shards write the same manifest (num_shards 1, shard_index 0)."""
   filename = 'predictions.tar.gz'
   kind, made_by, assembling = 'predictions', 'predict', 'the predictions'
 
-  def __init__(self, folder: str, overlay_format: str):
+  def __init__(self, folder: str, manifest: dict):
     super().__init__(folder)
-    self.overlay_format = overlay_format
+    self.manifest = manifest
+    self._lock = threading.Lock()
+
+  @staticmethod
+  def _marker() -> str:
+    return PREDICTIONS_JSON
 
   @classmethod
-  def new(cls, stack: contextlib.ExitStack, overlay_format: str) -> 'Predictions':
-    return cls(cls._new_folder(stack), overlay_format)
+  def shard_filename(cls, shard_index: int, num_shards: int) -> str:
+    """The file name of a shard's artifact in an outputs folder: each its own, since an
+    orchestrator gathering the shards into one input folder keeps one file of a name."""
+    if num_shards == 1:
+      return cls.filename
+    return f'predictions-{shard_index:05d}-of-{num_shards:05d}.tar.gz'
 
-  def add(self, name: str, labels, overlay) -> None:
+  @classmethod
+  def open(cls, stack: contextlib.ExitStack, path: str) -> 'Predictions':
+    folder = cls._open_folder(stack, path)
+    with open(os.path.join(folder, PREDICTIONS_JSON), 'rb') as f:
+      try:
+        manifest = json.loads(f.read().decode('utf-8'))
+      except ValueError as e:
+        raise UserError(f'{path}: {PREDICTIONS_JSON} is not JSON ({e})') from None
+    _check_manifest(manifest, f'{path}: {PREDICTIONS_JSON}')
+    return cls(folder, manifest)
+
+  @classmethod
+  def new(cls, stack: contextlib.ExitStack, model: dict, settings: dict, image_set: dict,
+          num_shards: int = 1, shard_index: int = 0) -> 'Predictions':
+    return cls(cls._new_folder(stack), {
+        'model': model, 'settings': settings, 'image_set': image_set, 'num_shards': num_shards,
+        'shard_index': shard_index, 'images': {}})
+
+  def overlay_suffix(self) -> str:
     from deeplab import visualize
-    visualize.save_label_png(labels, self._path('labels', name, '.png'))
-    visualize.write_overlay(
-        overlay, self._path('overlays', name, visualize.OVERLAY_SUFFIXES[self.overlay_format]),
-        self.overlay_format)
+    return visualize.OVERLAY_SUFFIXES[self.manifest['settings']['overlay_format']]
+
+  def add(self, name: str, source: str, image_sha256: str, labels, overlay) -> None:
+    from deeplab import visualize
+    labels_path = self._path('labels', name, '.png')
+    overlay_path = self._path('overlays', name, self.overlay_suffix())
+    visualize.save_label_png(labels, labels_path)
+    visualize.write_overlay(overlay, overlay_path, self.manifest['settings']['overlay_format'])
+    entry = {'source': source, 'image_sha256': image_sha256,
+             'labels_sha256': file_sha256(labels_path), 'overlay_sha256': file_sha256(overlay_path)}
+    with self._lock:
+      self.manifest['images'][name] = entry
+
+  def files(self, name: str):
+    """(relative path, sha256 the manifest records) of image `name`'s outputs."""
+    entry = self.manifest['images'][name]
+    return ((f'labels/{name}.png', entry['labels_sha256']),
+            (f'overlays/{name}{self.overlay_suffix()}', entry['overlay_sha256']))
+
+  def write(self, out_path: str) -> str:
+    with open(os.path.join(self.folder, PREDICTIONS_JSON), 'w') as f:
+      dump_json(self.manifest, f)
+    return super().write(out_path)
 
   def _path(self, kind: str, name: str, suffix: str) -> str:
     path = os.path.join(self.folder, kind, name + suffix)

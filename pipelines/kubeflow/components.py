@@ -157,6 +157,9 @@ def predict(
     max_inference_pixels: int = 4194304,
     model_format: str = 'auto',
     max_image_pixels: int = 50000000,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    images_mount: str = '',
 ):
   """Segment images with an exported model: raw label PNGs and colour overlays."""
   arguments = dict(locals())  # before the import below adds a local

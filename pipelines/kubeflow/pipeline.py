@@ -85,8 +85,8 @@ def _on_cluster(task, step: str, image):
   return task
 
 
-def _imported(uri, name: str):
-  importer = dsl.importer(artifact_uri=uri, artifact_class=dsl.Dataset, reimport=False)
+def _imported(uri, name: str, artifact_class=dsl.Dataset):
+  importer = dsl.importer(artifact_uri=uri, artifact_class=artifact_class, reimport=False)
   importer.set_display_name(name)
   return importer.output
 

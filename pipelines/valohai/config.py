@@ -16,7 +16,8 @@ Valohai mounts (/valohai/inputs/<name>/, /valohai/outputs/).
 The pipelines are parts of the graph: train-evaluate-export all of it, train-sweep-evaluate the part
 up to the sweep's judge with the sweep as a grid-search task node, train-evaluate-deploy and
 distributed-train-evaluate-export the part up to evaluate + export (then a deployment node, or training
-as a distributed task node).
+as a distributed task node). batch-predict is the batch graph (graph.BATCH_NODES): predict as a task
+node over the shards (graph.BATCH), then merge-predictions.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import sys
 import yaml
 
 from pipelines import graph
-from pipelines.graph import SPECS, SWEEP
+from pipelines.graph import BATCH, SPECS, SWEEP
 from pipelines.shared import BASE_IMAGE, ROOT, write_or_check
 from steps import serve
 
@@ -50,9 +51,14 @@ BUILD_DATA_VARIANTS = (
 # The three demo photos of the original DeepLab README: predict's default images, the graph's IMAGES.
 DEMO_IMAGES = tuple(f'https://raw.githubusercontent.com/tensorflow/models/master/research/deeplab/'
                     f'g3doc/img/image{i}.jpg' for i in (1, 2, 3))
-STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES)}}
+# The model batch-predict segments with by default (the graph's MODEL): a datum alias, which you point
+# at an export's model.tar.gz in the Valohai project (the file's page: Add alias), or give the input
+# when starting the pipeline.
+MODEL_ALIAS = 'datum://deeplab-model'
+STEP_INPUT_DEFAULTS = {'predict': {'images': list(DEMO_IMAGES), 'model': MODEL_ALIAS}}
 # The step a pipeline node runs when it is not the node's own: the graph's Givens come from default
-# inputs (RAW_DATA the VOC tar of build-data-pascal-voc, IMAGES the demo photos of predict).
+# inputs (RAW_DATA the VOC tar of build-data-pascal-voc, IMAGES the demo photos of predict, MODEL
+# MODEL_ALIAS).
 NODE_STEPS = {'build_data': BUILD_DATA_VARIANTS[0][0]}
 
 # The endpoint serving the exported model, and the deployment the pipeline publishes it to: create
@@ -63,11 +69,18 @@ DEPLOYMENT = 'deeplab'
 ENDPOINT_MODEL_PATH = 'model/model.tar.gz'
 SERVE_SPEC = serve.SPEC
 
-# The task nodes: the graph's sweep, and training on several machines.
+# The task nodes: the graph's sweep, training on several machines, and predict's shards.
 SWEEP_TASK = 'train-sweep'
 DISTRIBUTED_TASK = 'train-distributed'
+BATCH_TASK = 'predict-shards'
+BATCH_PIPELINE = 'batch-predict'
 # Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
 PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
+
+
+def step_spec(step: str):
+  """The SPEC of a step valohai.yaml has: one of the graph's or of batch prediction's."""
+  return SPECS[step] if step in SPECS else graph.BATCH_SPECS[step]
 
 
 def dashed(name: str) -> str:
@@ -77,8 +90,16 @@ def dashed(name: str) -> str:
 
 def output_filename(step: str) -> str:
   """The file name of a step's one artifact (e.g. checkpoint.tar.gz)."""
-  (output,) = SPECS[step].outputs
+  (output,) = step_spec(step).outputs
   return output.filename
+
+
+def output_glob(step: str) -> str:
+  """What an edge takes of a step's outputs: its artifact; of the fan-out's node, that of any
+  shard (predictions-<i>-of-<n>.tar.gz), each shard's file named apart since Valohai keeps one
+  file of a name in an input folder."""
+  stem, dot, suffix = output_filename(step).partition('.')
+  return f'{stem}*{dot}{suffix}' if step == BATCH.node else output_filename(step)
 
 
 def needs_setup(image: str) -> bool:
@@ -101,9 +122,11 @@ def step_command(step: str, image: str = BASE_IMAGE):
   execution failed by its last command, which fails too when setup did (the step cannot import what
   was not installed).
   """
-  spec = SPECS[step]
+  spec = step_spec(step)
   required = [input_flag(path) for path in spec.inputs if not path.optional]
-  outputs = [f'--{output.name}={VALOHAI_ROOT}/outputs/{output.filename}' for output in spec.outputs]
+  # The fan-out's node is given the outputs folder: it names its file after its shard.
+  outputs = [f'--{output.name}={VALOHAI_ROOT}/outputs/{"" if step == BATCH.node else output.filename}'
+             for output in spec.outputs]
   optional = [input_flag(path) for path in spec.inputs if path.optional]
   command = ' '.join([f'python -m steps.{step}', *required, *outputs, '{parameters}', *optional])
   if step == 'train':  # in a distributed task, TF_CONFIG from Valohai's member list first
@@ -138,7 +161,7 @@ def parameter_entry(param, default=None) -> dict:
 def step_entry(step: str, image: str, name: str = '', default_overrides: dict = None,
                input_defaults: dict = None) -> dict:
   """The Valohai step running steps/<step>.py; a variant step has its own name and defaults."""
-  spec = SPECS[step]
+  spec = step_spec(step)
   default_overrides = default_overrides or {}
   input_defaults = dict(STEP_INPUT_DEFAULTS.get(step, {}), **(input_defaults or {}))
   inputs = []
@@ -162,7 +185,7 @@ def step_entry(step: str, image: str, name: str = '', default_overrides: dict = 
 
 def _artifact_edges(nodes) -> list:
   """The graph's edges between `nodes`: each node's artifact to the inputs it feeds."""
-  return [[f'{dashed(source)}.output.{output_filename(source)}', f'{dashed(target)}.input.{name}']
+  return [[f'{dashed(source)}.output.{output_glob(source)}', f'{dashed(target)}.input.{name}']
           for source, target, name in graph.edges(nodes)]
 
 
@@ -265,13 +288,31 @@ def distributed_pipeline() -> dict:
                    {'train': DISTRIBUTED_TASK})
 
 
+def batch_task() -> dict:
+  """predict once per shard: shard_index 0 .. BATCH.shards - 1 of num_shards = BATCH.shards (for
+  another count, edit both rules when starting the pipeline: docs/batch_prediction.md)."""
+  return {'task': {
+      'name': BATCH_TASK,
+      'step': dashed(BATCH.node),
+      'type': 'grid-search',
+      'parameters': [{'name': 'num_shards', 'style': 'single', 'rules': {'value': BATCH.shards}},
+                     {'name': 'shard_index', 'style': 'multiple',
+                      'rules': {'items': list(range(BATCH.shards))}}],
+  }}
+
+
+def batch_pipeline() -> dict:
+  """The batch graph: predict's shards (task node) -> merge-predictions."""
+  return _pipeline(BATCH_PIPELINE, graph.BATCH_NODES, {BATCH.node: BATCH_TASK})
+
+
 def config(image: str = BASE_IMAGE) -> list:
-  entries = [step_entry(step, image) for step in SPECS]
+  entries = [step_entry(step, image) for step in [*SPECS, *graph.BATCH_SPECS]]
   entries[1:1] = [step_entry('build_data', image, name, {'dataset': dataset}, {'raw_data': url})
                   for name, dataset, url in BUILD_DATA_VARIANTS]
-  return entries + [endpoint(image), sweep_task(), distributed_train_task(),
+  return entries + [endpoint(image), sweep_task(), distributed_train_task(), batch_task(),
                     train_evaluate_export_pipeline(), sweep_pipeline(),
-                    train_evaluate_deploy_pipeline(), distributed_pipeline()]
+                    train_evaluate_deploy_pipeline(), distributed_pipeline(), batch_pipeline()]
 
 
 def render(image: str = BASE_IMAGE) -> str:

@@ -13,14 +13,17 @@ and so do VH_INPUTS_DIR, VH_OUTPUTS_DIR and VH_CONFIG_DIR (valohai-utils). The r
 and touches no system file: it skips the setup command entry (the requirements install of
 pipelines/valohai/config.py SETUP_COMMAND) and says so; the packages are this environment's. Every stdout line that is a JSON object is collected as the execution's metadata (as
 on Valohai); `summary.json` in the run directory holds it with each node's outputs. Pipeline values
-are `node.name=...`; a name without a node is a pipeline parameter. Task (sweep) nodes are not run
-locally. Exit status: 0, or 1 with an `error:` line naming the node whose command failed.
+are `node.name=...`; a name without a node is a pipeline parameter. A grid-search task node runs its
+step once per point of the task's grid (`single` and `multiple` rules), one after another, in
+`<node>/<point>/`; its edges carry every point's outputs, and values given for the node apply to every
+point. Exit status: 0, or 1 with an `error:` line naming the node whose command failed.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import fnmatch
+import itertools
 import json
 import os
 import shlex
@@ -78,6 +81,8 @@ def _place(source: str, folder: str) -> None:
     except OSError as e:
       raise RunError(f'cannot download {source}: {e}') from None
     return
+  if '://' in source:  # datum://, s3://, ...: Valohai's stores, out of reach here
+    raise RunError(f'input {source}: only Valohai fetches it; give a local path or an http(s) URL with -i')
   source = os.path.abspath(source)
   if not os.path.exists(source):
     raise RunError(f'input {source} does not exist')
@@ -87,6 +92,10 @@ def _place(source: str, folder: str) -> None:
     # link out of its input. Hard links where the file system allows (the steps only read inputs),
     # so a dataset is not copied.
     target = os.path.join(folder, os.path.basename(entry))
+    if os.path.lexists(target):
+      # Valohai too puts an input's files side by side in one folder, where one name holds one file.
+      raise RunError(f'two files named {os.path.basename(entry)} for the input folder {folder}: '
+                     'Valohai would keep only one of them')
     if os.path.isdir(entry):
       shutil.copytree(entry, target, copy_function=_link_or_copy)
     else:
@@ -157,6 +166,23 @@ def run_execution(step, exec_dir: str, parameters: dict, inputs: dict) -> dict:
   return result
 
 
+def task_points(task) -> list:
+  """The parameter values of each execution of a grid-search task: the product of its rules."""
+  if task.type.value != 'grid_search':
+    raise RunError(f'task {task.name} is a {task.type.value} task; only grid-search tasks run locally')
+  axes = []
+  for parameter in task.parameters:
+    style, rules = parameter.style.value, parameter.rules
+    if style == 'single':
+      axes.append([(parameter.name, rules['value'])])
+    elif style == 'multiple':
+      axes.append([(parameter.name, item) for item in rules['items']])
+    else:
+      raise RunError(f'task {task.name}: parameter {parameter.name} has style {style}; only single '
+                     'and multiple run locally')
+  return [dict(point) for point in itertools.product(*axes)]
+
+
 def _ordered_nodes(pipeline) -> list:
   """The pipeline's nodes, each after every node it has an edge from."""
   ordered, remaining = [], list(pipeline.nodes)
@@ -199,24 +225,41 @@ def run_pipeline(config, name: str, run_dir: str, parameters: dict, inputs: dict
       raise RunError(f'pipeline inputs are NODE.INPUT=PATH, got {key!r}')
     _check_node(pipeline, node)
     node_inputs[node][input_name] = [path]
-  results = {}
+  results, exec_dirs = {}, {}
   for node in _ordered_nodes(pipeline):
-    if node.type != 'execution':
-      raise RunError(f'node {node.name} is a {node.type} node; only execution nodes run locally')
+    if node.type not in ('execution', 'task'):
+      raise RunError(f'node {node.name} is a {node.type} node; only execution and task nodes run locally')
     for edge in (e for e in pipeline.edges if e.target_node == node.name):
       upstream = results[edge.source_node]
       if edge.source_type == 'output':
-        wired = [os.path.join(run_dir, edge.source_node, 'outputs', f)
-                 for f in upstream['outputs'] if fnmatch.fnmatch(f, edge.source_key)]
+        wired = [os.path.join(exec_dir, 'outputs', f)
+                 for exec_dir, result in zip(exec_dirs[edge.source_node], _executions(upstream))
+                 for f in result['outputs'] if fnmatch.fnmatch(f, edge.source_key)]
         if not wired:
           raise RunError(f'edge {edge.source} -> {edge.target}: {edge.source_node} wrote no matching output')
         node_inputs[node.name].setdefault(edge.target_key, []).extend(wired)
       elif edge.source_type == 'parameter':
+        if node.type == 'task' or 'executions' in upstream:
+          raise RunError(f'edge {edge.source} -> {edge.target}: parameter edges of task nodes do not run locally')
         node_values[node.name][edge.target_key] = upstream['parameters'][edge.source_key]
-    step = config.steps[node.step]
-    results[node.name] = run_execution(step, os.path.join(run_dir, node.name), node_values[node.name],
-                                       node_inputs[node.name])
+    if node.type == 'execution':
+      exec_dirs[node.name] = [os.path.join(run_dir, node.name)]
+      results[node.name] = run_execution(config.steps[node.step], exec_dirs[node.name][0],
+                                         node_values[node.name], node_inputs[node.name])
+      continue
+    task = config.tasks[node.task]
+    points = task_points(task)
+    exec_dirs[node.name] = [os.path.join(run_dir, node.name, str(i)) for i in range(len(points))]
+    results[node.name] = {'task': task.name, 'executions': [
+        run_execution(config.steps[task.step], exec_dir, dict(point, **node_values[node.name]),
+                      node_inputs[node.name])
+        for exec_dir, point in zip(exec_dirs[node.name], points)]}
   return results
+
+
+def _executions(result: dict) -> list:
+  """The execution results of a node's result: its own, or each of a task node's."""
+  return result.get('executions', [result])
 
 
 def _check_node(pipeline, node: str) -> None:

@@ -44,7 +44,7 @@ def spec_of(step):
   """The SPEC of the step module a Valohai step runs (`python -m steps.<module>`)."""
   commands = [step.command] if isinstance(step.command, str) else step.command
   (module,) = {m for c in commands for m in re.findall(r'python -m steps\.(\w+)', c)}
-  return SPECS[module]
+  return generator.step_spec(module)
 
 
 def rendered_argv(step, values=None):
@@ -84,7 +84,9 @@ def test_commands_name_their_inputs_and_output_in_the_valohai_folders(config):
       if not path.optional:
         assert f'--{path.name}=/valohai/inputs/{path.name}/' in argv, (step.name, path.name)
     (output,) = spec.outputs
-    assert f'--{output.name}=/valohai/outputs/{output.filename}' in argv, step.name
+    # The fan-out's node gets the folder: each shard names its own file in it.
+    written = '' if spec.name == graph.BATCH.node else output.filename
+    assert f'--{output.name}=/valohai/outputs/{written}' in argv, step.name
 
 
 def test_the_base_image_installs_the_requirements_first_in_a_command_of_its_own(config):
@@ -163,12 +165,14 @@ def test_build_data_variants_differ_only_in_dataset_and_a_public_raw_data_defaul
     assert step.inputs['raw_data'].default == url
 
 
-def test_input_defaults_are_public_urls(config):
+def test_input_defaults_are_public_urls_or_the_model_alias(config):
+  """Public URLs; predict's model (batch-predict's MODEL) is the datum alias the docs have you set."""
   for step in config.steps.values():
     for declared in step.inputs.values():
       defaults = declared.default if isinstance(declared.default, list) else [declared.default]
       for url in filter(None, defaults):
-        assert re.match(r'https?://', url), (step.name, declared.name, url)
+        assert re.match(r'https?://', url) or (step.name, declared.name, url) == (
+            'predict', 'model', generator.MODEL_ALIAS), (step.name, declared.name, url)
 
 
 @pytest.mark.process
@@ -234,7 +238,7 @@ def test_sweep_task_values_are_valid_parameter_values(config):
   for task in config.tasks.values():
     step = config.steps[task.step]
     for variant in task.parameters:
-      for value in variant.rules['items']:
+      for value in variant.rules.get('items', [variant.rules.get('value')]):
         assert step.parameters[variant.name].validate(value) == value, (task.name, variant.name, value)
 
 
@@ -260,11 +264,16 @@ def test_each_pipeline_is_a_part_of_the_graph_with_its_edges(config):
     steps = {node.name: spec_of(node_step(config, node)).name for node in pipeline.nodes
              if node.type != 'deployment'}
     assert all(name == dashed(step) for name, step in steps.items()), (pipeline.name, steps)
-    nodes = [graph.NODE[step] for step in steps.values()]
+    batch = pipeline.name == generator.BATCH_PIPELINE  # the batch graph, whole
+    graph_nodes = {node.step: node for node in (graph.BATCH_NODES if batch else graph.NODES)}
+    nodes = [graph_nodes[step] for step in steps.values()]
     fed = {(steps[e.source_node], steps[e.target_node], e.target_key) for e in pipeline.edges
            if e.target_type == 'input'}
     assert fed == set(graph.edges(nodes)), pipeline.name
-    assert nodes == list(graph.through(*[n.step for n in nodes])), pipeline.name  # upstream included
+    if batch:
+      assert nodes == list(graph.BATCH_NODES)
+    else:
+      assert nodes == list(graph.through(*[n.step for n in nodes])), pipeline.name  # upstream included
   assert [node.name for node in config.pipelines['train-evaluate-export'].nodes] == [
       dashed(node.step) for node in graph.NODES]
   sweep = config.pipelines['train-sweep-evaluate'].node_map
