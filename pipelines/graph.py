@@ -2,9 +2,12 @@
 sweep. valohai.yaml (pipelines/valohai/config.py), the Kubeflow pipeline (pipelines/kubeflow/pipeline.py)
 and dvc.yaml (pipelines/dvc/config.py) are generated from it.
 
-    raw data -> build_data -> train -> evaluate
-                    |           '----> export -> predict <- images
+    raw data -> build_data -> train -> evaluate ----------.
+                    |           '----> export -> gate -> predict <- images
                     '-----------------------^ (tfrecords: int8 calibration, format agreement)
+
+The gate lets export's model through only when evaluate's mIoU is good enough: what comes after it
+(predict, a deployment, the published model) gets the gate's output, never export's.
 
 A node runs one step (`python -m steps.<step>`) and is named after it; each step writes one artifact,
 its SPEC's output. An input is fed either by an upstream node's artifact or by a `Given`: data the
@@ -16,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Tuple, Union
 
-from steps import build_data, evaluate, export, predict, train
+from steps import build_data, evaluate, export, gate, predict, train
 
 # The steps of the graph in pipeline order, by module name.
-SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, predict.SPEC)}
+SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, gate.SPEC,
+                                       predict.SPEC)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +49,8 @@ NODES = (
     Node('train', {'tfrecords': 'build_data'}),
     Node('evaluate', {'tfrecords': 'build_data', 'checkpoint': 'train'}),
     Node('export', {'checkpoint': 'train', 'tfrecords': 'build_data'}),
-    Node('predict', {'model': 'export', 'images': IMAGES}),
+    Node('gate', {'evaluation': 'evaluate', 'model': 'export'}),
+    Node('predict', {'model': 'gate', 'images': IMAGES}),
 )
 NODE = {node.step: node for node in NODES}
 

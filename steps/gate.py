@@ -29,7 +29,7 @@ SPEC = StepSpec(
     'split reaches --min_miou and, when evaluate had a baseline, the baseline\'s mIoU less '
     '--max_miou_drop; otherwise fail with one line saying by how much it fell short.',
     inputs=(
-        # Not named `metrics`: a Kubeflow component's `metrics` is the step's metric output.
+        # Not named `metrics`: in the generated pipeline components that is every step's metric output.
         Path('evaluation', f'{METRICS_FILE} from evaluate (or a folder holding it)'),
         Path('model', 'model.tar.gz from export: the model evaluated'),
     ),
