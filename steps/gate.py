@@ -80,17 +80,19 @@ def read_evaluation(path: str) -> Tuple[float, str, Optional[float]]:
 def shortfall(miou: float, split: str, baseline_miou: Optional[float],
               config: GateConfig) -> Tuple[float, Optional[str]]:
   """(margin above the highest bar the model must reach, the error line when it falls short)."""
-  bars = [(config.min_miou, f'--min_miou={config.min_miou:.3f}')]
+  bars = [(config.min_miou, lambda n: f'--min_miou={config.min_miou:.{n}f}')]
   if baseline_miou is not None:
     bar = baseline_miou - config.max_miou_drop
-    bars.append((bar, f"{bar:.3f}, the baseline's mIoU {baseline_miou:.3f} less "
-                      f'--max_miou_drop={config.max_miou_drop:.3f}'))
+    bars.append((bar, lambda n: f"{bar:.{n}f}, the baseline's mIoU {baseline_miou:.{n}f} less "
+                                f'--max_miou_drop={config.max_miou_drop:.{n}f}'))
   bar, named = max(bars, key=lambda b: b[0])
   # Rounded: 0.46 - 0.01 is 0.45000000000000007 in floating point, and 0.45 must pass it.
   margin = round(miou - bar, 12)
   if margin >= 0:
     return margin, None
-  return margin, f'mIoU {miou:.3f} on {split} is {-margin:.3f} below {named}; nothing deployed'
+  digits = 3 if -margin >= 0.0005 else 6  # never "0.000 below"
+  return margin, (f'mIoU {miou:.{digits}f} on {split} is {-margin:.{digits}f} below {named(digits)}; '
+                  'nothing deployed')
 
 
 def main(argv=None):

@@ -57,6 +57,12 @@ def test_a_model_worse_than_the_baseline_beyond_tolerance_is_refused(tmp_path, t
                  'less --max_miou_drop=0.020; nothing deployed')
 
 
+def test_a_shortfall_too_small_for_three_decimals_is_shown_with_six(tmp_path, tiny_model):
+  result, out = gate(tmp_path, write_metrics(tmp_path, 0.4499), tiny_model, '--min_miou=0.45')
+  assert_refused(result, out, 'mIoU 0.449900 on val is 0.000100 below --min_miou=0.450000; '
+                 'nothing deployed')
+
+
 def test_the_higher_bar_is_the_one_named(tmp_path, tiny_model):
   result, out = gate(tmp_path, write_metrics(tmp_path, 0.3, baseline_miou=0.2, split='test'),
                      tiny_model, '--min_miou=0.4')
