@@ -98,6 +98,15 @@ def through(*last: str) -> tuple:
   return tuple(node for node in NODES if node.step in wanted)
 
 
+def downstream(step: str) -> tuple:
+  """The nodes fed by `step`'s artifact, directly or through others, in pipeline order."""
+  fed = {step}
+  for node in NODES:
+    if any(source in fed for source in node.inputs.values() if isinstance(source, str)):
+      fed.add(node.step)
+  return tuple(node for node in NODES if node.step in fed - {step})
+
+
 def check(nodes=NODES, sweep=SWEEP) -> None:
   """Raises ValueError unless every node runs a step of SPECS once, feeds only inputs its step has
   (every required one) from earlier nodes' artifacts or a Given, and the sweep's nodes run

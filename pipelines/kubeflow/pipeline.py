@@ -3,10 +3,11 @@
 Compiled to pipelines/kubeflow/pipeline.yaml by `python -m pipelines.kubeflow`.
 
 raw data (importer) -> build_data -> ParallelFor(base_learning_rates): train -> evaluate
-  -> select_best (highest mIoU) -> export -> gate (min_miou) -> predict on the images (importer)
+  -> select_best (highest mIoU) -> export -> gate -> predict on the images (importer)
 
-The gate's output is the pipeline's published model: a model below `min_miou` fails the gate task,
-which ends the run before predict, so nothing is published.
+The gate's output is the pipeline's published model: a model below `min_miou` (or, given
+`baseline_uri`, more than `max_miou_drop` below the baseline's mIoU) fails the gate task, which ends
+the run before predict, so nothing is published.
 
 The tasks and what feeds them are the pipeline graph's (pipelines/graph.py): its nodes in order, the
 sweep's node and judge inside the ParallelFor, and the best point's artifact (select_best) to the
@@ -91,8 +92,8 @@ def _on_cluster(task, step: str, image):
   return task
 
 
-def _imported(uri, name: str):
-  importer = dsl.importer(artifact_uri=uri, artifact_class=dsl.Dataset, reimport=False)
+def _imported(uri, name: str, artifact_class=dsl.Dataset):
+  importer = dsl.importer(artifact_uri=uri, artifact_class=artifact_class, reimport=False)
   importer.set_display_name(name)
   return importer.output
 
@@ -111,6 +112,8 @@ def deeplab_pipeline(
     train_crop_size: str = _train_default('train_crop_size'),
     log_steps: int = _train_default('log_steps'),
     min_miou: float = SPECS['gate'].parameter('min_miou').default,
+    max_miou_drop: float = SPECS['gate'].parameter('max_miou_drop').default,
+    baseline_uri: str = '',
 ) -> float:
   """Returns the mIoU of the checkpoint that was exported."""
   given = {RAW_DATA: _imported(raw_data_uri, 'raw data'), IMAGES: _imported(images_uri, 'images')}
@@ -120,13 +123,14 @@ def deeplab_pipeline(
                         'training_number_of_steps': training_number_of_steps,
                         'train_batch_size': train_batch_size, 'train_crop_size': train_crop_size,
                         'log_steps': log_steps},
-              'gate': {'min_miou': min_miou}}
+              'gate': {'min_miou': min_miou, 'max_miou_drop': max_miou_drop}}
   artifacts = {}  # node -> the artifact the nodes downstream get
 
-  def run(node, **sweep_point):
+  def run(node, **extra):
+    """The node's task; `extra`: arguments besides its inputs and settings (a sweep point, a baseline)."""
     inputs = {name: given[source] if isinstance(source, Given) else artifacts[source]
               for name, source in node.inputs.items()}
-    task = getattr(components, node.step)(**inputs, **settings.get(node.step, {}), **sweep_point)
+    task = getattr(components, node.step)(**inputs, **settings.get(node.step, {}), **extra)
     artifacts[node.step] = task.outputs['output']
     return _on_cluster(task, node.step, image)
 
@@ -140,9 +144,21 @@ def deeplab_pipeline(
                                  evaluations=dsl.Collected(judged.outputs['output']),
                                  learning_rates=base_learning_rates), 'select_best', image)
   artifacts[SWEEP.node] = best.outputs['best']
-  artifacts[SWEEP.judged_by] = best.outputs['best_evaluation']
-  for node in graph.NODES[graph.NODES.index(graph.NODE[SWEEP.judged_by]) + 1:]:
-    run(node)
+  judge = graph.NODE[SWEEP.judged_by]
+  verdict = graph.downstream(judge.step)  # the gate and what follows it
+  for node in graph.NODES[graph.NODES.index(judge) + 1:]:
+    if node not in verdict:
+      run(node)
+  # Without a baseline the gate reads the sweep's evaluation of the best point; with one, the best
+  # checkpoint and the baseline evaluated together (the same shards and settings, one task).
+  with dsl.If(baseline_uri == '', 'without a baseline'):
+    artifacts[judge.step] = best.outputs['best_evaluation']
+    for node in verdict:
+      run(node)
+  with dsl.Else('with a baseline'):
+    run(judge, baseline=_imported(baseline_uri, 'baseline', dsl.Model))
+    for node in verdict:
+      run(node)
   return best.outputs['Output']
 
 
