@@ -50,7 +50,6 @@ class CheckpointEvaluation:
   worst: list  # report.ScoredImage, lowest per-image mIoU first
   best: list
   training_scalars: Dict[str, List[Tuple[int, float]]]
-  class_names: Tuple[str, ...]  # the classes the checkpoint was trained for
 
 
 def sweep_checkpoints(path):
@@ -66,17 +65,17 @@ def sweep_checkpoints(path):
 
 
 def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: str,
-                        class_names: Optional[Tuple[str, ...]] = None) -> CheckpointEvaluation:
-  """`class_names`: the classes the checkpoint must have been trained for (a baseline: the
-  candidate's), refused otherwise."""
+                        baseline_classes: Optional[Tuple[str, list]] = None) -> CheckpointEvaluation:
+  """`baseline_classes`: (the baseline's path, its class names), which this checkpoint's must
+  equal; checked before anything is evaluated."""
   from deeplab import evaluation, report
   checkpoint = artifacts.Checkpoint.open(stack, path)
   model_config = checkpoint.card.model
-  trained_for = tuple(checkpoint.card.dataset.class_names)
-  if class_names is not None and trained_for != tuple(class_names):
-    raise UserError(f'--baseline: {path} was trained for the classes {", ".join(trained_for)}; '
-                    f'the checkpoint evaluated has {", ".join(class_names)}; expected a baseline '
-                    'of the same classes')
+  if baseline_classes and list(baseline_classes[1]) != list(checkpoint.card.dataset.class_names):
+    raise UserError(f'--baseline: {baseline_classes[0]} was trained for the classes '
+                    f'{", ".join(baseline_classes[1])}; {path} for '
+                    f'{", ".join(checkpoint.card.dataset.class_names)}; expected a baseline of the '
+                    'same classes')
   if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
@@ -100,19 +99,17 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: 
   return CheckpointEvaluation(
       result, training and dict(training.to_json(), global_step=checkpoint.card.global_step),
       confusion, extremes.worst(), extremes.best(),
-      report.read_event_scalars(os.path.dirname(checkpoint.prefix)), trained_for)
+      report.read_event_scalars(os.path.dirname(checkpoint.prefix)))
 
 
 # What metrics.json keeps of the baseline's evaluation (the gate reads its miou).
 BASELINE_KEYS = ('miou', 'pixel_accuracy', 'per_class_iou', 'num_images', 'num_pixels')
 
 
-def evaluate_baseline(stack, path, manifest, config: EvalConfig, summary_dir: str,
-                      candidate: CheckpointEvaluation) -> dict:
-  """metrics.json's "baseline" section: the checkpoint at `path` evaluated as the candidate was
-  (same shards, same settings, this run), so the two mIoUs compare like for like."""
-  result = evaluate_checkpoint(stack, path, manifest, config, summary_dir,
-                               candidate.class_names).result
+def evaluate_baseline(stack, path, manifest, config: EvalConfig, summary_dir: str) -> dict:
+  """metrics.json's "baseline" section: the checkpoint at `path` evaluated as the candidates were
+  (same shards, same settings, this run), so the mIoUs compare like for like."""
+  result = evaluate_checkpoint(stack, path, manifest, config, summary_dir).result
   return dict({key: result[key] for key in BASELINE_KEYS},
               checkpoint=os.path.basename(os.path.normpath(path)))
 
@@ -153,11 +150,14 @@ def main(argv=None):
     with contextlib.ExitStack() as stack:
       manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
       candidates = sweep_checkpoints(checkpoint_path)
+      # Its card first, so that a baseline of other classes is refused before anything is evaluated.
+      baseline_classes = baseline_path and (
+          baseline_path, artifacts.Checkpoint.open(stack, baseline_path).card.dataset.class_names)
       evaluations, summaries = [], []
       for index, path in enumerate(candidates):
         # One TensorBoard run per checkpoint of a sweep.
         summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
-        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
+        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir, baseline_classes)
         result = evaluation.result
         result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                                 else os.path.basename(os.path.normpath(path)))
@@ -169,8 +169,8 @@ def main(argv=None):
                                  pixel_accuracy=result['pixel_accuracy'])
       from deeplab.metrics import best_index
       chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
-      baseline = baseline_path and evaluate_baseline(
-          stack, baseline_path, manifest, config, os.path.join(board, 'baseline'), chosen)
+      baseline = baseline_path and evaluate_baseline(stack, baseline_path, manifest, config,
+                                                     os.path.join(board, 'baseline'))
     # Several checkpoints: the best by mIoU is reported at the top level, all of them under
     # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
     # confusion matrix are the best one's.

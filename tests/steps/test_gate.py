@@ -135,5 +135,7 @@ def test_a_baseline_of_other_classes_is_one_error_line(tmp_path, tiny_tfrecords,
   result = run_step('evaluate', f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}',
                     f'--baseline={folder}', f'--output={out}', check=False)
   assert_one_error_line(result, f'--baseline: {folder} was trained for the classes background, cat,',
+                        f'; {tiny_checkpoint} for background, red_striped,',
                         'expected a baseline of the same classes')
   assert not out.parent.exists()
+  assert 'mIoU' not in result.stderr  # refused before anything was evaluated
