@@ -34,7 +34,7 @@ demo: setup
 	@$(PYTHON) -c "import json; \
 	  [print(f\"{k}: {v:.4f}\") for r in json.load(open('artifacts/export_log.json')) for k, v in r.items() \
 	   if k.endswith(('_pixel_agreement', '_miou'))]"
-	@echo "artifacts:"; ls -1 artifacts/*.tar.gz artifacts/*.json | sed 's/^/  /'
+	@echo "artifacts:"; ls -1 artifacts/*.tar.gz artifacts/deployed/*.tar.gz artifacts/*.json | sed 's/^/  /'
 	@echo "evaluation report (figures in artifacts/report/): $(abspath artifacts/report/report.html)"
 
 test: setup

@@ -427,6 +427,20 @@ class EvalConfig(Settings):
     _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class GateConfig(Settings):
+  """When an evaluated model may be deployed: its mIoU on the evaluation split, alone and against
+  the baseline (the model in production) evaluated on the same split in the same run."""
+  min_miou: float = setting(
+      0.25, 'deploy only a model with at least this mIoU on the evaluation split; the default only '
+      'stops a broken training (every model the original DeepLab publishes scores more, the lowest '
+      'about 0.32: MobileNetV2 on ADE20K): raise it to what your dataset needs', min=0, max=1)
+  max_miou_drop: float = setting(
+      0.01, 'when evaluate was given a baseline: deploy only if the mIoU is at most this much below '
+      "the baseline's (0.01: one mIoU point, which retraining the same settings can move)",
+      min=0, max=1)
+
+
 # The export formats, in order of preference (deeplab/inference.py FORMATS: the one table of them).
 MODEL_FORMATS = tuple(FORMATS)
 # TFLite weights: float32 as trained, or full-integer quantisation calibrated on sample images.

@@ -2,9 +2,12 @@
 sweep. valohai.yaml (pipelines/valohai/config.py), the Kubeflow pipeline (pipelines/kubeflow/pipeline.py)
 and dvc.yaml (pipelines/dvc/config.py) are generated from it.
 
-    raw data -> build_data -> train -> evaluate
-                    |           '----> export -> predict <- images
+    raw data -> build_data -> train -> evaluate ----------.
+                    |           '----> export -> gate -> predict <- images
                     '-----------------------^ (tfrecords: int8 calibration, format agreement)
+
+The gate lets export's model through only when evaluate's mIoU is good enough: what comes after it
+(predict, a deployment, the published model) gets the gate's output, never export's.
 
 Batch prediction is a graph of its own (BATCH_NODES): predict fanned out over shards of an image set
 (BATCH, a FanOut), then merge_predictions joining the shards into one artifact.
@@ -21,10 +24,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Tuple, Union
 
-from steps import build_data, evaluate, export, merge_predictions, predict, train
+from steps import build_data, evaluate, export, gate, merge_predictions, predict, train
 
 # The steps of the graph in pipeline order, by module name.
-SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, predict.SPEC)}
+SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC, gate.SPEC,
+                                       predict.SPEC)}
 # The steps only batch prediction runs.
 BATCH_SPECS = {merge_predictions.SPEC.name: merge_predictions.SPEC}
 
@@ -53,7 +57,8 @@ NODES = (
     Node('train', {'tfrecords': 'build_data'}),
     Node('evaluate', {'tfrecords': 'build_data', 'checkpoint': 'train'}),
     Node('export', {'checkpoint': 'train', 'tfrecords': 'build_data'}),
-    Node('predict', {'model': 'export', 'images': IMAGES}),
+    Node('gate', {'evaluation': 'evaluate', 'model': 'export'}),
+    Node('predict', {'model': 'gate', 'images': IMAGES}),
 )
 NODE = {node.step: node for node in NODES}
 
@@ -119,6 +124,15 @@ def through(*last: str) -> tuple:
       wanted.add(step)
       pending += [source for source in NODE[step].inputs.values() if isinstance(source, str)]
   return tuple(node for node in NODES if node.step in wanted)
+
+
+def downstream(step: str) -> tuple:
+  """The nodes fed by `step`'s artifact, directly or through others, in pipeline order."""
+  fed = {step}
+  for node in NODES:
+    if any(source in fed for source in node.inputs.values() if isinstance(source, str)):
+      fed.add(node.step)
+  return tuple(node for node in NODES if node.step in fed - {step})
 
 
 def check_nodes(nodes) -> None:

@@ -25,6 +25,9 @@ SPEC = StepSpec(
         Path('tfrecords', 'TFRecords from build_data (or original DeepLab shards + --dataset)'),
         Path('checkpoint', 'checkpoint.tar.gz from train; a folder of several (a sweep) evaluates '
              'each and reports the best'),
+        Path('baseline', 'checkpoint.tar.gz of the model in production: evaluated too, on the same '
+             'split with the same settings, into the "baseline" section the gate step compares with',
+             optional=True),
     ),
     outputs=(Path('output', 'metrics JSON; confusion_matrix.json and the report/ folder are '
                   'written beside it', filename='metrics.json'),),
@@ -61,11 +64,18 @@ def sweep_checkpoints(path):
   return [path]
 
 
-def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
-                        summary_dir: str) -> CheckpointEvaluation:
+def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: str,
+                        baseline_classes: Optional[Tuple[str, list]] = None) -> CheckpointEvaluation:
+  """`baseline_classes`: (the baseline's path, its class names), which this checkpoint's must
+  equal; checked before anything is evaluated."""
   from deeplab import evaluation, report
   checkpoint = artifacts.Checkpoint.open(stack, path)
   model_config = checkpoint.card.model
+  if baseline_classes and list(baseline_classes[1]) != list(checkpoint.card.dataset.class_names):
+    raise UserError(f'--baseline: {baseline_classes[0]} was trained for the classes '
+                    f'{", ".join(baseline_classes[1])}; {path} for '
+                    f'{", ".join(checkpoint.card.dataset.class_names)}; expected a baseline of the '
+                    'same classes')
   if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
@@ -92,6 +102,18 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
       report.read_event_scalars(os.path.dirname(checkpoint.prefix)))
 
 
+# What metrics.json keeps of the baseline's evaluation (the gate reads its miou).
+BASELINE_KEYS = ('miou', 'pixel_accuracy', 'per_class_iou', 'num_images', 'num_pixels')
+
+
+def evaluate_baseline(stack, path, manifest, config: EvalConfig, summary_dir: str) -> dict:
+  """metrics.json's "baseline" section: the checkpoint at `path` evaluated as the candidates were
+  (same shards, same settings, this run), so the mIoUs compare like for like."""
+  result = evaluate_checkpoint(stack, path, manifest, config, summary_dir).result
+  return dict({key: result[key] for key in BASELINE_KEYS},
+              checkpoint=os.path.basename(os.path.normpath(path)))
+
+
 def write_report_files(outputs: contextlib.ExitStack, folder: str, evaluation: CheckpointEvaluation,
                        manifest) -> None:
   """confusion_matrix.json and report/ for `folder`, written aside: moved in when `outputs` closes."""
@@ -115,8 +137,10 @@ def main(argv=None):
   args = parse_flags(SPEC, argv)
   tfrecords = locations.input_location('tfrecords', args.tfrecords)
   checkpoint_path = locations.input_location('checkpoint', args.checkpoint)
+  baseline_path = locations.input_location('baseline', args.baseline, optional=True)
   out_path = locations.output_location('output', args.output, 'metrics.json',
-                                      {'tfrecords': tfrecords, 'checkpoint': checkpoint_path})
+                                      {'tfrecords': tfrecords, 'checkpoint': checkpoint_path,
+                                       'baseline': baseline_path})
   config = EvalConfig.from_flags(args)
   folder = os.path.dirname(os.path.abspath(out_path))
   # Every output is written aside and moved in once all are whole: the others as `outputs`
@@ -126,11 +150,14 @@ def main(argv=None):
     with contextlib.ExitStack() as stack:
       manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
       candidates = sweep_checkpoints(checkpoint_path)
+      # Its card first, so that a baseline of other classes is refused before anything is evaluated.
+      baseline_classes = baseline_path and (
+          baseline_path, artifacts.Checkpoint.open(stack, baseline_path).card.dataset.class_names)
       evaluations, summaries = [], []
       for index, path in enumerate(candidates):
         # One TensorBoard run per checkpoint of a sweep.
         summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
-        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
+        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir, baseline_classes)
         result = evaluation.result
         result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                                 else os.path.basename(os.path.normpath(path)))
@@ -140,20 +167,25 @@ def main(argv=None):
         if len(candidates) > 1:
           runtime.emit_metrics(checkpoint_index=index, miou=result['miou'],
                                  pixel_accuracy=result['pixel_accuracy'])
+      from deeplab.metrics import best_index
+      chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
+      baseline = baseline_path and evaluate_baseline(stack, baseline_path, manifest, config,
+                                                     os.path.join(board, 'baseline'))
     # Several checkpoints: the best by mIoU is reported at the top level, all of them under
     # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
     # confusion matrix are the best one's.
-    from deeplab.metrics import best_index
-    chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
     best = chosen.result
     if len(evaluations) > 1:
       best = dict(best, checkpoints=summaries)
+    if baseline:
+      best = dict(best, baseline=baseline)
     write_report_files(outputs, folder, chosen, manifest)
     metrics_file = last.enter_context(files.atomic_output(out_path, 'w'))
     files.dump_json(best, metrics_file)
     metrics_file.flush()  # a full disk fails here, before anything is moved in
   runtime.emit_metrics(miou=best['miou'], pixel_accuracy=best['pixel_accuracy'],
                          num_images=best['num_images'], images_per_sec=best['images_per_sec'],
+                         **({'baseline_miou': baseline['miou']} if baseline else {}),
                          **{f'iou_{name}': value for name, value in best['per_class_iou'].items()})
   log.info('mIoU %.4f on %d images of split %r (%s); wrote %s and, beside it, %s, %s/ and %s/',
            best['miou'] or 0.0, best['num_images'], config.eval_split, best['checkpoint'],

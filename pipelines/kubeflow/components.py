@@ -112,6 +112,7 @@ def evaluate(
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     html_report: Output[HTML],
+    baseline: Input[Model] = None,
     dataset: str = '',
     eval_split: str = 'val',
     eval_scales: str = '1.0',
@@ -144,6 +145,21 @@ def export(
   arguments = dict(locals())  # before the import below adds a local
   from pipelines.kubeflow.step_component import run_step
   run_step('export', arguments)
+
+
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)
+def gate(
+    evaluation: Input[Artifact],
+    model: Input[Model],
+    output: Output[Model],
+    metrics: Output[Metrics],
+    min_miou: float = 0.25,
+    max_miou_drop: float = 0.01,
+):
+  """Let an exported model through to deployment only if its mIoU on the evaluation split reaches --min_miou and, when evaluate had a baseline, the baseline's mIoU less --max_miou_drop; otherwise fail with one line saying by how much it fell short."""
+  arguments = dict(locals())  # before the import below adds a local
+  from pipelines.kubeflow.step_component import run_step
+  run_step('gate', arguments)
 
 
 @dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)

@@ -3,7 +3,11 @@
 Compiled to pipelines/kubeflow/pipeline.yaml by `python -m pipelines.kubeflow`.
 
 raw data (importer) -> build_data -> ParallelFor(base_learning_rates): train -> evaluate
-  -> select_best (highest mIoU) -> export -> predict on the images (importer)
+  -> select_best (highest mIoU) -> export -> gate -> predict on the images (importer)
+
+The gate's output is the pipeline's published model: a model below `min_miou` (or, given
+`baseline_uri`, more than `max_miou_drop` below the baseline's mIoU) fails the gate task, which ends
+the run before predict, so nothing is published.
 
 The tasks and what feeds them are the pipeline graph's (pipelines/graph.py): its nodes in order, the
 sweep's node and judge inside the ParallelFor, and the best point's artifact (select_best) to the
@@ -43,9 +47,11 @@ def select_best(
     evaluations: Input[List[Artifact]],
     learning_rates: List[float],
     best: Output[Model],
+    best_evaluation: Output[Artifact],
     metrics: Output[Metrics],
 ) -> float:
-  """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule); returns that mIoU.
+  """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule), and that
+  evaluation (the gate reads it); returns that mIoU.
 
   The three lists are in sweep order (dsl.Collected keeps the ParallelFor order). KFP metrics and
   outputs are numbers: a missing mIoU (no pixel evaluated) is reported as -1.
@@ -60,6 +66,7 @@ def select_best(
   index = best_index(mious)
   scores = [-1.0 if miou is None else miou for miou in mious]
   shutil.copyfile(checkpoints[index].path, best.path)
+  shutil.copyfile(evaluations[index].path, best_evaluation.path)
   metrics.log_metric('best_miou', scores[index])
   metrics.log_metric('best_base_learning_rate', learning_rates[index])
   for learning_rate, score in zip(learning_rates, scores):
@@ -70,7 +77,7 @@ def select_best(
 # What each task asks of a cluster (kfp.local ignores it): CPU and memory requests by step; train
 # also a GPU, a memory limit and retries.
 REQUESTS = {'build_data': ('2', '4G'), 'train': ('4', '16G'), 'evaluate': ('2', '8G'), 'select_best': ('1', '1G'),
-            'export': ('2', '8G'), 'predict': ('2', '8G')}
+            'export': ('2', '8G'), 'gate': ('1', '2G'), 'predict': ('2', '8G')}
 SWEEP_PARALLELISM = 4
 
 
@@ -104,6 +111,9 @@ def deeplab_pipeline(
     train_batch_size: int = _train_default('train_batch_size'),
     train_crop_size: str = _train_default('train_crop_size'),
     log_steps: int = _train_default('log_steps'),
+    min_miou: float = SPECS['gate'].parameter('min_miou').default,
+    max_miou_drop: float = SPECS['gate'].parameter('max_miou_drop').default,
+    baseline_uri: str = '',
 ) -> float:
   """Returns the mIoU of the checkpoint that was exported."""
   given = {RAW_DATA: _imported(raw_data_uri, 'raw data'), IMAGES: _imported(images_uri, 'images')}
@@ -112,13 +122,15 @@ def deeplab_pipeline(
               'train': {'model_variant': model_variant, 'depth_multiplier': depth_multiplier,
                         'training_number_of_steps': training_number_of_steps,
                         'train_batch_size': train_batch_size, 'train_crop_size': train_crop_size,
-                        'log_steps': log_steps}}
+                        'log_steps': log_steps},
+              'gate': {'min_miou': min_miou, 'max_miou_drop': max_miou_drop}}
   artifacts = {}  # node -> the artifact the nodes downstream get
 
-  def run(node, **sweep_point):
+  def run(node, **extra):
+    """The node's task; `extra`: arguments besides its inputs and settings (a sweep point, a baseline)."""
     inputs = {name: given[source] if isinstance(source, Given) else artifacts[source]
               for name, source in node.inputs.items()}
-    task = getattr(components, node.step)(**inputs, **settings.get(node.step, {}), **sweep_point)
+    task = getattr(components, node.step)(**inputs, **settings.get(node.step, {}), **extra)
     artifacts[node.step] = task.outputs['output']
     return _on_cluster(task, node.step, image)
 
@@ -132,9 +144,21 @@ def deeplab_pipeline(
                                  evaluations=dsl.Collected(judged.outputs['output']),
                                  learning_rates=base_learning_rates), 'select_best', image)
   artifacts[SWEEP.node] = best.outputs['best']
-  del artifacts[SWEEP.judged_by]  # one per sweep point: nothing after the sweep reads it
-  for node in graph.NODES[graph.NODES.index(graph.NODE[SWEEP.judged_by]) + 1:]:
-    run(node)
+  judge = graph.NODE[SWEEP.judged_by]
+  verdict = graph.downstream(judge.step)  # the gate and what follows it
+  for node in graph.NODES[graph.NODES.index(judge) + 1:]:
+    if node not in verdict:
+      run(node)
+  # Without a baseline the gate reads the sweep's evaluation of the best point; with one, the best
+  # checkpoint and the baseline evaluated together (the same shards and settings, one task).
+  with dsl.If(baseline_uri == '', 'without a baseline'):
+    artifacts[judge.step] = best.outputs['best_evaluation']
+    for node in verdict:
+      run(node)
+  with dsl.Else('with a baseline'):
+    run(judge, baseline=_imported(baseline_uri, 'baseline', dsl.Model))
+    for node in verdict:
+      run(node)
   return best.outputs['Output']
 
 

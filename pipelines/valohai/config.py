@@ -14,10 +14,11 @@ start the step at once. Every command names its inputs and its output explicitly
 Valohai mounts (/valohai/inputs/<name>/, /valohai/outputs/).
 
 The pipelines are parts of the graph: train-evaluate-export all of it, train-sweep-evaluate the part
-up to the sweep's judge with the sweep as a grid-search task node, train-evaluate-deploy and
-distributed-train-evaluate-export the part up to evaluate + export (then a deployment node, or training
-as a distributed task node). batch-predict is the batch graph (graph.BATCH_NODES): predict as a task
-node over the shards (graph.BATCH), then merge-predictions.
+up to the sweep's judge with the sweep as a grid-search task node, train-evaluate-deploy the part
+up to the gate (then a deployment node fed by the gate's output, so a model that fails the gate is
+not deployed: the failed node ends the pipeline), and distributed-train-evaluate-export the part up
+to evaluate + export with training as a distributed task node. batch-predict is the batch graph
+(graph.BATCH_NODES): predict as a task node over the shards (graph.BATCH), then merge-predictions.
 """
 from __future__ import annotations
 
@@ -74,8 +75,10 @@ SWEEP_TASK = 'train-sweep'
 DISTRIBUTED_TASK = 'train-distributed'
 BATCH_TASK = 'predict-shards'
 BATCH_PIPELINE = 'batch-predict'
-# Train knobs exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`).
-PIPELINE_KNOBS = ('training_number_of_steps', 'train_batch_size', 'base_learning_rate')
+# Step parameters exposed as pipeline parameters (`vh pipeline run <name> --<knob>=...`), by step:
+# a pipeline with `knobs` has those of its nodes.
+PIPELINE_KNOBS = {'train': ('training_number_of_steps', 'train_batch_size', 'base_learning_rate'),
+                  'gate': ('min_miou', 'max_miou_drop')}
 
 
 def step_spec(step: str):
@@ -196,28 +199,31 @@ def _node(step: str, task: str = '') -> dict:
   return {'name': dashed(step), 'type': 'execution', 'step': NODE_STEPS.get(step, dashed(step))}
 
 
-def _knob_parameters(target_node: str) -> list:
-  train = SPECS['train']
-  return [{'name': knob, 'description': train.parameter(knob).description,
-           'default': train.parameter(knob).default, 'targets': [f'{target_node}.parameter.{knob}']}
-          for knob in PIPELINE_KNOBS]
+def _knob_parameters(knobs: dict) -> list:
+  return [{'name': knob, 'description': SPECS[step].parameter(knob).description,
+           'default': SPECS[step].parameter(knob).default,
+           'targets': [f'{dashed(step)}.parameter.{knob}']}
+          for step, names in knobs.items() for knob in names]
 
 
 def _pipeline(name: str, nodes, tasks: dict = None, knobs: bool = False, extra_nodes=(),
               extra_edges=()) -> dict:
   """A pipeline running `nodes` of the graph wired by its edges; `tasks` makes some of them task
-  nodes ({step: task name}); `knobs` exposes PIPELINE_KNOBS of the train node."""
+  nodes ({step: task name}); `knobs` exposes the PIPELINE_KNOBS of its nodes."""
   tasks = tasks or {}
   pipeline = {'name': name}
   if knobs:
-    pipeline['parameters'] = _knob_parameters(dashed('train'))
+    steps = {node.step for node in nodes}
+    pipeline['parameters'] = _knob_parameters({step: names for step, names in PIPELINE_KNOBS.items()
+                                               if step in steps})
   pipeline['nodes'] = [_node(node.step, tasks.get(node.step, '')) for node in nodes] + list(extra_nodes)
   pipeline['edges'] = _artifact_edges(nodes) + list(extra_edges)
   return {'pipeline': pipeline}
 
 
 def train_evaluate_export_pipeline() -> dict:
-  """The whole graph: build-data (PASCAL VOC by default) -> train -> evaluate + export -> predict."""
+  """The whole graph: build-data (PASCAL VOC by default) -> train -> evaluate + export -> gate ->
+  predict."""
   return _pipeline('train-evaluate-export', graph.NODES, knobs=True)
 
 
@@ -251,17 +257,19 @@ def endpoint(image: str) -> dict:
       'server-command': (f'{SETUP_COMMAND} && ' if needs_setup(image) else '') + (
           f'python -m steps.serve --model={ENDPOINT_MODEL_PATH} --host=0.0.0.0 --port={serve("port").default} '
           '--url_prefix="$VH_DEFAULT_PREFIX" --url_prefix_header=X-VH-Prefix'),
-      'files': [{'name': 'model', 'description': 'model.tar.gz from the export step',
+      'files': [{'name': 'model', 'description': 'model.tar.gz from the export step (in a pipeline: '
+                 'the one the gate step let through)',
                  'path': ENDPOINT_MODEL_PATH}],
   }}
 
 
 def train_evaluate_deploy_pipeline() -> dict:
-  """The graph up to evaluate + export, then a new version of the `deeplab` deployment."""
+  """The graph up to the gate, then a new version of the `deeplab` deployment with the model the
+  gate let through. A baseline for the gate is the evaluate node's optional `baseline` input."""
   return _pipeline(
-      'train-evaluate-deploy', graph.through('evaluate', 'export'), knobs=True,
+      'train-evaluate-deploy', graph.through('gate'), knobs=True,
       extra_nodes=[{'name': 'deploy', 'type': 'deployment', 'deployment': DEPLOYMENT, 'endpoints': [ENDPOINT]}],
-      extra_edges=[[f'{dashed("export")}.output.{output_filename("export")}', f'deploy.file.{ENDPOINT}.model']])
+      extra_edges=[[f'{dashed("gate")}.output.{output_filename("gate")}', f'deploy.file.{ENDPOINT}.model']])
 
 
 # Machines of a distributed training task; each trains on every GPU of its own

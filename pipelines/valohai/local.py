@@ -16,7 +16,10 @@ on Valohai); `summary.json` in the run directory holds it with each node's outpu
 are `node.name=...`; a name without a node is a pipeline parameter. A grid-search task node runs its
 step once per point of the task's grid (`single` and `multiple` rules), one after another, in
 `<node>/<point>/`; its edges carry every point's outputs, and values given for the node apply to every
-point. Exit status: 0, or 1 with an `error:` line naming the node whose command failed.
+point. A deployment node serves nothing here: it lays out the files its edges hand to each endpoint,
+at the endpoint's paths under `<run directory>/<node>/<endpoint>/`, which is what a new version of the
+deployment would get; a failed node before it ends the run first, so then it gets nothing. Exit
+status: 0, or 1 with an `error:` line naming the node whose command failed.
 """
 from __future__ import annotations
 
@@ -227,8 +230,12 @@ def run_pipeline(config, name: str, run_dir: str, parameters: dict, inputs: dict
     node_inputs[node][input_name] = [path]
   results, exec_dirs = {}, {}
   for node in _ordered_nodes(pipeline):
+    if node.type == 'deployment':
+      results[node.name] = deployment_files(config, pipeline, node, run_dir, results)
+      continue
     if node.type not in ('execution', 'task'):
-      raise RunError(f'node {node.name} is a {node.type} node; only execution and task nodes run locally')
+      raise RunError(f'node {node.name} is a {node.type} node; only execution, task and deployment '
+                     'nodes run locally')
     for edge in (e for e in pipeline.edges if e.target_node == node.name):
       upstream = results[edge.source_node]
       if edge.source_type == 'output':
@@ -260,6 +267,28 @@ def run_pipeline(config, name: str, run_dir: str, parameters: dict, inputs: dict
 def _executions(result: dict) -> list:
   """The execution results of a node's result: its own, or each of a task node's."""
   return result.get('executions', [result])
+
+
+def deployment_files(config, pipeline, node, run_dir: str, results: dict) -> dict:
+  """The files the edges into deployment `node` hand to its endpoints, copied to the endpoint's paths
+  under `<run_dir>/<node>/<endpoint>/`; returns {'deployment', 'endpoints', 'files'}."""
+  files = []
+  for edge in (e for e in pipeline.edges if e.target_node == node.name):
+    endpoint, _, name = edge.target_key.partition('.')
+    declared = {f.name: f for f in config.endpoints[endpoint].files}
+    if edge.target_type != 'file' or name not in declared:
+      raise RunError(f'edge {edge.source} -> {edge.target}: expected deploy.file.<endpoint>.<file>')
+    matched = [f for f in results[edge.source_node]['outputs'] if fnmatch.fnmatch(f, edge.source_key)]
+    if len(matched) != 1:
+      raise RunError(f'edge {edge.source} -> {edge.target}: {edge.source_node} wrote {len(matched)} '
+                     'matching outputs; a deployment file takes one')
+    target = os.path.join(run_dir, node.name, endpoint, declared[name].path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copy2(os.path.join(run_dir, edge.source_node, 'outputs', matched[0]), target)
+    files.append(os.path.relpath(target, os.path.join(run_dir, node.name)))
+  print(f'[{node.name}] deployment {node.deployment}: not served locally; its files are in '
+        f'{os.path.join(run_dir, node.name)}', file=sys.stderr, flush=True)
+  return {'deployment': node.deployment, 'endpoints': list(node.endpoints), 'files': files}
 
 
 def _check_node(pipeline, node: str) -> None:

@@ -118,7 +118,7 @@ def _tasks(ir):
 def test_ir_has_the_sweep_resources_retries_and_the_image_parameter(compiled):
   ir = yaml.safe_load(compiled)
   tasks = _tasks(ir)
-  assert {'build-data', 'train', 'evaluate', 'select-best', 'export', 'predict'} <= set(tasks)
+  assert {'build-data', 'train', 'evaluate', 'select-best', 'export', 'gate', 'predict'} <= set(tasks)
   loop = next(t for t in tasks.values() if 'parameterIterator' in t)
   assert loop['parameterIterator']['items']['inputParameter'].endswith('base_learning_rates')
   assert tasks['train']['retryPolicy']['maxRetryCount'] == 2
@@ -143,46 +143,72 @@ def test_select_best_keeps_evaluate_rule_and_reports_a_missing_miou_as_minus_one
     checkpoints.append(types.SimpleNamespace(path=str(tmp_path / f'checkpoint{index}')))
     evaluations.append(types.SimpleNamespace(path=str(tmp_path / f'evaluation{index}')))
   best, metrics = types.SimpleNamespace(path=str(tmp_path / 'best')), Metrics()
+  best_evaluation = types.SimpleNamespace(path=str(tmp_path / 'best_evaluation'))
   rates = [0.001, 0.01, 0.1, 1.0]
-  assert pipeline.select_best.python_func(checkpoints, evaluations, rates, best, metrics) == 0.75
+  assert pipeline.select_best.python_func(checkpoints, evaluations, rates, best, best_evaluation,
+                                          metrics) == 0.75
   assert (tmp_path / 'best').read_text() == '2'
+  assert (tmp_path / 'best_evaluation').read_text() == (tmp_path / 'evaluation2').read_text()
   assert metrics.metadata == {'best_miou': 0.75, 'best_base_learning_rate': 0.1, 'miou_at_lr_0.001': -1.0,
                               'miou_at_lr_0.01': 0.5, 'miou_at_lr_0.1': 0.75, 'miou_at_lr_1.0': 0.75}
 
 
-def _producer(dag_inputs, source):
-  """The task an IR artifact input comes from, seen through a ParallelFor's own inputs."""
-  if 'componentInputArtifact' in source:  # inside the loop: the loop task's input of that name
-    source = dag_inputs[source['componentInputArtifact']]['taskOutputArtifact']
-  else:
-    source = source['taskOutputArtifact']
-  return source['producerTask'], source['outputArtifactKey']
+def _producer(ir, dag, source):
+  """(task, output) an IR artifact input of a task in `dag` comes from, followed up through the inputs
+  of the tasks that run sub-DAGs (the ParallelFor's body, the condition branches)."""
+  parents = {task['componentRef']['name']: (name, task)
+             for name, d in [('root', ir['root'])] + list(ir['components'].items()) if 'dag' in d
+             for task in d['dag']['tasks'].values()}
+  while 'componentInputArtifact' in source:
+    dag, task = parents[dag]
+    source = task['inputs']['artifacts'][source['componentInputArtifact']]
+  return source['taskOutputArtifact']['producerTask'], source['taskOutputArtifact']['outputArtifactKey']
+
+
+def _fed(ir, name):
+  """{input: (task, output)} of the task called `name`, wherever it is."""
+  (dag, task), = [(dag, d['dag']['tasks'][name]) for dag, d in [('root', ir['root'])] + list(ir['components'].items())
+                  if 'dag' in d and name in d['dag']['tasks']]
+  return {key: _producer(ir, dag, source) for key, source in task['inputs']['artifacts'].items()}
 
 
 def test_ir_tasks_are_fed_as_the_graph_says(compiled):
   """Each node's inputs come from the task of the node feeding it (after the sweep: select_best's
   best point) or, for a Given, from the importer of its URI; the sweep's node and judge are the
-  ParallelFor's body."""
+  ParallelFor's body. The gate and what follows run in two branches: without a baseline the gate
+  reads select_best's evaluation; with one, a second evaluate of the best checkpoint and the baseline."""
   ir = yaml.safe_load(compiled)
   root = ir['root']['dag']['tasks']
   (loop_name, loop), = [(name, t) for name, t in root.items() if 'parameterIterator' in t]
   body = ir['components'][loop['componentRef']['name']]['dag']['tasks']
   assert set(body) == {step.replace('_', '-') for step in (SWEEP.node, SWEEP.judged_by)}
-  importers = {t['inputs']['parameters']['uri']['componentInputParameter']: name for name, t in root.items()
-               if t['componentRef']['name'].startswith('comp-importer')}
-  for node in graph.NODES:
-    name = node.step.replace('_', '-')
-    task = body.get(name) or root[name]
-    fed = {key: _producer(loop['inputs']['artifacts'], source)
-           for key, source in task['inputs']['artifacts'].items()}
-    expected = {}
-    for key, source in node.inputs.items():
-      if isinstance(source, graph.Given):
-        expected[key] = (importers[f'{source.name}_uri'], 'artifact')
-      elif source == SWEEP.node and name not in body:
-        expected[key] = ('select-best', 'best')
-      else:
-        expected[key] = (source.replace('_', '-'), 'output')
-    assert fed == expected, name
-  assert {_producer({}, root['select-best']['inputs']['artifacts'][key])[0]
+  importers = {t['inputs']['parameters']['uri']['componentInputParameter'].removeprefix('pipelinechannel--'): name
+               for d in [ir['root']] + list(ir['components'].values()) if 'dag' in d
+               for name, t in d['dag']['tasks'].items() if t['componentRef']['name'].startswith('comp-importer')}
+  verdict = graph.downstream(SWEEP.judged_by)
+  # The tasks of the baseline branch are the same steps, named with a suffix by KFP.
+  with_baseline = {node.step: node.step.replace('_', '-') + '-2' for node in (graph.NODE[SWEEP.judged_by],) + verdict}
+  for branch in ('without', 'with'):
+    for node in graph.NODES:
+      name = node.step.replace('_', '-')
+      if branch == 'with':
+        if node.step not in with_baseline:
+          continue
+        name = with_baseline[node.step]
+      expected = {}
+      for key, source in node.inputs.items():
+        if isinstance(source, graph.Given):
+          expected[key] = (importers[f'{source.name}_uri'], 'artifact')
+        elif source == SWEEP.node and name not in body:
+          expected[key] = ('select-best', 'best')
+        elif source == SWEEP.judged_by and name not in body:
+          expected[key] = (with_baseline[source], 'output') if branch == 'with' else ('select-best', 'best_evaluation')
+        elif branch == 'with' and source in with_baseline:
+          expected[key] = (with_baseline[source], 'output')
+        else:
+          expected[key] = (source.replace('_', '-'), 'output')
+      if name == with_baseline[SWEEP.judged_by]:
+        expected['baseline'] = (importers['baseline_uri'], 'artifact')
+      assert _fed(ir, name) == expected, name
+  assert {_producer(ir, 'root', root['select-best']['inputs']['artifacts'][key])[0]
           for key in ('checkpoints', 'evaluations')} == {loop_name}

@@ -186,3 +186,34 @@ def test_real_config_runs_each_step_alone_after_a_setup_entry_the_runner_skips(t
                                     command=valohai_local.local_commands(step, str(tmp_path)))
     assert step_invocation(command).startswith('python -m steps.') and '{parameters}' not in command
     assert '/valohai/' not in command and f'--output={tmp_path}/outputs/' in command
+
+
+DEPLOYMENT = textwrap.dedent('''\
+    - endpoint:
+        name: speak
+        image: python:3.11
+        server-command: python -m http.server
+        files:
+          - {name: words, path: served/words.txt}
+    - pipeline:
+        name: chain-deploy
+        nodes:
+          - {name: first, type: execution, step: first}
+          - {name: deploy, type: deployment, deployment: speaker, endpoints: [speak]}
+        edges:
+          - [first.output.*.txt, deploy.file.speak.words]
+    ''')
+
+
+@pytest.mark.parametrize('fail', [False, True])
+def test_a_deployment_node_gets_its_files_only_when_the_nodes_before_it_passed(config_path, tmp_path, fail):
+  """How the gate keeps a model from deployment: a failed node ends the run before the deploy node."""
+  with open(config_path, 'a') as f:
+    f.write(DEPLOYMENT)
+  code, run_dir, summary = run(config_path, tmp_path, 'pipeline', 'chain-deploy', '-p', f'first.fail={str(fail).lower()}')
+  if fail:
+    assert code == 1 and summary is None and not (run_dir / 'deploy').exists()
+  else:
+    assert code == 0
+    assert summary['deploy'] == {'deployment': 'speaker', 'endpoints': ['speak'], 'files': ['speak/served/words.txt']}
+    assert (run_dir / 'deploy' / 'speak' / 'served' / 'words.txt').read_text() == 'hello'

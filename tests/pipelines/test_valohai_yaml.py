@@ -280,3 +280,12 @@ def test_each_pipeline_is_a_part_of_the_graph_with_its_edges(config):
   task = config.tasks[sweep[dashed(graph.SWEEP.node)].task]
   assert {v.name: tuple(v.rules['items']) for v in task.parameters} == graph.SWEEP.grid
   assert dashed(graph.SWEEP.judged_by) in sweep
+
+
+def test_what_deploys_is_the_gates_output_with_the_gates_thresholds_as_knobs(config):
+  pipeline = config.pipelines['train-evaluate-deploy']
+  (deployed,) = [e for e in pipeline.edges if e.target_type == 'file']
+  assert (deployed.source_node, deployed.source_type) == ('gate', 'output')
+  targets = {t for p in pipeline.parameters for t in p.targets}
+  assert {'gate.parameter.min_miou', 'gate.parameter.max_miou_drop'} <= targets
+  assert config.steps['evaluate'].inputs['baseline'].optional

@@ -5,10 +5,10 @@ import sys
 import pytest
 
 from deeplab.config import MODEL_VARIANTS
-from steps import build_data, evaluate, export, flags, predict, serve, train
+from steps import build_data, evaluate, export, flags, gate, predict, serve, train
 from tests.conftest import REPO, run_step
 
-STEPS = (build_data, train, evaluate, export, predict, serve)
+STEPS = (build_data, train, evaluate, export, gate, predict, serve)
 
 
 def test_lists_accept_repeated_and_comma_separated_values():
