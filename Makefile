@@ -37,16 +37,21 @@ demo: setup
 	@echo "artifacts:"; ls -1 artifacts/*.tar.gz artifacts/deployed/*.tar.gz artifacts/*.json | sed 's/^/  /'
 	@echo "evaluation report (figures in artifacts/report/): $(abspath artifacts/report/report.html)"
 
-test: setup
-	$(PYTHON) -m pytest -q
+# Every test but the slow orchestrator runs, one pytest-xdist worker per core; a module's tests stay
+# on one worker (--dist loadscope) so that its module fixtures are built once.
+PYTEST := $(PYTHON) -m pytest -q -n auto --dist loadscope
 
-# The edit loop: in-process tests only (no step, server or worker process of its own).
+test: setup
+	$(PYTEST)
+
+# The edit loop: the unit tests, in-process and on tiny shapes (no step, server or worker process of
+# its own, no whole network built, trained or converted: `make test` runs those).
 test-fast: setup
-	$(PYTHON) -m pytest -q -m "not slow and not process"
+	$(PYTEST) -m "not slow and not process and not heavy"
 
 # The slow end-to-end orchestrator runs (local Valohai runner, kfp.local, a DVC sweep) too.
 test-all: setup
-	$(PYTHON) -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 # Builds the image with whichever container engine works here (docker, podman or buildah).
 image:

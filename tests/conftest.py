@@ -1,11 +1,13 @@
 """Shared test helpers: running steps as users do, the shared fixtures folder, a tiny dataset."""
 import contextlib
+import fcntl
 import importlib
 import io
 import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -135,10 +137,28 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.process)
 
 
+def built_once(tmp_path_factory, name, build):
+  """What `build(folder)` returns (a path inside `folder`), built once per test run: pytest-xdist's
+  workers (make test runs one per core) share the run's base temp folder, so the first worker to
+  ask builds under a lock and the others wait for it and reuse the result."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent  # the run's folder, above each worker's own
+  folder, done = base / name, base / f'{name}.done'
+  with open(base / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      done.write_text(str(pathlib.Path(build(folder)).relative_to(folder)))
+  return folder / done.read_text()
+
+
 @pytest.fixture(scope='session')
 def tiny_tfrecords(tmp_path_factory):
   """tfrecords.tar.gz of a small synthetic folder dataset (4 classes, ignore 255)."""
-  return synthetic_tfrecords(tmp_path_factory.mktemp('tiny'), 8, 3, (72, 88))
+  return built_once(tmp_path_factory, 'tiny_tfrecords',
+                    lambda folder: synthetic_tfrecords(folder, 8, 3, (72, 88)))
 
 
 @pytest.fixture
@@ -171,15 +191,17 @@ def synthetic_tfrecords(folder, num_train, num_val, image_size, extract=False):
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tiny_tfrecords, tmp_path_factory):
   """checkpoint.tar.gz of a few training steps on `tiny_tfrecords`."""
-  folder = tmp_path_factory.mktemp('tiny_ckpt')
-  run_step('train', f'--tfrecords={tiny_tfrecords}', f'--output={folder / "checkpoint.tar.gz"}',
-           '--training_number_of_steps=3', *TINY_TRAIN_FLAGS, cwd=folder)
-  return folder / 'checkpoint.tar.gz'
+  def build(folder):
+    run_step('train', f'--tfrecords={tiny_tfrecords}', f'--output={folder / "checkpoint.tar.gz"}',
+             '--training_number_of_steps=3', *TINY_TRAIN_FLAGS, cwd=folder)
+    return folder / 'checkpoint.tar.gz'
+  return built_once(tmp_path_factory, 'tiny_checkpoint', build)
 
 
 @pytest.fixture(scope='session')
 def tiny_model(tiny_checkpoint, tmp_path_factory):
   """model.tar.gz of `tiny_checkpoint` in every format."""
-  out = tmp_path_factory.mktemp('tiny_model') / 'model.tar.gz'
-  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={out}')
-  return out
+  def build(folder):
+    run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={folder / "model.tar.gz"}')
+    return folder / 'model.tar.gz'
+  return built_once(tmp_path_factory, 'tiny_model', build)
