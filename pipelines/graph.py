@@ -3,6 +3,7 @@ sweep. valohai.yaml (pipelines/valohai/config.py), the Kubeflow pipeline (pipeli
 and dvc.yaml (pipelines/dvc/config.py) are generated from it.
 
     raw data -> build_data -> train -> evaluate
+                    |           |         v (evaluation: metrics.json, recorded in model.json)
                     |           '----> export -> predict <- images
                     '-----------------------^ (tfrecords: int8 calibration, format agreement)
 
@@ -44,7 +45,7 @@ NODES = (
     Node('build_data', {'raw_data': RAW_DATA}),
     Node('train', {'tfrecords': 'build_data'}),
     Node('evaluate', {'tfrecords': 'build_data', 'checkpoint': 'train'}),
-    Node('export', {'checkpoint': 'train', 'tfrecords': 'build_data'}),
+    Node('export', {'checkpoint': 'train', 'tfrecords': 'build_data', 'evaluation': 'evaluate'}),
     Node('predict', {'model': 'export', 'images': IMAGES}),
 )
 NODE = {node.step: node for node in NODES}

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
+from deeplab import lineage
 from deeplab.config import EvalConfig
 from deeplab.errors import UserError
 from steps import archives, artifacts, files, locations, runtime
@@ -61,14 +62,28 @@ def sweep_checkpoints(path):
   return [path]
 
 
+def refuse_training_shards(path, card, data, config: EvalConfig) -> None:
+  """Refuses to score a checkpoint on shards it was trained on (its lineage names them by
+  sha256), unless --allow_train_split: such an mIoU says nothing about unseen images."""
+  trained = card.lineage and card.lineage['data']
+  shared = trained and not config.allow_train_split and lineage.shared_shards(trained, data)
+  if shared:
+    raise UserError(f'--checkpoint: {path} was trained on split {trained["split"]!r} of '
+                    f'{trained["dataset"]!r}, which holds {len(shared)} of the shards of '
+                    f'--eval_split={config.eval_split} (first: {shared[0]}, same sha256); evaluate '
+                    'on a split it was not trained on, or pass --allow_train_split')
+
+
 def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
-                        summary_dir: str) -> CheckpointEvaluation:
+                        summary_dir: str, data: dict) -> CheckpointEvaluation:
+  """`data` is the evaluated split's fingerprint (deeplab.lineage.data_fingerprint)."""
   from deeplab import evaluation, report
   checkpoint = artifacts.Checkpoint.open(stack, path)
   model_config = checkpoint.card.model
   if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
+  refuse_training_shards(path, checkpoint.card, data, config)
   extremes = report.ExtremesCollector(config.report_images)
   split = manifest.splits.get(config.eval_split)
   with runtime.progress_bar(split and split.num_examples, 'image',
@@ -83,7 +98,8 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig,
                                  checkpoint.card.global_step or 0, each_example)
   confusion = result.pop('confusion_matrix')
   result.update(eval_scales=list(config.eval_scales), add_flipped_images=config.add_flipped_images,
-                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name)
+                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name,
+                checkpoint_sha256=lineage.checkpoint_sha256(checkpoint.prefix), data=data)
   training = checkpoint.card.training
   # The training's TensorBoard events travel in the checkpoint artifact, beside its files.
   return CheckpointEvaluation(
@@ -125,17 +141,19 @@ def main(argv=None):
     board = outputs.enter_context(files.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
     with contextlib.ExitStack() as stack:
       manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
+      data = lineage.data_fingerprint(manifest, config.eval_split)
       candidates = sweep_checkpoints(checkpoint_path)
       evaluations, summaries = [], []
       for index, path in enumerate(candidates):
         # One TensorBoard run per checkpoint of a sweep.
         summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
-        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir)
+        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir, data)
         result = evaluation.result
         result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                                 else os.path.basename(os.path.normpath(path)))
         evaluations.append(evaluation)
-        summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
+        summaries.append({key: result[key] for key in ('checkpoint', 'checkpoint_sha256', 'miou',
+                                                        'pixel_accuracy')})
         summaries[-1]['training'] = evaluation.training
         if len(candidates) > 1:
           runtime.emit_metrics(checkpoint_index=index, miou=result['miou'],

@@ -43,9 +43,11 @@ def select_best(
     evaluations: Input[List[Artifact]],
     learning_rates: List[float],
     best: Output[Model],
+    best_evaluation: Output[Artifact],
     metrics: Output[Metrics],
 ) -> float:
-  """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule); returns that mIoU.
+  """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule), and that
+  evaluation (export records it in model.json, checked against the checkpoint); returns that mIoU.
 
   The three lists are in sweep order (dsl.Collected keeps the ParallelFor order). KFP metrics and
   outputs are numbers: a missing mIoU (no pixel evaluated) is reported as -1.
@@ -60,6 +62,7 @@ def select_best(
   index = best_index(mious)
   scores = [-1.0 if miou is None else miou for miou in mious]
   shutil.copyfile(checkpoints[index].path, best.path)
+  shutil.copyfile(evaluations[index].path, best_evaluation.path)
   metrics.log_metric('best_miou', scores[index])
   metrics.log_metric('best_base_learning_rate', learning_rates[index])
   for learning_rate, score in zip(learning_rates, scores):
@@ -132,7 +135,7 @@ def deeplab_pipeline(
                                  evaluations=dsl.Collected(judged.outputs['output']),
                                  learning_rates=base_learning_rates), 'select_best', image)
   artifacts[SWEEP.node] = best.outputs['best']
-  del artifacts[SWEEP.judged_by]  # one per sweep point: nothing after the sweep reads it
+  artifacts[SWEEP.judged_by] = best.outputs['best_evaluation']  # the best point's, of the sweep's
   for node in graph.NODES[graph.NODES.index(graph.NODE[SWEEP.judged_by]) + 1:]:
     run(node)
   return best.outputs['Output']

@@ -30,7 +30,7 @@ COMPONENTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'comp
 _PYTHON_TYPES = {'string': 'str', 'integer': 'int', 'float': 'float', 'flag': 'bool'}
 # Artifact classes by input name, and of each step's output: how the KFP UI shows them.
 INPUT_ARTIFACTS = {'raw_data': 'Dataset', 'tfrecords': 'Dataset', 'images': 'Dataset', 'checkpoint': 'Model',
-                   'tf_initial_checkpoint': 'Model', 'model': 'Model'}
+                   'tf_initial_checkpoint': 'Model', 'model': 'Model', 'evaluation': 'Artifact'}
 OUTPUT_ARTIFACTS = {'build_data': 'Dataset', 'train': 'Model', 'evaluate': 'Artifact', 'export': 'Model',
                     'predict': 'Dataset'}
 # The component outputs that are not step flags: every step's metrics, and what KFP shows of an
