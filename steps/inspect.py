@@ -112,7 +112,7 @@ def main(argv=None):
     raise UserError(f'--artifact: {path} does not exist')
   with contextlib.ExitStack() as stack:
     card = card_of(stack, path)
-  print(json.dumps(card, indent=2, sort_keys=True) if as_json else '\n'.join(render(card)),
+  print(json.dumps(card, sort_keys=True) if as_json else '\n'.join(render(card)),
         flush=True)
 
 

@@ -143,9 +143,12 @@ def test_select_best_keeps_evaluate_rule_and_reports_a_missing_miou_as_minus_one
     checkpoints.append(types.SimpleNamespace(path=str(tmp_path / f'checkpoint{index}')))
     evaluations.append(types.SimpleNamespace(path=str(tmp_path / f'evaluation{index}')))
   best, metrics = types.SimpleNamespace(path=str(tmp_path / 'best')), Metrics()
+  best_evaluation = types.SimpleNamespace(path=str(tmp_path / 'best_evaluation'))
   rates = [0.001, 0.01, 0.1, 1.0]
-  assert pipeline.select_best.python_func(checkpoints, evaluations, rates, best, metrics) == 0.75
+  assert pipeline.select_best.python_func(checkpoints, evaluations, rates, best, best_evaluation,
+                                          metrics) == 0.75
   assert (tmp_path / 'best').read_text() == '2'
+  assert (tmp_path / 'best_evaluation').read_text() == (tmp_path / 'evaluation2').read_text()
   assert metrics.metadata == {'best_miou': 0.75, 'best_base_learning_rate': 0.1, 'miou_at_lr_0.001': -1.0,
                               'miou_at_lr_0.01': 0.5, 'miou_at_lr_0.1': 0.75, 'miou_at_lr_1.0': 0.75}
 
@@ -181,6 +184,8 @@ def test_ir_tasks_are_fed_as_the_graph_says(compiled):
         expected[key] = (importers[f'{source.name}_uri'], 'artifact')
       elif source == SWEEP.node and name not in body:
         expected[key] = ('select-best', 'best')
+      elif source == SWEEP.judged_by and name not in body:  # that point's evaluation
+        expected[key] = ('select-best', 'best_evaluation')
       else:
         expected[key] = (source.replace('_', '-'), 'output')
     assert fed == expected, name
