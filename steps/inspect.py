@@ -1,4 +1,5 @@
-"""inspect: any artifact -> its card on stdout (a tool, not a pipeline node; it writes nothing).
+"""inspect: any artifact -> its card on stdout, as text or one JSON line (a tool, not a pipeline
+node; it writes nothing).
 
     python -m steps.inspect checkpoint.tar.gz          model.json: the model, dataset, lineage
     python -m steps.inspect model.tar.gz --json        ... of an exported model, with its evaluation

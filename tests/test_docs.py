@@ -11,13 +11,13 @@ import shlex
 import pytest
 import yaml
 
-from steps import build_data, evaluate, export, predict, serve, train
+from steps import build_data, evaluate, export, inspect, predict, serve, train
 from steps.flags import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 STEP_SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC,
-                                           predict.SPEC, serve.SPEC)}
+                                           predict.SPEC, serve.SPEC, inspect.SPEC)}
 
 
 def _doc_id(path):
