@@ -142,4 +142,6 @@ def test_evaluate_scores_every_checkpoint_of_a_sweep(tiny_tfrecords, tiny_checkp
                                                              'trial-b/checkpoint.tar.gz']
   assert saved['miou'] == max(c['miou'] for c in saved['checkpoints'])
   assert saved['checkpoint'] == 'trial-a/checkpoint.tar.gz'
+  # The top level is the best checkpoint's, its digest included: export accepts it for that one.
+  assert saved['checkpoint_sha256'] == saved['checkpoints'][0]['checkpoint_sha256']
   assert result.last('miou') == saved['miou']
