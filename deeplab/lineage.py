@@ -30,6 +30,7 @@ import subprocess
 from typing import Optional
 
 import deeplab
+from deeplab.datasets.manifest import MANIFEST_NAME, _brief
 from deeplab.errors import UserError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +40,8 @@ SOURCE_COMMIT_ENV = 'DEEPLAB_SOURCE_COMMIT'
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 _GIT_COMMIT = re.compile(r'[0-9a-f]{40}(?:[0-9a-f]{24})?')  # SHA-1 or SHA-256 repositories
 _RECORDED_COMMIT = re.compile(rf'(?P<commit>{_GIT_COMMIT.pattern})(?P<dirty>-dirty)?')
+_UTC_TIME = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ')
+_METRIC_NAME = re.compile(r'[a-z][a-z0-9_]{0,63}')
 # Bounds of what a card read back may hold: names and versions are short, a split has few shards.
 MAX_TEXT = 256
 MAX_SHARDS = 100_000
@@ -64,7 +67,6 @@ def data_fingerprint(manifest, split: str) -> dict:
   """The fingerprint of `split` of the TFRecords `manifest` describes: dataset.json's sha256 and
   each shard's, as dataset.json records them (build_data hashed them as it wrote them); shards
   without a recorded sha256 (original DeepLab shards, which have no dataset.json) are hashed here."""
-  from deeplab.datasets.manifest import MANIFEST_NAME
   name = manifest.resolve_split(split)
   manifest_path = os.path.join(manifest.folder, MANIFEST_NAME)
   shards = []
@@ -145,11 +147,6 @@ def shared_shards(trained: dict, evaluated: dict) -> list:
 
 # Reading back: each check returns the value it was given, or raises a UserError naming `where`.
 
-def _brief(value) -> str:
-  text = repr(value)
-  return text if len(text) <= 80 else text[:77] + '...'
-
-
 def _fail(where: str, value, expected: str):
   raise UserError(f'"{where}": {_brief(value)}; expected {expected}')
 
@@ -222,9 +219,8 @@ def check_lineage(value) -> dict:
                'dirty': code['dirty']},
       'libraries': {name: _text(libraries[name], f'lineage.libraries.{name}', optional=True)
                     for name in ('python', 'tensorflow', 'tf_slim')},
-      'created_at': _text(data['created_at'], 'lineage.created_at',
-                          re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ'), expected='a UTC time '
-                          'YYYY-MM-DDTHH:MM:SSZ'),
+      'created_at': _text(data['created_at'], 'lineage.created_at', _UTC_TIME,
+                          expected='a UTC time YYYY-MM-DDTHH:MM:SSZ'),
   }
 
 
@@ -234,7 +230,7 @@ def check_training_metrics(value) -> dict:
   if len(data) > MAX_METRICS:
     _fail('training_metrics', f'{len(data)} metrics', f'at most {MAX_METRICS}')
   for name, number in data.items():
-    _text(name, 'training_metrics', re.compile(r'[a-z][a-z0-9_]{0,63}'), expected='metric names')
+    _text(name, 'training_metrics', _METRIC_NAME, expected='metric names')
     _number(number, f'training_metrics.{name}')
   return dict(data)
 
