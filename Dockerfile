@@ -6,6 +6,7 @@
 #                                 TensorFlow release was built against come as pip packages (+6.9 GB)
 #   --build-arg TENSORFLOW=cpu    tensorflow-cpu, for machines without an NVIDIA GPU (+1.8 GB)
 #   --build-arg BASE_IMAGE=...    any Debian-based image with CPython 3.11.4 or newer as `python`
+#   --build-arg SOURCE_COMMIT=... the git commit of the tree (pipelines/image.sh passes it)
 #
 # Not the official tensorflow/tensorflow:<version>-gpu image: its system CUDA/cuDNN have lagged the ones
 # TensorFlow loads (tensorflow/tensorflow#94593, 2025: latest-gpu finds no GPU because of a CUDA/cuDNN
@@ -32,6 +33,11 @@ RUN sh pipelines/install_requirements.sh "$TENSORFLOW" requirements/kubeflow.txt
 COPY deeplab/ deeplab/
 COPY steps/ steps/
 COPY pipelines/ pipelines/
+
+# The commit the code came from (the image has no .git): model.json records it (deeplab/lineage.py).
+# pipelines/image.sh passes it, `-dirty` when tracked files differed; empty: the package version only.
+ARG SOURCE_COMMIT=
+ENV DEEPLAB_SOURCE_COMMIT=${SOURCE_COMMIT}
 
 # Not root. /app stays writable: train keeps its resumable run folder in the working directory.
 # The last command fails the build on a base whose Python is older than the steps need (steps/__init__.py).

@@ -44,7 +44,13 @@ class ModelCard:
        "dataset": DatasetInfo,               classes, colormap, ignore label
        "training": TrainConfig + "global_step" (checkpoints of train)
        "checkpoint": "model.ckpt-N"          the prefix in the folder (checkpoints)
-       "export": ExportConfig}               (exported models)
+       "export": ExportConfig,               (exported models)
+       "lineage": {...},                     data, initial weights, code, libraries (deeplab/lineage.py)
+       "training_metrics": {name: number},   the last metric line of training
+       "evaluation": {...}}                  mIoU of this checkpoint, from evaluate (exported models)
+
+  The last three are optional sections added without a new format_version: cards written before
+  them load (the sections are None), and readers that predate them ignore them.
   """
   model: ModelConfig
   dataset: DatasetInfo
@@ -52,6 +58,9 @@ class ModelCard:
   global_step: Optional[int] = None
   checkpoint: Optional[str] = None
   export: Optional[ExportConfig] = None
+  lineage: Optional[dict] = None
+  training_metrics: Optional[dict] = None
+  evaluation: Optional[dict] = None
 
   def to_json(self) -> dict:
     data = {'format_version': FORMAT_VERSION, 'model': self.model.to_json(),
@@ -62,12 +71,17 @@ class ModelCard:
       data['checkpoint'] = self.checkpoint
     if self.export is not None:
       data['export'] = self.export.to_json()
+    for name in ('lineage', 'training_metrics', 'evaluation'):
+      if getattr(self, name) is not None:
+        data[name] = getattr(self, name)
     return data
 
   @classmethod
   def from_json(cls, data: dict) -> 'ModelCard':
     """The card `data` describes, each section checked as the flags that make it are (bounds and
     choices; a UserError names the section), and the model's class count the dataset's."""
+    from deeplab import lineage
+
     def section(name, read, value):
       try:
         return read(value)
@@ -83,7 +97,13 @@ class ModelCard:
                training=section('training', TrainConfig.from_json, training) if training else None,
                global_step=global_step, checkpoint=data.get('checkpoint'),
                export=(section('export', ExportConfig.from_json, data['export'])
-                       if data.get('export') else None))
+                       if data.get('export') else None),
+               lineage=(lineage.check_lineage(data['lineage'])
+                        if data.get('lineage') is not None else None),
+               training_metrics=(lineage.check_training_metrics(data['training_metrics'])
+                                 if data.get('training_metrics') is not None else None),
+               evaluation=(lineage.check_evaluation(data['evaluation'])
+                           if data.get('evaluation') is not None else None))
     if card.model.num_classes != card.dataset.num_classes:
       raise UserError(f'"model" has num_classes={card.model.num_classes} but "dataset" has '
                       f'num_classes={card.dataset.num_classes}; expected the same class count')

@@ -422,6 +422,8 @@ class EvalConfig(Settings):
   eval_crop_size: Tuple[int, ...] = setting((), CROP_SIZE_HELP, min=1, max=MAX_IMAGE_SIDE)
   report_images: int = setting(4, 'the evaluation report shows this many images with the lowest '
                                'per-image mIoU and as many with the highest (0 = none)', min=0)
+  allow_train_split: bool = setting(False, 'evaluate even when a shard of the split is one the '
+                                    'checkpoint was trained on (its model.json says which)')
 
   def validate(self):
     _check_crop_size('eval_crop_size', self.eval_crop_size, optional=True)

@@ -2,8 +2,10 @@
 sweep. valohai.yaml (pipelines/valohai/config.py), the Kubeflow pipeline (pipelines/kubeflow/pipeline.py)
 and dvc.yaml (pipelines/dvc/config.py) are generated from it.
 
-    raw data -> build_data -> train -> evaluate ----------.
-                    |           '----> export -> gate -> predict <- images
+    raw data -> build_data -> train -> evaluate ----------------.
+                    |           |         v (evaluation,       |
+                    |           |         |  into model.json)  v
+                    |           '----> export -------------> gate -> predict <- images
                     '-----------------------^ (tfrecords: int8 calibration, format agreement)
 
 The gate lets export's model through only when evaluate's mIoU is good enough: what comes after it
@@ -56,7 +58,7 @@ NODES = (
     Node('build_data', {'raw_data': RAW_DATA}),
     Node('train', {'tfrecords': 'build_data'}),
     Node('evaluate', {'tfrecords': 'build_data', 'checkpoint': 'train'}),
-    Node('export', {'checkpoint': 'train', 'tfrecords': 'build_data'}),
+    Node('export', {'checkpoint': 'train', 'tfrecords': 'build_data', 'evaluation': 'evaluate'}),
     Node('gate', {'evaluation': 'evaluate', 'model': 'export'}),
     Node('predict', {'model': 'gate', 'images': IMAGES}),
 )

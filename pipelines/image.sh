@@ -63,7 +63,14 @@ case "${1:-}" in
       buildah) set -- buildah bud --layers ;;
       *) set -- "$e" build ;;
     esac
-    "$@" --build-arg "BASE_IMAGE=$base" --build-arg "TENSORFLOW=$tensorflow" -t "$image" .
+    # The commit the image's code comes from, for the lineage in model.json (`-dirty`: tracked
+    # files differ from it); none outside a git checkout.
+    commit=$(git rev-parse HEAD 2>/dev/null || true)
+    if [ -n "$commit" ] && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+      commit="$commit-dirty"
+    fi
+    "$@" --build-arg "BASE_IMAGE=$base" --build-arg "TENSORFLOW=$tensorflow" \
+      --build-arg "SOURCE_COMMIT=$commit" -t "$image" .
     echo "built $image: $(size "$e" "$image") (base $base: $(size "$e" "$base"))" >&2 ;;
   test)
     image=$2 tensorflow=$3

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, ClassVar
 
 from deeplab.errors import UserError
-from steps.archives import open_input
+from steps.archives import find_root, open_input
 from steps.files import dump_json, scratch_dir, write_tarball
 
 if TYPE_CHECKING:
@@ -27,9 +27,18 @@ def _open_artifact(stack: contextlib.ExitStack, path: str, marker: str, kind: st
   folder = stack.enter_context(open_input(path, marker=marker))
   if os.path.exists(os.path.join(folder, marker)):
     return folder
-  found = next((what for name, what in _markers() if os.path.exists(os.path.join(folder, name))),
-               'no artifact of this project')
+  found = identify(folder)[0] or 'no artifact of this project'
   raise UserError(f'{path} holds {found}, not {kind}; expected the output of the {made_by} step')
+
+
+def identify(folder: str):
+  """(the kind of artifact an extracted `folder` holds, as `_markers` names it, and the folder
+  holding its marker: `folder` or one it wraps), or (None, folder)."""
+  for marker, kind in _markers():
+    root = find_root(folder, marker)
+    if os.path.exists(os.path.join(root, marker)):
+      return kind, root
+  return None, folder
 
 
 def _markers():
@@ -41,7 +50,7 @@ def _markers():
   return ([(model_format.filename.split(os.sep)[0], 'an exported model')
            for model_format in FORMATS.values()]
           + [(MODEL_JSON, 'a checkpoint'), (MANIFEST_NAME, 'TFRecords (dataset.json)'),
-             (PREDICTIONS_JSON, 'predictions')])
+             (PREDICTIONS_JSON, 'predictions'), (Evaluation.filename, 'an evaluation')])
 
 
 class Artifact:
@@ -312,3 +321,42 @@ class Predictions(Artifact):
     path = os.path.join(self.folder, kind, name + suffix)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
+
+
+class Evaluation:
+  """metrics.json of evaluate (the file, or a folder holding it), read whole: `metrics`."""
+  filename = 'metrics.json'
+  # Far more than any metrics.json holds (per-class IoU of every class, a sweep's checkpoints).
+  max_bytes = 16 << 20
+
+  def __init__(self, path: str, metrics: dict):
+    self.path = path
+    self.metrics = metrics
+
+  @classmethod
+  def open(cls, path: str, flag: str = 'evaluation') -> 'Evaluation':
+    if os.path.isdir(path):
+      path = os.path.join(path, cls.filename)
+    try:
+      with open(path, 'rb') as f:
+        text = f.read(cls.max_bytes + 1)
+      if len(text) > cls.max_bytes:
+        raise ValueError(f'larger than {cls.max_bytes >> 20} MiB')
+      metrics = json.loads(text)
+      if not isinstance(metrics, dict) or 'miou' not in metrics:
+        raise ValueError('no "miou"')
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+      raise UserError(f"--{flag}: {path} is not evaluate's metrics.json ({e})") from None
+    return cls(path, metrics)
+
+  def card_section(self, flag: str = 'evaluation') -> dict:
+    """The model card's "evaluation" (deeplab/lineage.py), checked; metrics.json of an evaluate
+    older than lineage (no checkpoint_sha256) cannot say which checkpoint it scored."""
+    from deeplab import lineage
+    if 'checkpoint_sha256' not in self.metrics:
+      raise UserError(f'--{flag}: {self.path} names no checkpoint_sha256; expected the '
+                      'metrics.json of an evaluate run that records which checkpoint it scored')
+    try:
+      return lineage.evaluation_section(self.metrics)
+    except UserError as e:
+      raise UserError(f'--{flag}: {self.path}: {e}') from None

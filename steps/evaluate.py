@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
+from deeplab import lineage
 from deeplab.config import EvalConfig
 from deeplab.errors import UserError
 from steps import archives, artifacts, files, locations, runtime
@@ -64,10 +65,23 @@ def sweep_checkpoints(path):
   return [path]
 
 
-def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: str,
+def refuse_training_shards(path, card, data, config: EvalConfig) -> None:
+  """Refuses to score a checkpoint on shards it was trained on (its lineage names them by
+  sha256), unless --allow_train_split: such an mIoU says nothing about unseen images."""
+  trained = card.lineage and card.lineage['data']
+  shared = trained and not config.allow_train_split and lineage.shared_shards(trained, data)
+  if shared:
+    raise UserError(f'--checkpoint: {path} was trained on split {trained["split"]!r} of '
+                    f'{trained["dataset"]!r}, which holds {len(shared)} of the shards of '
+                    f'--eval_split={config.eval_split} (first: {shared[0]}, same sha256); evaluate '
+                    'on a split it was not trained on, or pass --allow_train_split')
+
+
+def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: str, data: dict,
                         baseline_classes: Optional[Tuple[str, list]] = None) -> CheckpointEvaluation:
-  """`baseline_classes`: (the baseline's path, its class names), which this checkpoint's must
-  equal; checked before anything is evaluated."""
+  """`data` is the evaluated split's fingerprint (deeplab.lineage.data_fingerprint).
+  `baseline_classes`: (the baseline's path, its class names), which this checkpoint's must equal;
+  checked before anything is evaluated."""
   from deeplab import evaluation, report
   checkpoint = artifacts.Checkpoint.open(stack, path)
   model_config = checkpoint.card.model
@@ -79,6 +93,7 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: 
   if manifest.num_classes != model_config.num_classes:
     raise UserError(f'--tfrecords: the dataset {manifest.name!r} has {manifest.num_classes} '
                     f'classes but the checkpoint {path} was trained for {model_config.num_classes}')
+  refuse_training_shards(path, checkpoint.card, data, config)
   extremes = report.ExtremesCollector(config.report_images)
   split = manifest.splits.get(config.eval_split)
   with runtime.progress_bar(split and split.num_examples, 'image',
@@ -93,7 +108,8 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: 
                                  checkpoint.card.global_step or 0, each_example)
   confusion = result.pop('confusion_matrix')
   result.update(eval_scales=list(config.eval_scales), add_flipped_images=config.add_flipped_images,
-                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name)
+                eval_crop_size=list(config.eval_crop_size), dataset=manifest.name,
+                checkpoint_sha256=lineage.checkpoint_sha256(checkpoint.prefix), data=data)
   training = checkpoint.card.training
   # The training's TensorBoard events travel in the checkpoint artifact, beside its files.
   return CheckpointEvaluation(
@@ -103,13 +119,15 @@ def evaluate_checkpoint(stack, path, manifest, config: EvalConfig, summary_dir: 
 
 
 # What metrics.json keeps of the baseline's evaluation (the gate reads its miou).
-BASELINE_KEYS = ('miou', 'pixel_accuracy', 'per_class_iou', 'num_images', 'num_pixels')
+BASELINE_KEYS = ('miou', 'pixel_accuracy', 'per_class_iou', 'num_images', 'num_pixels',
+                 'checkpoint_sha256')
 
 
-def evaluate_baseline(stack, path, manifest, config: EvalConfig, summary_dir: str) -> dict:
+def evaluate_baseline(stack, path, manifest, config: EvalConfig, summary_dir: str, data: dict) -> dict:
   """metrics.json's "baseline" section: the checkpoint at `path` evaluated as the candidates were
-  (same shards, same settings, this run), so the mIoUs compare like for like."""
-  result = evaluate_checkpoint(stack, path, manifest, config, summary_dir).result
+  (same shards, same settings, the same refusal of its training shards, this run), so the mIoUs
+  compare like for like."""
+  result = evaluate_checkpoint(stack, path, manifest, config, summary_dir, data).result
   return dict({key: result[key] for key in BASELINE_KEYS},
               checkpoint=os.path.basename(os.path.normpath(path)))
 
@@ -149,6 +167,7 @@ def main(argv=None):
     board = outputs.enter_context(files.atomic_folder(os.path.join(folder, TENSORBOARD_FOLDER)))
     with contextlib.ExitStack() as stack:
       manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
+      data = lineage.data_fingerprint(manifest, config.eval_split)
       candidates = sweep_checkpoints(checkpoint_path)
       # Its card first, so that a baseline of other classes is refused before anything is evaluated.
       baseline_classes = baseline_path and (
@@ -157,12 +176,14 @@ def main(argv=None):
       for index, path in enumerate(candidates):
         # One TensorBoard run per checkpoint of a sweep.
         summary_dir = os.path.join(board, f'checkpoint_{index}') if len(candidates) > 1 else board
-        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir, baseline_classes)
+        evaluation = evaluate_checkpoint(stack, path, manifest, config, summary_dir, data,
+                                         baseline_classes)
         result = evaluation.result
         result['checkpoint'] = (os.path.relpath(path, checkpoint_path) if len(candidates) > 1
                                 else os.path.basename(os.path.normpath(path)))
         evaluations.append(evaluation)
-        summaries.append({key: result[key] for key in ('checkpoint', 'miou', 'pixel_accuracy')})
+        summaries.append({key: result[key] for key in ('checkpoint', 'checkpoint_sha256', 'miou',
+                                                        'pixel_accuracy')})
         summaries[-1]['training'] = evaluation.training
         if len(candidates) > 1:
           runtime.emit_metrics(checkpoint_index=index, miou=result['miou'],
@@ -170,7 +191,7 @@ def main(argv=None):
       from deeplab.metrics import best_index
       chosen = evaluations[best_index([e.result['miou'] for e in evaluations])]
       baseline = baseline_path and evaluate_baseline(stack, baseline_path, manifest, config,
-                                                     os.path.join(board, 'baseline'))
+                                                     os.path.join(board, 'baseline'), data)
     # Several checkpoints: the best by mIoU is reported at the top level, all of them under
     # "checkpoints", so one metrics.json shape serves a single run and a sweep; the report and the
     # confusion matrix are the best one's.

@@ -1,5 +1,8 @@
 """export: checkpoint -> model.tar.gz (model.json + frozen graph, SavedModel and/or TFLite).
 
+model.json keeps the checkpoint's lineage and training metrics and, with --evaluation (evaluate's
+metrics.json of this very checkpoint), its evaluation.
+
 With --tfrecords, int8 TFLite quantisation is calibrated on training images, and every format is
 compared with the frozen graph on validation images: one metric line per format,
 `<format>_pixel_agreement` and `<format>_miou` (the frozen graph's labels taken as the truth).
@@ -10,6 +13,7 @@ import logging
 import os
 
 from deeplab.config import ExportConfig
+from deeplab.errors import UserError
 from steps import artifacts, locations, runtime
 from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
@@ -23,10 +27,25 @@ SPEC = StepSpec(
         Path('checkpoint', 'checkpoint.tar.gz from train'),
         Path('tfrecords', 'TFRecords of the training data: calibrate int8 TFLite on its train '
              'split and compare the formats on its validation split', optional=True),
+        Path('evaluation', "evaluate's metrics.json of this checkpoint (or a folder holding it): "
+             "recorded in model.json", optional=True),
     ),
     outputs=(Path('output', 'the exported model + model.json', filename=artifacts.Model.filename),),
     parameters=parameters_from(ExportConfig),
 )
+
+
+def _evaluation(path, checkpoint):
+  """The model card's "evaluation" from evaluate's metrics.json at `path`, refused unless it
+  scored `checkpoint` itself (the same checkpoint_sha256)."""
+  from deeplab.lineage import checkpoint_sha256
+  evaluation = artifacts.Evaluation.open(path).card_section()
+  exported = checkpoint_sha256(checkpoint.prefix)
+  if evaluation['checkpoint_sha256'] != exported:
+    raise UserError(f'--evaluation: {path} evaluated a different checkpoint (sha256 '
+                    f'{evaluation["checkpoint_sha256"][:12]}...) than --checkpoint '
+                    f'({exported[:12]}...); pass the metrics.json of the checkpoint exported')
+  return evaluation
 
 
 def _calibration_images(manifest, card, count):
@@ -63,19 +82,23 @@ def main(argv=None):
   args = parse_flags(SPEC, argv)
   checkpoint_path = locations.input_location('checkpoint', args.checkpoint)
   tfrecords = locations.input_location('tfrecords', args.tfrecords, optional=True)
+  evaluation_path = locations.input_location('evaluation', args.evaluation, optional=True)
   out_path = locations.output_location('output', args.output, artifacts.Model.filename,
-                                      {'checkpoint': checkpoint_path, 'tfrecords': tfrecords})
+                                      {'checkpoint': checkpoint_path, 'tfrecords': tfrecords,
+                                       'evaluation': evaluation_path})
   config = ExportConfig.from_flags(args)
   from deeplab import inference
   from deeplab.export import ExportJob
   from deeplab.export.freeze import freeze
   with contextlib.ExitStack() as stack:
     checkpoint = artifacts.Checkpoint.open(stack, checkpoint_path)
+    evaluation = evaluation_path and _evaluation(evaluation_path, checkpoint)
     manifest = tfrecords and artifacts.TFRecords.open(stack, tfrecords).manifest
     graph_def = freeze(checkpoint.card.model, checkpoint.prefix, config)
     job = ExportJob(checkpoint.card, checkpoint.prefix, config, graph_def,
                     _calibration_images(manifest, checkpoint.card, config.calibration_images))
-    model = artifacts.Model.new(stack, dataclasses.replace(checkpoint.card, export=config))
+    model = artifacts.Model.new(stack, dataclasses.replace(checkpoint.card, export=config,
+                                                           evaluation=evaluation or None))
     for name in config.export_formats:
       model_format = inference.FORMATS[name]
       model_format.write(job, os.path.join(model.folder, model_format.filename))

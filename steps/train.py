@@ -81,6 +81,7 @@ class TrainProgress:
 
   def __init__(self, total_steps: int):
     self.bar = runtime.progress_bar(total_steps, 'step', 'train')
+    self.last_step_metrics = {}  # the last line with a step's loss: the checkpoint's training_metrics
 
   def __enter__(self) -> 'TrainProgress':
     return self
@@ -95,9 +96,20 @@ class TrainProgress:
       # Counted from where this run starts, so the rate and the ETA are this run's.
       self.bar.initial = self.bar.n = metrics['resumed_from_step']
     if 'step' in metrics:
+      self.last_step_metrics = metrics
       self.bar.set_postfix({'loss': f'{metrics["loss"]:.4f}',
                             'images/s': f'{metrics["images_per_sec"]:.1f}'}, refresh=False)
       self.bar.update(metrics['step'] - self.bar.n)
+
+
+def _initial_weights(resume_from, initial):
+  """The lineage's "initial_checkpoint": the weights training starts from (a resumed checkpoint
+  wins over --tf_initial_checkpoint, as in training), or None from scratch."""
+  from deeplab.lineage import checkpoint_sha256
+  for name, prefix in (('checkpoint', resume_from), ('tf_initial_checkpoint', initial)):
+    if prefix:
+      return {'input': name, 'sha256': checkpoint_sha256(prefix)}
+  return None
 
 
 def main(argv=None):
@@ -111,7 +123,7 @@ def main(argv=None):
       {'tfrecords': tfrecords, 'checkpoint': resume_path, 'tf_initial_checkpoint': initial_path})
   train_config = TrainConfig.from_flags(args)
 
-  from deeplab import checkpoint, distribute, training
+  from deeplab import checkpoint, distribute, lineage, training
   tf_cluster = distribute.Cluster.from_environment()
   with contextlib.ExitStack() as stack:
     manifest = artifacts.TFRecords.open(stack, tfrecords, args.dataset).manifest
@@ -141,11 +153,15 @@ def main(argv=None):
                tf_cluster.rank, len(tf_cluster.workers))
       return
     global_step = training.global_step_of(prefix)
-    card = checkpoint.ModelCard(model_config, manifest.describe(), training=train_config,
-                                global_step=global_step)
+    final = dict(global_step=global_step, train_seconds=time.perf_counter() - started)
+    card = checkpoint.ModelCard(
+        model_config, manifest.describe(), training=train_config, global_step=global_step,
+        lineage=lineage.lineage(manifest, train_config.train_split,
+                                _initial_weights(resume_from, initial)),
+        training_metrics=dict(progress.last_step_metrics, **final))
     path = artifacts.Checkpoint.new(stack, prefix, work_dir, card).write(out_path)
   shutil.rmtree(work_dir, ignore_errors=True)  # the run is complete: its result is the artifact
-  runtime.emit_metrics(global_step=global_step, train_seconds=time.perf_counter() - started)
+  runtime.emit_metrics(**final)
   log.info('wrote %s', path)
 
 

@@ -11,13 +11,14 @@ import shlex
 import pytest
 import yaml
 
-from steps import build_data, evaluate, export, gate, merge_predictions, predict, serve, train
+from steps import build_data, evaluate, export, gate, inspect, merge_predictions, predict, serve, train
 from steps.flags import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 STEP_SPECS = {spec.name: spec for spec in (build_data.SPEC, train.SPEC, evaluate.SPEC, export.SPEC,
-                                           gate.SPEC, predict.SPEC, merge_predictions.SPEC, serve.SPEC)}
+                                           gate.SPEC, predict.SPEC, merge_predictions.SPEC, serve.SPEC,
+                                           inspect.SPEC)}
 
 
 def _doc_id(path):

@@ -119,6 +119,7 @@ def evaluate(
     add_flipped_images: bool = False,
     eval_crop_size: str = '',
     report_images: int = 4,
+    allow_train_split: bool = False,
 ):
   """Evaluate a checkpoint on a split in one pass over whole images; a report (figures and one HTML page) and the confusion matrix are written beside the metrics."""
   arguments = dict(locals())  # before the import below adds a local
@@ -132,6 +133,7 @@ def export(
     output: Output[Model],
     metrics: Output[Metrics],
     tfrecords: Input[Dataset] = None,
+    evaluation: Input[Artifact] = None,
     inference_scales: str = '1.0',
     add_flipped_images: bool = False,
     export_crop_size: str = '',

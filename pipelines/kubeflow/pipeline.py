@@ -51,7 +51,8 @@ def select_best(
     metrics: Output[Metrics],
 ) -> float:
   """Copies the checkpoint whose evaluation has the highest mIoU (evaluate's rule), and that
-  evaluation (the gate reads it); returns that mIoU.
+  evaluation (export records it in model.json, checked against the checkpoint, and the gate reads
+  it); returns that mIoU.
 
   The three lists are in sweep order (dsl.Collected keeps the ParallelFor order). KFP metrics and
   outputs are numbers: a missing mIoU (no pixel evaluated) is reported as -1.

@@ -160,8 +160,8 @@ def test_the_graph_feeds_every_required_input_from_an_earlier_node_or_a_given():
     (lambda nodes: nodes[:2] + (graph.Node('evaluate', {'tfrecords': 'build_data'}),) + nodes[3:],
      'evaluate: nothing feeds checkpoint'),
     (lambda nodes: (nodes[1], nodes[0]) + nodes[2:], "train.tfrecords: 'build_data' is not a node before it"),
-    (lambda nodes: nodes[:1] + (nodes[1], nodes[3], nodes[2]) + nodes[4:],
-     'the sweep: evaluate must come right after train'),
+    (lambda nodes: nodes[:1] + (nodes[1], graph.Node('export', {'checkpoint': 'train'}), nodes[2])
+     + nodes[4:], 'the sweep: evaluate must come right after train'),
     (lambda nodes: nodes + (nodes[0],), 'build_data is in the graph twice'),
 ])
 def test_a_broken_graph_is_refused_with_what_is_wrong(broken, message):

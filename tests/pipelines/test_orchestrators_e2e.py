@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -76,6 +77,11 @@ def test_valohai_local_runs_train_evaluate_export(raw_data, tmp_path):
           'report/worst_images.png'} <= set(summary['evaluate']['outputs'])
   assert next(r['images'] for r in summary['predict']['metadata'] if 'images' in r) == 12
   assert summary['predict']['outputs'] == ['predictions.tar.gz']
+  # export was handed evaluate's metrics.json: the model's card carries that evaluation.
+  with tarfile.open(run_dir / 'export' / 'outputs' / 'model.tar.gz') as tar:
+    card = json.load(tar.extractfile('model.json'))
+  evaluated = json.loads((run_dir / 'evaluate' / 'outputs' / 'metrics.json').read_text())
+  assert card['evaluation']['miou'] == evaluated['miou'] and card['lineage']['data']['split'] == 'train'
 
   # The same model and evaluation at a bar above its mIoU: refused with the gate's line, the run
   # ends with the node's failure and the gate writes nothing for a deployment to take.
@@ -218,3 +224,13 @@ gate_only()
     assert len(confusion['annotationSpecs']) == len(confusion['rows']) == 4  # the synthetic classes
     with open(recorded['html_report']['uri']) as f:
       assert '<title>Evaluation report</title>' in f.read()
+  # export recorded the evaluation of the checkpoint select_best kept: the best mIoU, that digest.
+  (model,) = [os.path.join(d, 'output') for d, _, files in os.walk(tmp_path / 'root')
+              if os.path.basename(d) == 'export' and 'output' in files]
+  with tarfile.open(model) as tar:
+    evaluation = json.load(tar.extractfile('model.json'))['evaluation']
+  (kept,) = [os.path.join(d, 'best_evaluation') for d, _, files in os.walk(tmp_path / 'root')
+             if 'best_evaluation' in files]
+  with open(kept) as f:
+    assert evaluation['checkpoint_sha256'] == json.load(f)['checkpoint_sha256']
+  assert evaluation['miou'] == best

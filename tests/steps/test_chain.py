@@ -1,4 +1,5 @@
 """End-to-end smoke run of the steps on tiny data, as a user chains them."""
+import hashlib
 import json
 import tarfile
 
@@ -20,11 +21,13 @@ def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_pa
   assert set(result['per_class_iou']) == {'background', 'red_striped', 'green_spotted',
                                           'blue_checkered'}
   model_path = tmp_path / 'model.tar.gz'
-  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={model_path}')
+  run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={model_path}',
+           f'--evaluation={metrics_path}')
   with tarfile.open(model_path) as tar:
     assert sorted(tar.getnames()) == [  # the three formats by default
         'frozen_inference_graph.pb', 'model.json', 'model.tflite', 'saved_model', 'saved_model/1',
         'saved_model/1/saved_model.pb', 'saved_model/1/variables']
+  assert_lineage_round_trips(tiny_tfrecords, tiny_checkpoint, result, model_path)
   images = tmp_path / 'images'
   (images / 'nested').mkdir(parents=True)
   Image.new('RGB', (120, 90), (200, 30, 30)).save(images / 'red.jpg')
@@ -57,6 +60,39 @@ def _single_image_dataset(folder, height, width):
   return image, mask
 
 
+def _card(archive):
+  with tarfile.open(archive) as tar:
+    return json.load(tar.extractfile('model.json'))
+
+
+def assert_lineage_round_trips(tfrecords, checkpoint, metrics, model_path):
+  """train's lineage, evaluate's figures of that checkpoint and export's card agree, and inspect
+  prints that card."""
+  import tensorflow as tf
+  import deeplab
+  trained, exported = _card(checkpoint), _card(model_path)
+  with tarfile.open(tfrecords) as tar:
+    manifest = json.load(tar.extractfile('dataset.json'))
+    manifest_sha256 = hashlib.sha256(tar.extractfile('dataset.json').read()).hexdigest()
+  lineage = trained['lineage']
+  assert lineage['data'] == {'dataset': manifest['name'], 'split': 'train', 'manifest_sha256': manifest_sha256,
+                             'shards': [{'file': s['file'], 'sha256': s['sha256']}
+                                        for s in manifest['splits']['train']['shards']]}
+  assert lineage['initial_checkpoint'] is None  # trained from scratch
+  assert lineage['code']['package_version'] == deeplab.__version__
+  assert len(lineage['code']['git_commit']) == 40 and lineage['code']['dirty'] in (True, False)
+  assert lineage['libraries']['tensorflow'] == tf.__version__
+  assert trained['training_metrics']['global_step'] == trained['training']['global_step'] == 3
+  assert trained['training_metrics']['step'] == 3 and trained['training_metrics']['loss'] > 0
+  # The checkpoint evaluate scored is the one exported: its card carries those figures.
+  assert metrics['data']['split'] == 'val' and metrics['data']['shards'][0]['file'].startswith('val-')
+  assert exported['evaluation'] == {key: metrics[key] for key in (
+      'miou', 'pixel_accuracy', 'num_images', 'checkpoint_sha256', 'data')}
+  assert exported['lineage'] == lineage and exported['training_metrics'] == trained['training_metrics']
+  shown = run_step('inspect', model_path, '--json').stdout
+  assert json.loads(shown) == dict(exported, kind='model')
+
+
 def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint, tmp_path):
   image, mask = _single_image_dataset(tmp_path / 'raw', 333, 500)
   run_step('build_data', '--dataset=folder', f'--raw_data={tmp_path / "raw"}', '--num_classes=4',
@@ -86,7 +122,7 @@ def test_evaluate_rejects_labels_out_of_range_in_original_deeplab_tfrecords(tmp_
            *TINY_TRAIN_FLAGS, cwd=tmp_path)
   result = run_step('evaluate', f'--tfrecords={shard.parent}', '--dataset=pascal_voc_seg',
                     f'--checkpoint={tmp_path / "ckpt.tar.gz"}', f'--output={tmp_path / "m.json"}',
-                    check=False)
+                    '--allow_train_split', check=False)  # the shards it was trained on
   assert result.returncode == 1
   assert "example '2007_000033': label out of range" in result.error_line()
   assert not (tmp_path / 'm.json').exists()
@@ -106,4 +142,6 @@ def test_evaluate_scores_every_checkpoint_of_a_sweep(tiny_tfrecords, tiny_checkp
                                                              'trial-b/checkpoint.tar.gz']
   assert saved['miou'] == max(c['miou'] for c in saved['checkpoints'])
   assert saved['checkpoint'] == 'trial-a/checkpoint.tar.gz'
+  # The top level is the best checkpoint's, its digest included: export accepts it for that one.
+  assert saved['checkpoint_sha256'] == saved['checkpoints'][0]['checkpoint_sha256']
   assert result.last('miou') == saved['miou']

@@ -16,7 +16,7 @@ from PIL import Image
 from deeplab import report
 from steps.evaluate import CONFUSION_FILE, REPORT_FOLDER
 from steps import files, runtime
-from tests.conftest import REPO, TINY_TRAIN_FLAGS, run_step
+from tests.conftest import REPO, TINY_TRAIN_FLAGS, assert_one_error_line, run_step
 from tests.deeplab.test_report import require_chromium
 
 CLASS_NAMES = ['background', 'red_striped', 'green_spotted', 'blue_checkered']
@@ -152,3 +152,16 @@ def _read_until_closed(fd):
     if not data:
       return
     yield data
+
+
+def test_evaluate_refuses_the_shards_the_checkpoint_was_trained_on(tiny_tfrecords, tiny_checkpoint,
+                                                                   tmp_path):
+  out = tmp_path / 'out' / 'metrics.json'
+  flags = (f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}', f'--output={out}',
+           '--eval_split=train', '--report_images=0')
+  refused = run_step('evaluate', *flags, check=False)
+  assert_one_error_line(refused, str(tiny_checkpoint), "trained on split 'train'",
+                        '--eval_split=train', 'train-00000-of-00001.tfrecord', '--allow_train_split')
+  assert not out.parent.exists() or os.listdir(out.parent) == []
+  run_step('evaluate', *flags, '--allow_train_split')
+  assert json.loads(out.read_text())['data']['split'] == 'train'
