@@ -99,6 +99,7 @@ def one_device(tmp_path_factory):
   return start, _train_in_memory(['/cpu:0'], start)
 
 
+@pytest.mark.heavy
 def test_two_replicas_train_like_one_device_with_the_whole_batch(one_device):
   start, (losses, weights) = one_device
   mirrored_losses, mirrored_weights = _train_in_memory(['/cpu:0', '/cpu:1'], start)
@@ -108,6 +109,7 @@ def test_two_replicas_train_like_one_device_with_the_whole_batch(one_device):
   _assert_same_updates(start, weights, mirrored_weights)
 
 
+@pytest.mark.heavy
 def test_bfloat16_trains_close_to_float32_with_float32_variables(one_device):
   start, (losses, weights) = one_device
   bf16_losses, bf16_weights = _train_in_memory(['/cpu:0'], start, precision='bfloat16')

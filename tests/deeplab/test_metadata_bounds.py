@@ -252,6 +252,7 @@ def test_out_of_range_pixels_counts_what_is_neither_a_class_nor_ignored():
   assert counts == [1, 3, 5]  # 254; 3, 3, 254; 2, 3, 3, 254, 2
 
 
+@pytest.mark.heavy
 def test_training_reports_labels_outside_the_classes(tmp_path, one_example_tfrecords, capsys,
                                                      caplog):
   """dataset.json claims 3 classes over labels holding class 3: train warns once and counts the

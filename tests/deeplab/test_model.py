@@ -59,6 +59,7 @@ def test_decoder_variables_and_stride_4_logits():
     assert names[f'decoder/{conv}_pointwise/weights'][3] == 256
 
 
+@pytest.mark.heavy
 def test_predict_labels_keeps_any_input_size():
   config = ModelConfig(num_classes=3, depth_multiplier=0.25, min_resize_value=40,
                        max_resize_value=60)

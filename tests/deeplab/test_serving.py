@@ -119,6 +119,7 @@ def _png_bytes(array):
 # ----------------------------------------------------------------------------------- the exports
 
 
+@pytest.mark.heavy
 def test_tiny_exports_agree_with_the_frozen_graph(tiny_export, served_model):
   model_dir, int8_path, images = tiny_export
   # The TFLite model of any input size is preferred when a folder holds all three.
@@ -271,6 +272,7 @@ def test_the_loader_recognises_formats_by_content(tiny_export, tmp_path):
     inference.load_model(str(tmp_path / 'broken'))
 
 
+@pytest.mark.heavy
 def test_google_deeplabv3_exports_reproduce_the_golden_mask_and_agree(tmp_path):
   """Google's trained DeepLabv3 MobileNetV2 weights (from the TFLite fixture, as a checkpoint),
   exported as SavedModel, as TFLite of any input size (float and int8) and of the fixture's
@@ -548,6 +550,7 @@ def test_create_app_serves_the_format_asked_for(tiny_export, frozen_model):
   np.testing.assert_array_equal(_png_array(response.data), frozen_model.predict(images[2]))
 
 
+@pytest.mark.process
 def test_serve_stops_with_one_error_when_the_worker_cannot_load_the_model(tiny_export, tmp_path):
   shutil.copy(tiny_export[0] / 'model.json', tmp_path / 'model.json')
   with pytest.raises(UserError, match='exited with status 3'):

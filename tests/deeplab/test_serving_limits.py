@@ -360,6 +360,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_a_huge_one_413(limited
   assert status == 413 and json.loads(body)['status'] == 413
 
 
+@pytest.mark.process
 def test_sigterm_lets_a_request_in_progress_finish(model_dir, tmp_path):
   running = Server.of_serve(model_dir, tmp_path / 'server.log')
   png = _png_bytes(_photo(60, 80))

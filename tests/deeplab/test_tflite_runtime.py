@@ -17,6 +17,9 @@ from deeplab.export import agreement, freeze, frozen_graph, tflite
 from tests.conftest import assert_one_error_line, run_step
 from tests.deeplab.export.test_rewrites import TINY, _images, _tiny_checkpoint
 
+# Every test here builds, freezes, trains or converts whole networks (`make test`, not test-fast).
+pytestmark = pytest.mark.heavy
+
 FIXED_SIZE = (33, 41)
 # Sizes in the order predict sees them: the interpreter's input is resized at each change, and
 # back to a size it had before.

@@ -6,6 +6,7 @@ these tests hold the structure and the divergence guard between log steps.
 import os
 
 import numpy as np
+import pytest
 
 from deeplab import training
 from deeplab.compat import tf
@@ -22,6 +23,7 @@ def _kernel_types(session, fetches):
           for device in metadata.step_stats.dev_stats for node in device.node_stats}
 
 
+@pytest.mark.heavy
 def test_only_log_steps_pay_for_the_gradient_norm_and_the_regularization():
   random = np.random.default_rng(0)
   labels = random.integers(0, 5, [2, 33, 33])
@@ -48,6 +50,7 @@ def test_only_log_steps_pay_for_the_gradient_norm_and_the_regularization():
   assert counted == np.count_nonzero(labels >= 3) > 0
 
 
+@pytest.mark.heavy
 def test_divergence_between_log_steps_stops_training_before_a_non_finite_checkpoint(
     tmp_path, tiny_tfrecords):
   """Log steps far apart: the loss checked on every step still stops a diverging run, and no

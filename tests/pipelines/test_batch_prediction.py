@@ -62,6 +62,7 @@ def test_valohai_batch_pipeline_is_a_task_node_over_the_shards_then_a_merge():
   assert valohai_config.main(['--check']) == 0
 
 
+@pytest.mark.process
 def test_valohai_batch_pipeline_runs_locally_and_merges_to_one_run(batch, tmp_path):
   run_dir = tmp_path / 'run'
   _run([sys.executable, '-m', 'pipelines.valohai.local', 'pipeline', valohai_config.BATCH_PIPELINE,
@@ -89,6 +90,7 @@ def test_kubeflow_batch_pipeline_fans_out_over_num_shards_then_merges():
   assert graph.BATCH_NODES[-1].step == BATCH.merged_by
 
 
+@pytest.mark.process
 def test_kubeflow_batch_pipeline_runs_locally_and_merges_to_one_run(batch, tmp_path):
   root = tmp_path / 'root'
   script = f'''

@@ -4,6 +4,7 @@ import json
 import tarfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from deeplab import metrics
@@ -11,6 +12,7 @@ from deeplab.inference import FrozenGraphPredictor
 from tests.conftest import run_step
 
 
+@pytest.mark.heavy
 def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_path):
   metrics_path = tmp_path / 'metrics.json'
   evaluated = run_step('evaluate', f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}',
@@ -93,6 +95,7 @@ def assert_lineage_round_trips(tfrecords, checkpoint, metrics, model_path):
   assert json.loads(shown) == dict(exported, kind='model')
 
 
+@pytest.mark.heavy
 def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint, tmp_path):
   image, mask = _single_image_dataset(tmp_path / 'raw', 333, 500)
   run_step('build_data', '--dataset=folder', f'--raw_data={tmp_path / "raw"}', '--num_classes=4',
@@ -113,6 +116,7 @@ def test_exported_graph_agrees_with_evaluate_on_a_333x500_image(tiny_checkpoint,
   assert exported.tolist() == evaluated
 
 
+@pytest.mark.heavy
 def test_evaluate_rejects_labels_out_of_range_in_original_deeplab_tfrecords(tmp_path):
   from tests.conftest import require_fixtures, TINY_TRAIN_FLAGS
   shard = require_fixtures('deeplab_testing', 'val-00000-of-00001.tfrecord')
@@ -128,6 +132,7 @@ def test_evaluate_rejects_labels_out_of_range_in_original_deeplab_tfrecords(tmp_
   assert not (tmp_path / 'm.json').exists()
 
 
+@pytest.mark.heavy
 def test_evaluate_scores_every_checkpoint_of_a_sweep(tiny_tfrecords, tiny_checkpoint, tmp_path):
   # Valohai hands evaluate the checkpoint.tar.gz of each execution of a task in one input folder.
   inputs = tmp_path / 'inputs'

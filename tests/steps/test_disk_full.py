@@ -151,6 +151,7 @@ def test_a_quota_or_a_read_only_file_system_is_named_like_a_full_disk(tmp_path, 
   _nothing_left(out.parent, step_tmpdir)
 
 
+@pytest.mark.heavy
 def test_train_short_of_space_in_its_work_folder_names_the_file(tmp_path, step_tmpdir, inputs,
                                                                 monkeypatch):
   """TensorFlow's saver reports ENOSPC as its own error, the path in the message (with a temp
@@ -191,6 +192,7 @@ def test_evaluate_short_of_space_names_the_report_file_and_moves_nothing_in(tmp_
   _nothing_left(out_dir, step_tmpdir)
 
 
+@pytest.mark.heavy
 def test_export_short_of_temp_space_in_tensorflow_names_the_temp_folder(tmp_path, step_tmpdir,
                                                                         inputs, monkeypatch):
   from deeplab.compat import tf

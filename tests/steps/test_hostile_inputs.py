@@ -212,6 +212,7 @@ def test_an_unwritable_output_is_refused_before_training(tmp_path, tiny_tfrecord
 
 # ----------------------------------------------------------------------------- training
 
+@pytest.mark.heavy
 def test_divergence_stops_training_without_an_artifact_or_a_non_finite_checkpoint(tmp_path,
                                                                                    tiny_tfrecords):
   out = tmp_path / 'checkpoint.tar.gz'
@@ -326,6 +327,7 @@ def _tfrecords_with_a_stretched_label(folder):
   return folder
 
 
+@pytest.mark.heavy
 def test_a_label_of_another_size_names_the_example_in_train_and_evaluate(tmp_path, tiny_checkpoint):
   data = _tfrecords_with_a_stretched_label(tmp_path / 'odd')
   trained = run_step('train', f'--tfrecords={data}', f'--output={tmp_path / "c.tar.gz"}',
@@ -435,6 +437,7 @@ def test_a_large_photo_is_predicted_at_a_bounded_size_with_labels_at_full_size()
   assert model.seen[-1] == (10, 10, 3)
 
 
+@pytest.mark.heavy
 def test_exporting_one_checkpoint_twice_gives_the_same_bytes(tmp_path, tiny_checkpoint):
   for name in ('a', 'b'):
     run_step('export', f'--checkpoint={tiny_checkpoint}', f'--output={tmp_path / name}.tar.gz')

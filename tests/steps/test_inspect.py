@@ -59,13 +59,14 @@ def test_the_card_of_an_evaluation_names_the_checkpoint_it_scored(metrics_path, 
   assert _inspect_json(metrics_path.parent) == card  # the folder evaluate wrote it in
 
 
-def test_the_card_of_predictions_counts_the_images(tiny_model, tmp_path):
+def test_the_card_of_predictions_is_its_manifest(tiny_model, tmp_path):
   (tmp_path / 'images').mkdir()
   Image.new('RGB', (40, 30), (200, 30, 30)).save(tmp_path / 'images' / 'red.png')
   run_step('predict', f'--model={tiny_model}', f'--images={tmp_path / "images"}',
            f'--output={tmp_path / "predictions.tar.gz"}')
   card = _inspect_json(tmp_path / 'predictions.tar.gz')
-  assert (card['kind'], card['labels'], card['overlays']) == ('predictions', 1, 1)
+  assert card['kind'] == 'predictions' and list(card['images']) == ['red']
+  assert (card['num_shards'], card['shard_index'], card['image_set']['count']) == (1, 0, 1)
 
 
 @pytest.mark.parametrize('content, expected', [

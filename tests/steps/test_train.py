@@ -73,6 +73,7 @@ def test_killed_training_resumes_to_the_requested_total(tiny_tfrecords, tmp_path
   assert not work_dirs[0] in glob.glob(str(tmp_path / '.deeplab-train' / '*'))  # cleaned up
 
 
+@pytest.mark.heavy
 def test_model_zoo_checkpoint_loads_completely_packages_and_exports(tmp_path, tiny_tfrecords):
   """Google's trained DeepLabv3 MobileNetV2 (from the TFLite fixture) as a published-name checkpoint."""
   from tests.reference_model import write_reference_checkpoint
@@ -101,6 +102,7 @@ def test_model_zoo_checkpoint_loads_completely_packages_and_exports(tmp_path, ti
   assert (labels == golden).mean() == 1.0
 
 
+@pytest.mark.heavy
 def test_a_checkpoint_of_another_class_count_needs_initialize_last_layer_false(tmp_path, tiny_tfrecords):
   tflite = require_fixtures('reference_models', 'tflite_support', 'deeplabv3.tflite')
   from tests.reference_model import write_reference_checkpoint
@@ -135,6 +137,7 @@ def test_unknown_model_variant_is_one_line_and_leaves_nothing(tmp_path, tiny_tfr
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.heavy
 def test_training_continues_from_a_checkpoint_artifact(tmp_path, tiny_tfrecords, tiny_checkpoint):
   common = (f'--tfrecords={tiny_tfrecords}', f'--checkpoint={tiny_checkpoint}', *TINY_TRAIN_FLAGS)
   continued = run_step('train', *common, '--training_number_of_steps=5',

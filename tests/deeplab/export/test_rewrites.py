@@ -16,6 +16,9 @@ from deeplab.compat import tf
 from deeplab.config import ExportConfig, ModelConfig
 from tests.conftest import REPO
 
+# Every test here builds, freezes, trains or converts whole networks (`make test`, not test-fast).
+pytestmark = pytest.mark.heavy
+
 # Every folding case: plain and depthwise convolutions, atrous depthwise (SpaceToBatchND ->
 # depthwise -> BatchToSpaceND -> batch norm) in the backbone at output stride 8 and in the ASPP,
 # and the decoder.

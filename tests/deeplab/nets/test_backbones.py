@@ -49,6 +49,7 @@ def _conv_stride(graph, conv_op):
   return graph.get_operation_by_name(conv_op).get_attr('strides')[1]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('variant', sorted(RESNETS))
 @pytest.mark.parametrize('output_stride', [8, 16])
 def test_resnet_published_variable_names_and_shapes(variant, output_stride):
@@ -149,6 +150,7 @@ def features_with_the_same_weights(build, build_reference):
       return session.run([features, expected])
 
 
+@pytest.mark.heavy
 def test_resnet_equals_tf_slims_resnet_v1_units():
   # Same variables, and with the same weights the same features, as tf-slim's ResNet-v1 (the code
   # DeepLab's checkpoints were trained with), on an even-sized input where padding matters.
@@ -194,6 +196,7 @@ def predict_at_a_tiny_size(config, height=HEIGHT, width=WIDTH):
   return scores.shape.as_list(), names
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('variant', sorted(RESNETS) + ['xception_65'])
 def test_deeplab_predicts_at_a_tiny_size(variant):
   config = ModelConfig(model_variant=variant, num_classes=3, decoder_output_stride=4)
@@ -205,6 +208,7 @@ def test_deeplab_predicts_at_a_tiny_size(variant):
   assert names['aspp3_depthwise/depthwise_weights'] == [3, 3, 2048, 1]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('variant, first_conv', [
     ('resnet_v1_50_beta', 'resnet_v1_50/conv1_1'),
     ('xception_65', 'xception_65/entry_flow/conv1_1')])
@@ -238,6 +242,7 @@ XCEPTION_BLOCKS = {  # block -> (units, separable conv depths, has a shortcut co
 }
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('output_stride', [8, 16])
 def test_xception_published_variable_names_and_shapes(output_stride):
   with tf.Graph().as_default():
@@ -283,6 +288,7 @@ def test_xception_published_variable_names_and_shapes(output_stride):
   assert low_level.shape.as_list() == [1, math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('output_stride, rates', [
     (8, {'entry_flow/block3': 1, 'middle_flow/block1': 2, 'exit_flow/block1': 2,
          'exit_flow/block2': 4}),

@@ -20,6 +20,9 @@ from tests.deeplab.nets.test_backbones import (_conv_rate, _conv_stride, feature
                             predict_at_a_tiny_size)
 from tf_slim.nets import resnet_v1  # after deeplab.compat, which patches tf-slim
 
+# Every test here builds, freezes, trains or converts whole networks (`make test`, not test-fast).
+pytestmark = pytest.mark.heavy
+
 HEIGHT, WIDTH = 33, 50
 BATCH_NORM_VARIABLES = ('beta', 'gamma', 'moving_mean', 'moving_variance')
 

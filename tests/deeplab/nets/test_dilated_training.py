@@ -15,6 +15,9 @@ from deeplab.compat import tf
 from deeplab.config import ModelConfig, TrainConfig
 from deeplab.nets import layers
 
+# Every test here builds, freezes, trains or converts whole networks (`make test`, not test-fast).
+pytestmark = pytest.mark.heavy
+
 CROP, BATCH, CLASSES = 33, 2, 3
 # Dropout off: its random mask depends on how many ops a graph made before it.
 MODEL = ModelConfig(model_variant='resnet_v1_18', num_classes=CLASSES, output_stride=8,
