@@ -37,9 +37,11 @@ demo: setup
 	@echo "artifacts:"; ls -1 artifacts/*.tar.gz artifacts/deployed/*.tar.gz artifacts/*.json | sed 's/^/  /'
 	@echo "evaluation report (figures in artifacts/report/): $(abspath artifacts/report/report.html)"
 
-# Every test but the slow orchestrator runs, one pytest-xdist worker per core; a module's tests stay
-# on one worker (--dist loadscope) so that its module fixtures are built once.
-PYTEST := $(PYTHON) -m pytest -q -n auto --dist loadscope
+# Every test but the slow orchestrator runs, on one pytest-xdist worker per core up to 4 (each worker
+# holds its own TensorFlow, about 1 GB); a module's tests stay on one worker (--dist loadscope) so
+# that its module fixtures are built once. `make test TEST_WORKERS=1` runs them in one process.
+TEST_WORKERS ?= $(shell python3 -c 'import os; print(min(4, os.cpu_count() or 1))')
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test: setup
 	$(PYTEST)

@@ -7,7 +7,6 @@ baseline (the model in production, evaluated on the same split in the same run: 
 publish the gate's output, never export's, so a model that falls short reaches nothing.
 """
 import contextlib
-import json
 import logging
 import math
 import os
@@ -21,8 +20,6 @@ from steps.flags import Path, StepSpec, parameters_from, parse_flags
 
 log = logging.getLogger('steps.gate')
 
-METRICS_FILE = 'metrics.json'
-
 SPEC = StepSpec(
     name='gate',
     description='Let an exported model through to deployment only if its mIoU on the evaluation '
@@ -30,7 +27,7 @@ SPEC = StepSpec(
     '--max_miou_drop; otherwise fail with one line saying by how much it fell short.',
     inputs=(
         # Not named `metrics`: in the generated pipeline components that is every step's metric output.
-        Path('evaluation', f'{METRICS_FILE} from evaluate (or a folder holding it)'),
+        Path('evaluation', 'metrics.json from evaluate (or a folder holding it)'),
         Path('model', 'model.tar.gz from export: the model evaluated'),
     ),
     outputs=(Path('output', 'the model let through, the same bytes as --model: what deploy or '
@@ -50,31 +47,36 @@ def _miou(value, where: str, path: str) -> float:
   return float(value)
 
 
-def read_evaluation(path: str) -> Tuple[float, str, Optional[float]]:
-  """(mIoU, split, the baseline's mIoU or None) of evaluate's metrics.json at `path` (or in it)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, METRICS_FILE)
-    if not os.path.isfile(path):
-      raise UserError(f'--evaluation: {os.path.dirname(path)} holds no {METRICS_FILE}; expected '
-                      'the output of the evaluate step')
-  try:
-    with open(path, encoding='utf-8') as f:
-      metrics = json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UserError(f'--evaluation: {path} is not JSON ({e}); expected the {METRICS_FILE} of the '
-                    'evaluate step') from None
-  if not isinstance(metrics, dict) or 'miou' not in metrics or 'split' not in metrics:
-    raise UserError(f'--evaluation: {path} has no "miou" and "split"; expected the {METRICS_FILE} '
-                    'of the evaluate step')
-  split = metrics['split']
+def read_evaluation(path: str) -> Tuple[float, str, Optional[float], Optional[str]]:
+  """(mIoU, split, the baseline's mIoU or None, the sha256 of the checkpoint scored or None) of
+  evaluate's metrics.json at `path` (or in it)."""
+  evaluation = artifacts.Evaluation.open(path)  # bounded, JSON, an object with "miou"
+  metrics, path = evaluation.metrics, evaluation.path
+  split = metrics.get('split')
   if not isinstance(split, str):
     raise UserError(f'--evaluation: {path}: "split" is {split!r}; expected the split\'s name')
   baseline = metrics.get('baseline')
   if baseline is not None and not (isinstance(baseline, dict) and 'miou' in baseline):
     raise UserError(f'--evaluation: {path}: "baseline" has no "miou"; expected the section '
                     'evaluate writes when given --baseline')
+  scored = metrics.get('checkpoint_sha256')
   return (_miou(metrics['miou'], '"miou"', path), split,
-          None if baseline is None else _miou(baseline['miou'], '"baseline"."miou"', path))
+          None if baseline is None else _miou(baseline['miou'], '"baseline"."miou"', path),
+          scored if isinstance(scored, str) else None)
+
+
+def check_same_model(evaluation: str, scored: Optional[str], model_path: str, card) -> None:
+  """Refuses an evaluation of another checkpoint than the one the model was exported from: export
+  records in model.json the checkpoint_sha256 of the evaluation it was given."""
+  exported = card.evaluation and card.evaluation['checkpoint_sha256']
+  if not (scored and exported):
+    log.warning('cannot check that --evaluation scored the model gated: %s', 'model.json records no '
+                'evaluation (export without --evaluation)' if scored else
+                "metrics.json names no checkpoint_sha256 (an evaluate older than lineage)")
+  elif scored != exported:
+    raise UserError(f'--evaluation: {evaluation} scored the checkpoint with sha256 {scored[:12]}..., '
+                    f'but --model {model_path} was exported from {exported[:12]}... (its model.json); '
+                    'expected the evaluation of the model gated')
 
 
 def shortfall(miou: float, split: str, baseline_miou: Optional[float],
@@ -102,12 +104,13 @@ def main(argv=None):
   out_path = locations.output_location('output', args.output, SPEC.outputs[0].filename,
                                        {'evaluation': evaluation, 'model': model_path})
   config = GateConfig.from_flags(args)
-  miou, split, baseline_miou = read_evaluation(evaluation)
-  margin, refusal = shortfall(miou, split, baseline_miou, config)
-  if refusal:
-    raise UserError(refusal)
+  miou, split, baseline_miou, scored = read_evaluation(evaluation)
   with contextlib.ExitStack() as stack:
     model = artifacts.Model.open(stack, model_path)  # refuses what is not an exported model
+    check_same_model(evaluation, scored, model_path, model.card)
+    margin, refusal = shortfall(miou, split, baseline_miou, config)
+    if refusal:
+      raise UserError(refusal)
     packed = packed_archive(model_path)
     if packed:  # the bytes export wrote, as they are
       with files.atomic_output(out_path) as out, open(packed, 'rb') as source:

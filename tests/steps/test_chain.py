@@ -9,7 +9,7 @@ from PIL import Image
 
 from deeplab import metrics
 from deeplab.inference import FrozenGraphPredictor
-from tests.conftest import run_step
+from tests.conftest import assert_one_error_line, run_step
 
 
 @pytest.mark.heavy
@@ -30,6 +30,17 @@ def test_whole_chain_on_the_tiny_dataset(tiny_tfrecords, tiny_checkpoint, tmp_pa
         'frozen_inference_graph.pb', 'model.json', 'model.tflite', 'saved_model', 'saved_model/1',
         'saved_model/1/saved_model.pb', 'saved_model/1/variables']
   assert_lineage_round_trips(tiny_tfrecords, tiny_checkpoint, result, model_path)
+  # The gate knows the evaluation of the model from another checkpoint's.
+  other = tmp_path / 'other' / 'metrics.json'
+  other.parent.mkdir()
+  other.write_text(json.dumps(dict(result, checkpoint_sha256='0' * 64)))
+  refused = run_step('gate', f'--evaluation={other}', f'--model={model_path}', '--min_miou=0',
+                     f'--output={tmp_path / "deployed" / "model.tar.gz"}', check=False)
+  assert_one_error_line(refused, f'--evaluation: {other} scored the checkpoint with sha256 000000000000...',
+                        f'but --model {model_path} was exported from {result["checkpoint_sha256"][:12]}...')
+  run_step('gate', f'--evaluation={metrics_path}', f'--model={model_path}', '--min_miou=0',
+           f'--output={tmp_path / "deployed" / "model.tar.gz"}')
+  model_path = tmp_path / 'deployed' / 'model.tar.gz'  # what deploys
   images = tmp_path / 'images'
   (images / 'nested').mkdir(parents=True)
   Image.new('RGB', (120, 90), (200, 30, 30)).save(images / 'red.jpg')

@@ -74,11 +74,12 @@ def test_the_higher_bar_is_the_one_named(tmp_path, tiny_model):
     ('{"miou": 1.2, "split": "val"}', '"miou" is 1.2; expected an mIoU in [0, 1]'),
     ('{"miou": null, "split": "val"}', '"miou" is null (no pixel of the split was evaluated)'),
     ('{"miou": "0.5", "split": "val"}', '"miou" is \'0.5\'; expected'),
-    ('{"pixel_accuracy": 0.9}', 'has no "miou" and "split"; expected the metrics.json'),
-    ('[0.5]', 'has no "miou" and "split"'),
+    ('{"pixel_accuracy": 0.9}', 'is not evaluate\'s metrics.json (no "miou")'),
+    ('[0.5]', 'is not evaluate\'s metrics.json (no "miou")'),
+    ('{"miou": 0.5}', '"split" is None; expected the split\'s name'),
     ('{"miou": 0.5, "split": "val", "baseline": {"pixel_accuracy": 1}}', '"baseline" has no "miou"'),
     ('{"miou": 0.5, "split": "val", "baseline": {"miou": -0.1}}', '"baseline"."miou" is -0.1'),
-    ('{"miou": 0.5,', 'is not JSON'),
+    ('{"miou": 0.5,', 'is not evaluate\'s metrics.json (Expecting'),
 ])
 def test_a_tampered_metrics_file_is_one_error_line(tmp_path, tiny_model, text, fragment):
   path = tmp_path / 'metrics.json'

@@ -39,12 +39,15 @@ def _tiny_checkpoint(folder, config, far_from_identity=True, seed=0):
     model.logits(tf.compat.v1.placeholder(tf.float32, [1, 65, 65, 3]), config)
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
+      values = {}
       for variable in tf.compat.v1.global_variables() if far_from_identity else ():
         name, shape = variable.op.name, variable.shape.as_list()
         if name.endswith(('/gamma', '/moving_variance')):
-          variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
+          values[variable] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
         elif name.endswith(('/beta', '/moving_mean')):
-          variable.load(rng.normal(0.0, 0.5, shape).astype(np.float32), session)
+          values[variable] = rng.normal(0.0, 0.5, shape).astype(np.float32)
+      if values:  # one run, not one per variable (a run costs more than these tiny assignments)
+        session.run([variable.assign(value) for variable, value in values.items()])
       tf.compat.v1.train.Saver().save(session, prefix, write_meta_graph=False)
   return prefix
 
