@@ -39,9 +39,11 @@ demo: setup
 
 # Every test but the slow orchestrator runs, on one pytest-xdist worker per core up to 4 (each worker
 # holds its own TensorFlow, about 1 GB); a module's tests stay on one worker (--dist loadscope) so
-# that its module fixtures are built once. `make test TEST_WORKERS=1` runs them in one process.
+# that its module fixtures are built once, and modules are handed out costliest first, in the order
+# tests/conftest.py sorts them (--no-loadscope-reorder: xdist would order them by test count).
+# `make test TEST_WORKERS=1` runs them in one process.
 TEST_WORKERS ?= $(shell python3 -c 'import os; print(min(4, os.cpu_count() or 1))')
-PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: setup
 	$(PYTEST)

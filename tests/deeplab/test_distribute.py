@@ -274,7 +274,9 @@ def _wait_for_step(chief, step):
 @pytest.mark.process
 def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfrecords, tmp_path):
   configs = _tf_configs(2)
-  chief, worker = _start_workers(tiny_tfrecords, tmp_path, configs, total=12)
+  # The chief notices the lost worker when its step times out: --worker_timeout, shorter here than
+  # the 30 s of the other runs (the machine starts both workers at once, well within it).
+  chief, worker = _start_workers(tiny_tfrecords, tmp_path, configs, total=9, timeout=15)
   _wait_for_step(chief, 4)  # past the step-3 checkpoint
   worker.kill()
   worker.wait()
@@ -283,13 +285,13 @@ def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfreco
   assert chief.returncode != 0
   assert 'did not finish on all 2 workers' in stderr and 'start the job again' in stderr, stderr[-2000:]
 
-  chief, worker = _start_workers(tiny_tfrecords, tmp_path, configs, total=12)
+  chief, worker = _start_workers(tiny_tfrecords, tmp_path, configs, total=9, timeout=15)
   chief_out, chief_err = chief.communicate(timeout=600)
   worker_out, worker_err = worker.communicate(timeout=60)
   assert chief.returncode == 0 and worker.returncode == 0, (chief_err + worker_err)[-3000:]
   metrics = _metric_lines(chief_out)
   assert metrics[0]['resumed_from_step'] >= 3
-  assert metrics[-1]['global_step'] == 12
+  assert metrics[-1]['global_step'] == 9
   assert (tmp_path / 'checkpoint-0.tar.gz').exists()
   assert not (tmp_path / 'checkpoint-1.tar.gz').exists()  # only the chief writes the artifact
   assert 'worker 1 of 2' in worker_err and not _metric_lines(worker_out)

@@ -40,10 +40,15 @@ def _resume(command, folder):
   return lines
 
 
+# Killed at step 7 (checkpoints every 5 steps), resumed to this total (far enough that training
+# cannot reach it before the signal lands on a loaded machine).
+TOTAL = 20
+
+
 @pytest.mark.process
 @pytest.mark.parametrize('kill_signal', [signal.SIGTERM, signal.SIGKILL], ids=['SIGTERM', 'SIGKILL'])
 def test_killed_training_resumes_to_the_requested_total(tiny_tfrecords, tmp_path, kill_signal):
-  process, command = _start_training(tiny_tfrecords, tmp_path, total=40)
+  process, command = _start_training(tiny_tfrecords, tmp_path, total=TOTAL)
   _wait_for_step(process, 7)  # past the step-5 checkpoint
   process.send_signal(kill_signal)
   process.wait(timeout=120)
@@ -65,11 +70,11 @@ def test_killed_training_resumes_to_the_requested_total(tiny_tfrecords, tmp_path
   lines = _resume(command, tmp_path)
   assert lines[0] == {'resumed_from_step': saved_steps[-1]}
   assert [l['step'] for l in lines if 'step' in l][0] == saved_steps[-1] + 1
-  assert lines[-1]['global_step'] == 40
+  assert lines[-1]['global_step'] == TOTAL
   with tarfile.open(tmp_path / 'checkpoint.tar.gz') as tar:
     model_json = json.load(tar.extractfile('model.json'))
-    assert model_json['training']['global_step'] == 40
-    assert 'model.ckpt-40.index' in tar.getnames()
+    assert model_json['training']['global_step'] == TOTAL
+    assert f'model.ckpt-{TOTAL}.index' in tar.getnames()
   assert not work_dirs[0] in glob.glob(str(tmp_path / '.deeplab-train' / '*'))  # cleaned up
 
 
