@@ -94,16 +94,17 @@ def test_native_dilations_train_like_space_to_batch(tmp_path):
       logged = [session.run({name: ops[name] for name in
                              ('step', 'loss', 'total_loss', 'gradient_norm')})
                 for _ in range(TRAIN.training_number_of_steps)]
-      weights = {v.op.name: session.run(v) for v in tf.compat.v1.global_variables()}
+      weights = session.run({v.op.name: v for v in tf.compat.v1.global_variables()})  # one run
     results[native] = logged, weights
   (space_to_batch_steps, space_to_batch_weights), (native_steps, native_weights) = \
       results[False], results[True]
   for expected, actual in zip(space_to_batch_steps, native_steps):
     assert actual['step'] == expected['step']
-    # float32 sums in another order (oneDNN picks its algorithm per run and thread count): a few
-    # 1e-4 apart after several steps, as measured; a wrong dilation is off by far more.
-    for name in ('loss', 'total_loss', 'gradient_norm'):
-      assert actual[name] == pytest.approx(expected[name], rel=1e-3), name
+    # float32 sums in another order (oneDNN picks its algorithm per run and thread count): losses
+    # a few 1e-4 apart after several steps, gradient norms up to 1.2e-3 (measured with another
+    # test process on the same cores); a wrong dilation is off by far more.
+    for name, rel in (('loss', 1e-3), ('total_loss', 1e-3), ('gradient_norm', 5e-3)):
+      assert actual[name] == pytest.approx(expected[name], rel=rel), name
   assert native_weights.keys() == space_to_batch_weights.keys()
   moved = 0
   for name, expected in space_to_batch_weights.items():
