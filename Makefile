@@ -13,7 +13,7 @@ TENSORFLOW ?= cuda
 BASE_IMAGE ?= python:3.11-slim
 IMAGE ?= deeplab-pipelines:$(if $(filter cpu,$(TENSORFLOW)),cpu,latest)
 
-.PHONY: setup demo test test-fast test-all bench clean image image-test image-ready
+.PHONY: setup demo test test-fast test-slow test-all bench clean image image-test image-ready
 
 setup: $(VENV)/.installed
 
@@ -53,7 +53,12 @@ test: setup
 test-fast: setup
 	$(PYTEST) -m "not slow and not process and not heavy"
 
-# The slow end-to-end orchestrator runs (local Valohai runner, kfp.local, a DVC sweep) too.
+# The runs of minutes each, left out of make test and run by CI after it: a queued DVC sweep,
+# multi-process training losing a worker or stopped by SIGTERM, bfloat16 training the whole demo.
+test-slow: setup
+	$(PYTEST) -m slow
+
+# Everything: make test and make test-slow in one run.
 test-all: setup
 	$(PYTEST) -m ""
 

@@ -271,7 +271,9 @@ def _wait_for_step(chief, step):
   raise AssertionError(f'the chief ended before step {step}: {chief.stderr.read()[-2000:]}')
 
 
-@pytest.mark.process
+# Four training processes, a minute and a half of two cores: CI runs it with the other slow runs
+# (make test-slow), which keeps make test under 8 minutes.
+@pytest.mark.slow
 def test_a_killed_worker_fails_the_job_clearly_and_a_restart_resumes(tiny_tfrecords, tmp_path):
   configs = _tf_configs(2)
   # The chief notices the lost worker when its step times out: --worker_timeout, shorter here than
