@@ -146,11 +146,13 @@ def deeplab_pipeline(
                                  learning_rates=base_learning_rates), 'select_best', image)
   artifacts[SWEEP.node] = best.outputs['best']
   judge = graph.NODE[SWEEP.judged_by]
-  verdict = graph.downstream(judge.step)  # the gate and what follows it
+  # What reads the evaluation, and what follows: export (model.json records the evaluation the gate
+  # then checks against), the gate, predict; in each branch below, on that branch's evaluation.
+  verdict = graph.downstream(judge.step)
   for node in graph.NODES[graph.NODES.index(judge) + 1:]:
     if node not in verdict:
       run(node)
-  # Without a baseline the gate reads the sweep's evaluation of the best point; with one, the best
+  # Without a baseline they read the sweep's evaluation of the best point; with one, that of the best
   # checkpoint and the baseline evaluated together (the same shards and settings, one task).
   with dsl.If(baseline_uri == '', 'without a baseline'):
     artifacts[judge.step] = best.outputs['best_evaluation']
