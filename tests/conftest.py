@@ -131,7 +131,7 @@ TINY_TRAIN_FLAGS = ('--depth_multiplier=0.25', '--train_crop_size=65,65', '--tra
 PROCESS_FIXTURES = {'server', 'limited_server', 'small_disk', 'raw_data'}
 
 
-# What a test costs, roughly, by its marks (seconds of a loaded 2-core machine, measured per module).
+# What a test costs, roughly, by its marks: seconds, from the CPU each test took on a 2-core machine.
 _COST = {'slow': 300, 'process': 15, 'heavy': 6}
 
 
