@@ -17,7 +17,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from deeplab.errors import UserError
 from steps.files import scratch_dir, temp_folder_named, writing
@@ -45,6 +45,17 @@ def is_archive(path: str) -> bool:
     return os.path.isfile(path) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
   except _ARCHIVE_ERRORS:
     return False
+
+
+def delivered_file(path: str, accepts: Callable[[str], bool]) -> Optional[str]:
+  """The file input `path` names, if `accepts` it: `path` itself, or the one entry of a folder that
+  holds nothing else (how orchestrators deliver a file input); else None."""
+  if os.path.isdir(path):
+    entries = [e for e in os.listdir(path) if not e.startswith('.')]
+    if len(entries) != 1:
+      return None
+    path = os.path.join(path, entries[0])
+  return path if os.path.isfile(path) and accepts(path) else None
 
 
 def extraction_limit(dest: str) -> int:
@@ -153,11 +164,7 @@ def open_input(path: str, marker: Optional[str] = None) -> Iterator[str]:
   the extraction folder names it inside the user's archive instead (the folder is gone by then).
   """
   with scratch_dir('input') as tmp:
-    root = path
-    if os.path.isdir(path):
-      entries = [e for e in os.listdir(path) if not e.startswith('.')]
-      if len(entries) == 1 and is_archive(os.path.join(path, entries[0])):
-        root = os.path.join(path, entries[0])
+    root = delivered_file(path, is_archive) or path
     archive = root
     if os.path.isfile(root):
       if not is_archive(root):

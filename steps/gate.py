@@ -9,7 +9,6 @@ publish the gate's output, never export's, so a model that falls short reaches n
 import contextlib
 import logging
 import math
-import os
 import shutil
 from typing import Optional, Tuple
 
@@ -111,7 +110,7 @@ def main(argv=None):
     margin, refusal = shortfall(miou, split, baseline_miou, config)
     if refusal:
       raise UserError(refusal)
-    packed = packed_archive(model_path)
+    packed = archives.delivered_file(model_path, archives.is_archive)
     if packed:  # the bytes export wrote, as they are
       with files.atomic_output(out_path) as out, open(packed, 'rb') as source:
         shutil.copyfileobj(source, out)
@@ -119,17 +118,6 @@ def main(argv=None):
       model.write(out_path)
   runtime.emit_metrics(miou=miou, baseline_miou=baseline_miou, margin=margin)
   log.info('mIoU %.4f on %s passed the gate by %.4f; wrote %s', miou, split, margin, out_path)
-
-
-def packed_archive(path: str) -> Optional[str]:
-  """The archive file an input names: itself, or the one archive in its folder (as orchestrators
-  deliver a file); None for an unpacked folder."""
-  if os.path.isfile(path):
-    return path
-  entries = [e for e in os.listdir(path) if not e.startswith('.')]
-  if len(entries) == 1 and archives.is_archive(os.path.join(path, entries[0])):
-    return os.path.join(path, entries[0])
-  return None
 
 
 if __name__ == '__main__':

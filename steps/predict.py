@@ -93,15 +93,6 @@ def is_image_list(path: str) -> bool:
   return os.path.isfile(path) and path.endswith(LIST_SUFFIX)
 
 
-def image_list_in(path: str) -> str:
-  """The list file `path` is or holds (a folder holding only one, as orchestrators deliver a
-  file input), else ''."""
-  if os.path.isdir(path):
-    entries = [e for e in os.listdir(path) if not e.startswith('.')]
-    path = os.path.join(path, entries[0]) if len(entries) == 1 else ''
-  return path if path and is_image_list(path) else ''
-
-
 def read_image_list(list_path: str, mounts):
   """The images a list file names, one a line (blank lines and `#` comments skipped), as ImageEntry.
 
@@ -143,7 +134,7 @@ def read_image_list(list_path: str, mounts):
 
 def list_images(stack: contextlib.ExitStack, images_path: str, config: PredictConfig):
   """Every image of --images (a folder, an archive or a list file), sorted by name."""
-  list_path = image_list_in(images_path)
+  list_path = archives.delivered_file(images_path, is_image_list)
   if list_path:
     for prefix, folder in config.mounts():
       if not os.path.isdir(folder):
